@@ -1,0 +1,53 @@
+"""Our additions to detectron2's config. Every key has a default here, so a typo in a YAML file or a
+``KEY VALUE`` override is still an error that names the key (detectron2's CfgNode merge rule)."""
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def add_segkit_config(cfg):
+    # -1 means "take it from the registered training dataset" (resolved in engine.setup).
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = -1
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = -1
+
+    # Folder written by labelme2coco.py; its splits are registered as mydata_<split>.
+    cfg.DATASETS.DATA_DIR = "data"
+
+    cfg.INPUT.AUG = CN()
+    # detectron2 RandomBrightness / RandomContrast ranges; an empty tuple turns one off.
+    cfg.INPUT.AUG.BRIGHTNESS = (0.9, 1.1)
+    cfg.INPUT.AUG.CONTRAST = (0.9, 1.1)
+    # Photometric albumentations transforms, wrapped as a detectron2 Augmentation.
+    cfg.INPUT.AUG.ALBUMENTATIONS = CN()
+    cfg.INPUT.AUG.ALBUMENTATIONS.ENABLED = False
+    cfg.INPUT.AUG.ALBUMENTATIONS.PROB = 0.5
+    cfg.INPUT.AUG.ALBUMENTATIONS.JPEG_QUALITY = (60, 100)
+    cfg.INPUT.AUG.ALBUMENTATIONS.NOISE_STD = (0.01, 0.05)  # fraction of the intensity range
+    cfg.INPUT.AUG.ALBUMENTATIONS.COLOR_JITTER = 0.2
+
+    cfg.SOLVER.OPTIMIZER = "SGD"  # "SGD", "ADAM" or "ADAMW"
+    # Metric that picks model_best.pth, e.g. "segm/AP" (Mask R-CNN) or "sem_seg/mIoU" (U-Net).
+    cfg.SOLVER.BEST_METRIC = "segm/AP"
+    # Stop after this many evaluations without improvement of BEST_METRIC; 0 turns it off.
+    cfg.SOLVER.EARLY_STOP_PATIENCE = 0
+
+    # Validation loss on DATASETS.TEST every N iterations; 0 means "with TEST.EVAL_PERIOD".
+    cfg.TEST.VAL_LOSS_PERIOD = 0
+    cfg.TEST.VAL_LOSS_MAX_IMAGES = 50
+    cfg.TEST.PR_CURVES = True
+
+    # U-Net semantic segmentation (modeling/unet.py), segmentation-models-pytorch encoder.
+    cfg.MODEL.UNET = CN()
+    cfg.MODEL.UNET.ENCODER = "resnet34"
+    cfg.MODEL.UNET.ENCODER_DEPTH = 5
+    cfg.MODEL.UNET.ENCODER_WEIGHTS = "imagenet"  # "" for none
+    cfg.MODEL.UNET.DECODER_CHANNELS = (256, 128, 64, 32, 16)
+    cfg.MODEL.UNET.LOSSES = ("ce",)  # any of "ce", "dice"
+    cfg.MODEL.UNET.DICE_WEIGHT = 1.0
+    cfg.MODEL.UNET.SIZE_DIVISIBILITY = 32
+    return cfg
+
+
+def get_segkit_cfg():
+    """detectron2's defaults plus ours: the starting point of every config in this project."""
+    return add_segkit_config(get_cfg())
