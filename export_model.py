@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Export a trained checkpoint for deployment (detectron2 TracingAdapter).
+
+    python export_model.py --format onnx          # output/model_final.onnx + model_final.onnx.json
+    python export_model.py --format torchscript --weights output/mini/model_final.pth \
+                           --sample-image data/images/x.jpg
+
+Run the result with segkit.inference.onnx_predictor.OnnxPredictor / TorchScriptPredictor
+(same interface as segkit.inference.Predictor). See segkit/inference/export.py.
+"""
+
+import sys
+
+from segkit.inference.export import main
+
+if __name__ == "__main__":
+    sys.exit(main())

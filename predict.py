@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Batch prediction with a trained checkpoint (detectron2's demo/demo.py, for our checkpoints).
+
+    python predict.py --input images/ "more/*.jpg" --output results/ [--weights output/model_final.pth]
+                      [--confidence-threshold 0.5] [--config-file FILE] [--opts KEY VALUE ...]
+    python predict.py --video-input clip.mp4 --output results/
+    python predict.py --input new_images/ --labelme [--overwrite]
+
+See ``python predict.py --help`` and segkit/inference/predict_cli.py.
+"""
+
+import sys
+
+from segkit.inference.predict_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Training augmentations from the config, as detectron2 Augmentations inside its DatasetMapper.
+
+Geometry is detectron2's own (ResizeShortestEdge, RandomFlip, and RandomCrop when INPUT.CROP is
+enabled): the same Transform moves the image, boxes, polygons and masks, so they stay aligned.
+Photometric changes (RandomBrightness/RandomContrast and the albumentations block below) return
+Transforms whose coordinate and segmentation methods are the identity.
+
+Randomness: every draw comes from numpy's global RNG, which ``detectron2.utils.env.seed_all_rng``
+seeds (default_setup with SEED, and each DataLoader worker). albumentations 2 keeps its own RNG that
+global seeds do not touch, so the albumentations block draws a seed from ``np.random`` per image
+and hands it to albumentations; a run with a fixed SEED therefore stays reproducible.
+"""
+
+import importlib.util
+import random
+
+import numpy as np
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from fvcore.transforms.transform import NoOpTransform, Transform
+
+__all__ = [
+    "AlbumentationsPhotometric",
+    "AlbumentationsTransform",
+    "build_train_augmentations",
+    "build_train_mapper",
+]
+
+
+def _albumentations_compose(jpeg_quality, noise_std, color_jitter, prob):
+    import albumentations as A  # imported here: only runs with the block enabled pay for it
+
+    jitter = float(color_jitter)
+    return A.Compose(
+        [
+            A.ImageCompression(compression_type="jpeg", quality_range=tuple(int(q) for q in jpeg_quality), p=prob),
+            # std_range is a fraction of the image's maximum value (255 for uint8).
+            A.GaussNoise(std_range=tuple(float(s) for s in noise_std), p=prob),
+            # Hue moves colours round the wheel, which can change what an object looks like far
+            # more than the other three: it gets a quarter of the range.
+            A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4, p=prob),
+        ],
+        p=1.0,
+    )
+
+
+class AlbumentationsTransform(Transform):
+    """Applies an albumentations pipeline to the image only, with a fixed seed.
+
+    Deterministic like every detectron2 Transform: applying it twice to the same image gives the
+    same result. Coordinates, boxes, polygons and segmentation masks pass through unchanged.
+    """
+
+    def __init__(self, compose, seed: int, rgb_input: bool):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        # One generator shared by the pipeline and its transforms (``set_random_seed`` would give
+        # each transform the same seed, so their draws would be correlated).
+        self.compose.set_random_state(np.random.default_rng(self.seed), random.Random(self.seed))
+        dtype = img.dtype
+        image = np.ascontiguousarray(img if self.rgb_input else img[..., ::-1])
+        out = self.compose(image=image)["image"]
+        if not self.rgb_input:
+            out = out[..., ::-1]
+        return np.ascontiguousarray(out).astype(dtype, copy=False)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def inverse(self) -> Transform:
+        return NoOpTransform()
+
+    def __repr__(self):
+        return f"AlbumentationsTransform(seed={self.seed})"
+
+
+class AlbumentationsPhotometric(T.Augmentation):
+    """JPEG compression, Gaussian noise and colour jitter from albumentations, as an Augmentation.
+
+    Each of the three is applied independently with probability ``prob``. ``image_format`` is
+    detectron2's INPUT.FORMAT: albumentations expects RGB, so BGR images are flipped around it.
+    """
+
+    def __init__(
+        self,
+        jpeg_quality=(60, 100),
+        noise_std=(0.01, 0.05),
+        color_jitter=0.2,
+        prob=0.5,
+        image_format="BGR",
+    ):
+        super().__init__()
+        if len(jpeg_quality) != 2 or len(noise_std) != 2:
+            raise ValueError(f"jpeg_quality and noise_std must be (min, max) pairs, got {jpeg_quality} and {noise_std}")
+        self._init(locals())
+        self._compose = _albumentations_compose(jpeg_quality, noise_std, color_jitter, prob)
+
+    def get_transform(self, image):
+        if image.ndim != 3 or image.shape[2] != 3:
+            return NoOpTransform()  # colour jitter needs 3 channels; grayscale input is left alone
+        seed = int(np.random.randint(0, 2**31 - 1))
+        return AlbumentationsTransform(self._compose, seed, rgb_input=self.image_format != "BGR")
+
+
+def _intensity_range(value, key):
+    value = tuple(value)
+    if not value:
+        return None
+    if len(value) != 2 or value[0] > value[1]:
+        raise ValueError(f"{key} must be () to turn it off or (min, max) with min <= max, got {value}")
+    return float(value[0]), float(value[1])
+
+
+def build_train_augmentations(cfg):
+    """The training augmentations the config asks for, in the order they are applied.
+
+    RandomCrop (INPUT.CROP, when enabled), ResizeShortestEdge (INPUT.MIN_SIZE_TRAIN /
+    MAX_SIZE_TRAIN / MIN_SIZE_TRAIN_SAMPLING) and RandomFlip (INPUT.RANDOM_FLIP) are what
+    detectron2's DatasetMapper builds itself; then RandomBrightness (INPUT.AUG.BRIGHTNESS),
+    RandomContrast (INPUT.AUG.CONTRAST) and, with INPUT.AUG.ALBUMENTATIONS.ENABLED, the
+    albumentations photometric block, all on the resized image.
+    """
+    augs = utils.build_augmentation(cfg, is_train=True)
+    if cfg.INPUT.CROP.ENABLED:
+        if cfg.MODEL.MASK_ON and importlib.util.find_spec("shapely") is None:
+            # fvcore's CropTransform.apply_polygons imports shapely: without it the first
+            # cropped polygon would fail inside a DataLoader worker, mid-training.
+            raise RuntimeError(
+                "INPUT.CROP.ENABLED with MODEL.MASK_ON needs the shapely package to crop polygon "
+                "masks: install it (pip install shapely) or set INPUT.CROP.ENABLED False."
+            )
+        augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    brightness = _intensity_range(cfg.INPUT.AUG.BRIGHTNESS, "INPUT.AUG.BRIGHTNESS")
+    if brightness:
+        augs.append(T.RandomBrightness(*brightness))
+    contrast = _intensity_range(cfg.INPUT.AUG.CONTRAST, "INPUT.AUG.CONTRAST")
+    if contrast:
+        augs.append(T.RandomContrast(*contrast))
+    alb = cfg.INPUT.AUG.ALBUMENTATIONS
+    if alb.ENABLED:
+        augs.append(
+            AlbumentationsPhotometric(
+                jpeg_quality=tuple(alb.JPEG_QUALITY),
+                noise_std=tuple(alb.NOISE_STD),
+                color_jitter=alb.COLOR_JITTER,
+                prob=alb.PROB,
+                image_format=cfg.INPUT.FORMAT,
+            )
+        )
+    return augs
+
+
+def build_train_mapper(cfg):
+    """detectron2's DatasetMapper for training, with our augmentation list.
+
+    Everything else (image format, mask format, keypoints, box recomputation after cropping)
+    comes from ``DatasetMapper.from_config``.
+    """
+    kwargs = DatasetMapper.from_config(cfg, is_train=True)
+    kwargs["augmentations"] = build_train_augmentations(cfg)
+    return DatasetMapper(**kwargs)

@@ -1,0 +1,180 @@
+"""Checkpoints: detectron2's DetectionCheckpointer, plus what it lacks for our users.
+
+- atomic writes (a crash mid-save leaves the previous checkpoint intact);
+- every checkpoint carries what inference needs: ``config`` (the full YAML), ``class_names``,
+  ``meta_architecture`` and ``iteration``, so ``model_final.pth`` alone is deployable;
+- ``torchvision://resnet18`` (..50, 101) as MODEL.WEIGHTS, converted on load the way detectron2's
+  ``tools/convert-torchvision-to-d2.py`` does;
+- an offline download fails with one sentence saying where to put the file.
+
+Files we write load with ``torch.load(path, weights_only=True)``.
+"""
+
+import logging
+import os
+import urllib.error
+from urllib.parse import urlparse
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.utils.file_io import PathManager
+from iopath.common.file_io import get_cache_dir
+
+from segkit.data.atomic import atomic_path
+from segkit.modeling.config import get_segkit_cfg
+
+logger = logging.getLogger(__name__)
+
+TORCHVISION_PREFIX = "torchvision://"
+# Keys of a checkpoint that inference reads (besides "model").
+INFERENCE_KEYS = ("config", "class_names", "meta_architecture", "iteration")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A checkpoint that must be downloaded could not be (offline, or a wrong URL)."""
+
+
+def cached_path_of(url):
+    """Where detectron2's PathManager caches ``url`` once downloaded (iopath's HTTP cache layout)."""
+    if url.startswith("detectron2://"):
+        url = "https://dl.fbaipublicfiles.com/detectron2/" + url[len("detectron2://"):]
+    parsed = urlparse(url)
+    return os.path.join(get_cache_dir(), os.path.dirname(parsed.path.lstrip("/")), url.split("/")[-1])
+
+
+def torchvision_resnet_to_d2(state_dict):
+    """torchvision ResNet names -> detectron2 ResNet names (tools/convert-torchvision-to-d2.py)."""
+    converted = {}
+    for k, v in state_dict.items():
+        if k.startswith("fc."):
+            continue
+        old = k
+        if "layer" not in k:
+            k = "stem." + k
+        for t in [1, 2, 3, 4]:
+            k = k.replace(f"layer{t}", f"res{t + 1}")
+        for t in [1, 2, 3]:
+            k = k.replace(f"bn{t}", f"conv{t}.norm")
+        k = k.replace("downsample.0", "shortcut")
+        k = k.replace("downsample.1", "shortcut.norm")
+        converted[k] = state_dict[old].detach().clone()
+    return converted
+
+
+def load_torchvision_resnet(name):
+    """ImageNet weights of torchvision's ``name`` (e.g. resnet18), through torch.hub's cache."""
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights="IMAGENET1K_V1")
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise WeightsUnavailableError(
+            f"Could not download torchvision's ImageNet weights for {name} ({e.__class__.__name__}): "
+            f"place the .pth file from torchvision's model page in {hub}, or set MODEL.WEIGHTS to a "
+            f'local checkpoint, or "" to train from scratch.'
+        ) from None
+    return model.state_dict()
+
+
+def is_remote(path):
+    return "://" in path and not path.startswith("file://")
+
+
+class SegkitCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that writes atomically and stores inference metadata in each file."""
+
+    def __init__(self, model, save_dir="", *, cfg=None, class_names=(), **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.cfg = cfg
+        self.class_names = list(class_names)
+
+    def inference_metadata(self):
+        meta = {"class_names": list(self.class_names)}
+        if self.cfg is not None:
+            meta["config"] = self.cfg.dump()
+            meta["meta_architecture"] = self.cfg.MODEL.META_ARCHITECTURE
+        return meta
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(self.inference_metadata())
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_path(save_file) as tmp:
+            torch.save(data, tmp)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        with atomic_path(os.path.join(self.save_dir, "last_checkpoint")) as tmp:
+            with open(tmp, "w") as f:
+                f.write(last_filename_basename)
+
+    def load(self, path, *args, **kwargs):
+        if path.startswith(TORCHVISION_PREFIX):
+            return self._load_torchvision(path[len(TORCHVISION_PREFIX):])
+        if path and is_remote(path):
+            try:
+                PathManager.get_local_path(path)
+            except (urllib.error.URLError, OSError) as e:
+                raise WeightsUnavailableError(
+                    f"Could not download {path} ({e.__class__.__name__}; offline?): download it "
+                    f"on a machine with internet and place it at {cached_path_of(path)}, or set "
+                    f"MODEL.WEIGHTS to a local file."
+                ) from None
+        elif path and not os.path.isfile(path):
+            raise WeightsUnavailableError(f"{path}: checkpoint file not found (MODEL.WEIGHTS).")
+        return super().load(path, *args, **kwargs)
+
+    def _load_torchvision(self, name):
+        logger.info(f"Initialising the backbone from torchvision's ImageNet {name}")
+        checkpoint = {
+            "model": torchvision_resnet_to_d2(load_torchvision_resnet(name)),
+            "__author__": "torchvision",
+            "matching_heuristics": True,
+        }
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        return {}
+
+
+def read_checkpoint(path):
+    """The dict stored in one of our checkpoints, loaded safely (tensors and plain types only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_inference_config(weights_path, config_file=None):
+    """(cfg, class_names) for running ``weights_path``.
+
+    The config comes from ``config_file`` when given, else from the checkpoint itself, else from the
+    ``config.yaml`` detectron2 saves next to it. MODEL.WEIGHTS points at ``weights_path``.
+    """
+    checkpoint = read_checkpoint(weights_path)
+    cfg = get_segkit_cfg()
+    cfg.set_new_allowed(True)  # configs of newer versions may carry keys we do not know yet
+    if config_file:
+        cfg.merge_from_file(config_file)
+    elif "config" in checkpoint:
+        cfg.merge_from_other_cfg(CfgNode.load_cfg(checkpoint["config"]))
+    else:
+        beside = os.path.join(os.path.dirname(weights_path), "config.yaml")
+        if not os.path.isfile(beside):
+            raise FileNotFoundError(
+                f"{weights_path}: the checkpoint holds no config and there is no config.yaml beside "
+                f"it; pass --config-file."
+            )
+        cfg.merge_from_file(beside)
+    cfg.MODEL.WEIGHTS = weights_path
+    class_names = list(checkpoint.get("class_names") or [])
+    if not class_names:
+        n = cfg.MODEL.ROI_HEADS.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE != "UNet" else cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        class_names = [f"class_{i}" for i in range(max(n, 0))]
+    return cfg, class_names

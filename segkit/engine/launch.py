@@ -1,0 +1,128 @@
+"""``train_net.py``'s body, in the shape of detectron2's tools/train_net.py: setup, main, launch."""
+
+import logging
+import os
+import sys
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from segkit.data.catalog import register_data_dir
+from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
+from segkit.engine.trainer import Trainer, TrainingDiverged
+from segkit.modeling.config import get_segkit_cfg
+
+logger = logging.getLogger("segkit")
+
+DEFAULT_CONFIG = "configs/mask_rcnn_R_50_FPN_3x.yaml"
+
+
+def build_argument_parser():
+    parser = default_argument_parser(
+        epilog="Example: python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml "
+        "--num-gpus 1 SOLVER.MAX_ITER 200"
+    )
+    parser.set_defaults(config_file=DEFAULT_CONFIG)
+    return parser
+
+
+def register_datasets(cfg):
+    """Register the converted data folder (and, for the U-Net, its semantic view)."""
+    if not os.path.isdir(cfg.DATASETS.DATA_DIR):
+        return
+    register_data_dir(cfg.DATASETS.DATA_DIR)
+    if cfg.MODEL.META_ARCHITECTURE == "UNet":
+        from segkit.data.semantic import register_semantic_data_dir
+
+        register_semantic_data_dir(cfg.DATASETS.DATA_DIR)
+
+
+def _classes(name, semantic):
+    meta = MetadataCatalog.get(name)
+    return list(meta.get("stuff_classes" if semantic else "thing_classes", None) or [])
+
+
+def resolve_num_classes(cfg):
+    """NUM_CLASSES = -1 means: as many as the training dataset has. Train and test datasets must
+    declare the same classes in the same order (the model's outputs are indices into them)."""
+    semantic = cfg.MODEL.META_ARCHITECTURE == "UNet"
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    from detectron2.data import DatasetCatalog
+
+    missing = [n for n in names if n not in DatasetCatalog.list()]
+    if missing:
+        raise SystemExit(
+            f"Dataset {missing[0]!r} is not registered: run `python labelme2coco.py INPUT_DIR` first "
+            f"(it writes {cfg.DATASETS.DATA_DIR}/train.json and val.json), or set DATASETS.DATA_DIR."
+        )
+    classes = _classes(cfg.DATASETS.TRAIN[0], semantic)
+    for n in names[1:]:
+        if _classes(n, semantic) != classes:
+            raise SystemExit(f"Datasets {cfg.DATASETS.TRAIN[0]!r} and {n!r} declare different class lists; convert them together.")
+    head = cfg.MODEL.SEM_SEG_HEAD if semantic else cfg.MODEL.ROI_HEADS
+    if head.NUM_CLASSES < 0:
+        head.NUM_CLASSES = len(classes)
+
+
+def setup(args):
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        if comm.is_main_process():
+            print("No CUDA GPU found: training on the CPU (MODEL.DEVICE cpu).", file=sys.stderr)
+    register_datasets(cfg)
+    resolve_num_classes(cfg)
+    cfg.freeze()
+    # Only rank 0 writes files: the other ranks get no log file (detectron2 would write log.txt.rankN).
+    default_setup(cfg if comm.is_main_process() else _without_output(cfg), args)
+    return cfg
+
+
+def _without_output(cfg):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = ""
+    cfg.freeze()
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        SegkitCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def _main_with_clean_errors(args):
+    try:
+        return main(args)
+    except (WeightsUnavailableError, TrainingDiverged) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def run(argv=None):
+    args = build_argument_parser().parse_args(argv)
+    if args.num_gpus > 1 and not torch.cuda.is_available():
+        print(f"No CUDA GPU found: running {args.num_gpus} CPU processes with the gloo backend.", file=sys.stderr)
+    launch(
+        _main_with_clean_errors,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

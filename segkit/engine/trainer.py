@@ -1,0 +1,231 @@
+"""``Trainer``: detectron2's DefaultTrainer with what our users need on top (see hooks.py and
+checkpoint.py), and nothing it already does written again."""
+
+import logging
+import os
+import random
+import weakref
+
+import numpy as np
+import torch
+from detectron2.data import DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from segkit.data.loader import build_resumable_train_loader
+from segkit.engine.checkpoint import SegkitCheckpointer
+from segkit.engine.hooks import EarlyStopping, LossCurvePlot, ProgressBar, StopTraining, ValidationLoss
+
+logger = logging.getLogger(__name__)
+
+
+class _HideDivergenceTraceback(logging.Filter):
+    """TrainerBase.train logs every exception with a traceback; a NaN loss gets our one sentence."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], FloatingPointError))
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_HideDivergenceTraceback())
+
+
+def rng_state():
+    """Global RNG states as plain types and tensors (loadable with torch.load(weights_only=True))."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def class_names_of(cfg):
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    if cfg.MODEL.META_ARCHITECTURE == "UNet":
+        return list(meta.get("stuff_classes", []))
+    return list(meta.get("thing_classes", []))
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, except for the DDP wrapper (detectron2 passes
+        # device_ids=[local_rank], which DDP rejects for CPU modules) and a resumable loader.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        # The stream seed is fixed now and stored in checkpoints, so a resume replays the same data
+        # even when SEED is -1 (random).
+        self.data_seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31))
+        data_loader, self._batch_sampler = self.build_resumable_train_loader(cfg, self.data_seed)
+
+        on_gpu = cfg.MODEL.DEVICE.startswith("cuda")
+        model = create_ddp_model(
+            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SegkitCheckpointer(
+            model, cfg.OUTPUT_DIR, cfg=cfg, class_names=class_names_of(cfg), trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self._last_completed_iter = -1
+        self.register_hooks(self.build_hooks())
+
+    # ---- data -------------------------------------------------------------------------------
+    @classmethod
+    def build_train_mapper(cls, cfg):
+        try:
+            from segkit.data.augmentation import build_train_mapper
+        except ImportError:
+            return DatasetMapper(cfg, is_train=True)
+        return build_train_mapper(cfg)
+
+    @classmethod
+    def build_resumable_train_loader(cls, cfg, seed):
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=0,
+            proposal_files=None,
+        )
+        return build_resumable_train_loader(cfg, dicts, cls.build_train_mapper(cfg), seed)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return cls.build_resumable_train_loader(cfg, cfg.SEED if cfg.SEED >= 0 else 0)[0]
+
+    # ---- model and solver ---------------------------------------------------------------------
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name not in ("ADAM", "ADAMW"):
+            raise ValueError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r}: expected SGD, ADAM or ADAMW.")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optim = torch.optim.AdamW if name == "ADAMW" else torch.optim.Adam
+        return maybe_add_gradient_clipping(cfg, optim)(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval")
+        if cfg.MODEL.META_ARCHITECTURE == "UNet":
+            from segkit.evaluation.semantic import SemSegDiceEvaluator
+
+            return SemSegDiceEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        from segkit.evaluation.coco import build_coco_evaluator
+
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def build_hooks(self):
+        cfg = self.cfg
+        main = comm.is_main_process()
+        eval_period = cfg.TEST.EVAL_PERIOD if cfg.DATASETS.TEST else 0
+        val_period = cfg.TEST.VAL_LOSS_PERIOD or eval_period
+
+        def test_and_save_results():
+            # Inference draws no random numbers today; fork_rng keeps it that way for resume.
+            with torch.random.fork_rng(devices=[]):
+                self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if main:
+            ret.append(ProgressBar(self.max_iter))
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        if val_period > 0 and cfg.DATASETS.TEST:
+            ret.append(ValidationLoss(cfg, val_period, cfg.DATASETS.TEST, cfg.TEST.VAL_LOSS_MAX_IMAGES))
+        ret.append(hooks.EvalHook(eval_period, test_and_save_results))
+        if main and eval_period > 0:
+            # After EvalHook: it reads the metric EvalHook just stored.
+            ret.append(hooks.BestCheckpointer(eval_period, self.checkpointer, cfg.SOLVER.BEST_METRIC, "max"))
+        if main:
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+            ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
+        if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
+            ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE))
+        return ret
+
+    # ---- state: what detectron2's checkpoints lack for a bit-identical resume ------------------
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["rng"] = rng_state()
+        ret["data_seed"] = self.data_seed
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "rng" in state_dict:
+            set_rng_state(state_dict["rng"])
+        if "data_seed" in state_dict:
+            self.data_seed = state_dict["data_seed"]
+            self._batch_sampler.stream.seed = self.data_seed
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # The data stream continues where the checkpoint left it: one batch per iteration.
+        self._batch_sampler.start_batch = self.start_iter
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def after_step(self):
+        super().after_step()
+        self._last_completed_iter = self.iter
+
+    def train(self):
+        try:
+            return super().train()
+        except StopTraining:
+            self.iter = self._last_completed_iter
+            self.checkpointer.save("model_final", iteration=self.iter)
+            return getattr(self, "_last_eval_results", None)
+        except KeyboardInterrupt:
+            if comm.is_main_process() and self._last_completed_iter >= 0:
+                self.iter = self._last_completed_iter
+                name = f"model_{self.iter:07d}"
+                self.checkpointer.save(name, iteration=self.iter)
+                logger.warning(
+                    f"Interrupted: saved {os.path.join(self.cfg.OUTPUT_DIR, name)}.pth; "
+                    f"continue with the same command and --resume."
+                )
+            raise
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            raise TrainingDiverged(
+                f"Training stopped: the loss became NaN or infinite at iteration {self.iter} "
+                f"({e}); the last good checkpoint is {last or 'none (none was saved yet)'}. "
+                f"Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS."
+            ) from None
+
+
+class TrainingDiverged(RuntimeError):
+    pass

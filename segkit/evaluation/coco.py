@@ -1,0 +1,229 @@
+"""COCO evaluation for Mask R-CNN: detectron2's COCOEvaluator plus what our users need from it.
+
+On top of COCOEvaluator (bbox and segm AP, AP50, AP75, APs/m/l, per-class AP, distributed
+gathering) the evaluator built here, on the main process only:
+
+- writes ``<output_dir>/metrics_<dataset>.json``: the summary metrics and per-class AP / AP50 of
+  each task, with ``null`` where a number cannot be computed (no predictions at all, a class
+  without ground truth in the split, no small objects, ...);
+- writes precision-recall curves (cfg.TEST.PR_CURVES): ``pr_<task>_<class>.png`` per class with
+  ground truth and ``pr_<task>.png`` with every class;
+- prints an aligned table (metric / class, bbox AP, segm AP), "n/a" where there is no number.
+
+What it returns is still COCOEvaluator's ``{"bbox": {...}, "segm": {...}}`` of floats (NaN where
+undefined), which detectron2's EvalHook and BestCheckpointer consume unchanged.
+"""
+
+import logging
+import math
+import os
+import sys
+from collections import OrderedDict
+
+import numpy as np
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from segkit.data.atomic import write_json
+from segkit.evaluation.plots import safe_filename, write_pr_plots
+
+__all__ = ["SegkitCOCOEvaluator", "build_coco_evaluator", "format_results_table", "print_results_table"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TASKS = ("bbox", "segm")
+
+
+def _number(value):
+    """A finite float, or None (JSON null / "n/a") for NaN, inf, -1 sentinels and missing values."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class SegkitCOCOEvaluator(COCOEvaluator):
+    """COCOEvaluator that also writes a metrics JSON and PR-curve PNGs and prints a table.
+
+    Keeps the accumulated COCOeval precision array of each task (``_derive_coco_results`` receives
+    the COCOeval object and detectron2 drops it afterwards).
+    """
+
+    def __init__(self, dataset_name, tasks, output_dir, *, distributed=True, max_dets_per_image=None, pr_curves=True):
+        super().__init__(
+            dataset_name,
+            tasks=tuple(tasks),
+            distributed=distributed,
+            output_dir=output_dir,
+            max_dets_per_image=max_dets_per_image,
+        )
+        self._dataset_name = dataset_name
+        self._pr_curves = pr_curves
+        self._accumulated = {}
+        self._ensure_category_mapping()
+
+    def _ensure_category_mapping(self):
+        # COCOEvaluator maps predicted class indices back to COCO category ids through
+        # thing_dataset_id_to_contiguous_id, which load_coco_json sets only once the dataset has
+        # been loaded. Evaluating before that (a custom loader) would silently score class i as
+        # category id i. Set it the way load_coco_json does: sorted category ids -> 0..K-1.
+        if self._metadata.get("thing_dataset_id_to_contiguous_id") is None:
+            cat_ids = sorted(self._coco_api.getCatIds())
+            self._metadata.thing_dataset_id_to_contiguous_id = {c: i for i, c in enumerate(cat_ids)}
+
+    def _class_names(self):
+        names = self._metadata.get("thing_classes")
+        if names:
+            return list(names)
+        return [c["name"] for c in sorted(self._coco_api.loadCats(self._coco_api.getCatIds()), key=lambda c: c["id"])]
+
+    def reset(self):
+        super().reset()
+        self._accumulated = {}
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
+        if coco_eval is None:
+            return results
+        params = coco_eval.params
+        precision = np.array(coco_eval.eval["precision"])
+        self._accumulated[iou_type] = {
+            "precision": precision,
+            "iou_thrs": np.array(params.iouThrs),
+            "rec_thrs": np.array(params.recThrs),
+        }
+        names = class_names or self._class_names()
+        if len(names) == 1:  # detectron2 leaves per-class AP out for one class; keep the keys uniform
+            results["AP-" + names[0]] = results["AP"]
+        return results
+
+    def evaluate(self, img_ids=None):
+        results = super().evaluate(img_ids)
+        # Non-main processes return {} from COCOEvaluator (distributed) or evaluate a shard of their
+        # own (not distributed): either way only the main process writes and prints.
+        if not comm.is_main_process() or not self._do_evaluation:
+            return results
+        report = self.report(results)
+        if self._output_dir:
+            name = safe_filename(self._dataset_name)
+            path = os.path.join(self._output_dir, f"metrics_{name}.json")
+            write_json(path, report)
+            logger.info("Wrote %s", path)
+            if self._pr_curves:
+                for task in self._tasks:
+                    acc = self._accumulated.get(task)
+                    if acc is None:
+                        logger.info("No %s precision-recall curves: there were no predictions.", task)
+                        continue
+                    write_pr_plots(
+                        acc["precision"], acc["iou_thrs"], acc["rec_thrs"], self._class_names(), task, self._output_dir
+                    )
+        print_results_table(
+            {task: report[task] for task in self._tasks}, title=f"COCO evaluation on {self._dataset_name}"
+        )
+        return results
+
+    def report(self, results):
+        """The JSON-able summary: per task, the summary metrics and per-class AP, AP50 and number
+        of ground-truth instances (None where undefined)."""
+        names = self._class_names()
+        num_gt = self._num_gt_per_class()
+        report = OrderedDict(dataset=self._dataset_name, num_images=len(self._coco_api.getImgIds()))
+        for task in self._tasks:
+            res = results.get(task, {})
+            acc = self._accumulated.get(task)
+            entry = OrderedDict((m, _number(res.get(m))) for m in SUMMARY_METRICS)
+            per_class = OrderedDict()
+            for k, name in enumerate(names):
+                ap = ap50 = None
+                if acc is not None:
+                    p = acc["precision"][:, :, k, 0, -1]
+                    if (p > -1).any():
+                        i50 = int(np.argmin(np.abs(acc["iou_thrs"] - 0.5)))
+                        ap = 100 * float(p[p > -1].mean())
+                        ap50 = 100 * float(p[i50][p[i50] > -1].mean())
+                per_class[name] = OrderedDict(AP=ap, AP50=ap50, num_gt=num_gt.get(k, 0))
+            entry["per_class"] = per_class
+            report[task] = entry
+        return report
+
+    def _num_gt_per_class(self):
+        id_map = self._metadata.thing_dataset_id_to_contiguous_id
+        counts = {}
+        for ann in self._coco_api.dataset.get("annotations", []):
+            if not ann.get("iscrowd", 0) and ann["category_id"] in id_map:
+                k = id_map[ann["category_id"]]
+                counts[k] = counts.get(k, 0) + 1
+        return counts
+
+
+def build_coco_evaluator(cfg, dataset_name, output_dir):
+    """COCOEvaluator for bbox (and segm when cfg.MODEL.MASK_ON) on a registered dataset, writing
+    ``metrics_<dataset>.json`` and, with cfg.TEST.PR_CURVES, PR-curve PNGs into ``output_dir``."""
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    max_dets = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    return SegkitCOCOEvaluator(
+        dataset_name,
+        tasks=tasks,
+        output_dir=output_dir,
+        distributed=True,
+        # COCO's limit is 100 detections per image; only a larger one needs detectron2's
+        # (slower, official-API) custom-maxDets path.
+        max_dets_per_image=max_dets if max_dets > 100 else None,
+        pr_curves=bool(cfg.TEST.PR_CURVES),
+    )
+
+
+def _is_task_results(results):
+    return (
+        bool(results)
+        and all(isinstance(v, dict) for v in results.values())
+        and any("AP" in v for v in results.values())
+    )
+
+
+def _per_class(task_results):
+    """{class: AP} from either detectron2's flat ``AP-<class>`` keys or our report's ``per_class``."""
+    if "per_class" in task_results:
+        return OrderedDict((name, v.get("AP")) for name, v in task_results["per_class"].items())
+    return OrderedDict((k[3:], v) for k, v in task_results.items() if k.startswith("AP-"))
+
+
+def format_results_table(results):
+    """Aligned text tables of COCO results: summary metrics, then per-class AP, one column per task.
+
+    ``results`` is what COCOEvaluator / ``inference_on_dataset`` return (``{"bbox": {...}, "segm":
+    {...}}``), our metrics JSON, or ``{dataset: results}`` for several datasets.
+    """
+    if not results:
+        return "No COCO results (no images were evaluated)."
+    if not _is_task_results(results):
+        blocks = []
+        for dataset, sub in results.items():
+            if isinstance(sub, dict) and (_is_task_results(sub) or not sub):
+                blocks.append(f"{dataset}:\n{format_results_table(sub)}")
+        return "\n\n".join(blocks) if blocks else "No COCO results."
+    tasks = [t for t in TASKS if t in results] + [
+        t for t, v in results.items() if t not in TASKS and isinstance(v, dict) and "AP" in v
+    ]
+    headers = ["metric"] + [f"{t} AP" if t in TASKS else t for t in tasks]
+    summary = [[m] + [_number(results[t].get(m)) for t in tasks] for m in SUMMARY_METRICS]
+    text = tabulate(summary, headers=headers, floatfmt=".1f", missingval="n/a", numalign="right")
+    per_class = {t: _per_class(results[t]) for t in tasks}
+    names = list(OrderedDict.fromkeys(n for t in tasks for n in per_class[t]))
+    if names:
+        rows = [[n] + [_number(per_class[t].get(n)) for t in tasks] for n in names]
+        headers = ["class"] + headers[1:]
+        text += "\n\n" + tabulate(rows, headers=headers, floatfmt=".1f", missingval="n/a", numalign="right")
+    return text
+
+
+def print_results_table(results, title=None, file=None):
+    """Print :func:`format_results_table` (the eval-only path calls this); returns the text."""
+    text = format_results_table(results)
+    if title:
+        text = f"{title}\n{text}"
+    print(text, file=file or sys.stdout, flush=True)
+    return text

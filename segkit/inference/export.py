@@ -1,0 +1,229 @@
+"""Deployable models from a checkpoint: TorchScript and ONNX through detectron2's TracingAdapter.
+
+What is exported is ``model.inference([{"image": CHW float}], do_postprocess=False)`` for Mask
+R-CNN (the model as detectron2's tools/deploy/export_model.py traces it) or the model's forward for
+U-Net. Inside the graph: normalisation, backbone, RPN, NMS, box and mask heads. Outside it (done by
+:mod:`segkit.inference.onnx_predictor` with numpy + cv2): the input resize (ResizeShortestEdge as
+INPUT.MIN/MAX_SIZE_TEST say), box rescaling, and pasting the 28x28 mask probabilities into the
+image (pasting inside the graph gives an ONNX model onnxruntime cannot load).
+
+ONNX uses opset 17 (detectron2's default 11 exports RoIAlign without ``aligned=True`` and results
+drift) with dynamic height/width, so any input size works. Next to each exported file goes a
+JSON sidecar (``model_final.onnx.json``) with what the runtime side needs: class names, input
+format, resize parameters, the score threshold baked into the graph, output names.
+
+CLI: ``python export_model.py --format torchscript|onnx [--weights output/model_final.pth]
+[--sample-image IMG] [--output FILE]``.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
+
+
+def sidecar_path(model_path):
+    return os.fspath(model_path) + ".json"
+
+
+def _sample_image(cfg, sample_image=None):
+    """RGB uint8 image to trace with: ``sample_image``, else the first image of the first test
+    dataset in DATASETS.DATA_DIR, else a synthetic one (with a warning)."""
+    from segkit.inference.image_io import read_image_rgb
+
+    if sample_image:
+        return read_image_rgb(sample_image), sample_image
+    data_dir = cfg.DATASETS.DATA_DIR
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        split = name.rsplit("_", 1)[-1]
+        json_file = os.path.join(data_dir, f"{split}.json")
+        if not os.path.isfile(json_file):
+            continue
+        try:
+            with open(json_file, encoding="utf-8") as f:
+                images = json.load(f).get("images", [])
+            for im in images[:5]:
+                path = os.path.join(data_dir, "images", im["file_name"])
+                if os.path.isfile(path):
+                    return read_image_rgb(path), path
+        except (OSError, ValueError, KeyError):
+            continue
+    warnings.warn("No --sample-image and no dataset image found: tracing with a synthetic image. "
+                  "Pass --sample-image with a real image where the model finds objects.")
+    rng = np.random.default_rng(0)
+    size = int(cfg.INPUT.MIN_SIZE_TEST)
+    img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return img, None
+
+
+class _InstancesInference:
+    """inference_func for TracingAdapter: raw (un-pasted) Mask R-CNN outputs."""
+
+    def __call__(self, model, inputs):
+        inst = model.inference(inputs, do_postprocess=False)[0]
+        return [{"instances": inst}]
+
+
+class _SemanticInference:
+    def __call__(self, model, inputs):
+        return [{"sem_seg": model(inputs)[0]["sem_seg"]}]
+
+
+def build_adapter(predictor, image_rgb):
+    """(TracingAdapter, CHW float input tensor) for ``predictor``'s model on ``image_rgb``."""
+    from detectron2.export import TracingAdapter
+
+    inputs, _ = predictor.preprocess(image_rgb, rgb=True)
+    image = inputs["image"]
+    func = _SemanticInference() if predictor.semantic else _InstancesInference()
+    adapter = TracingAdapter(predictor.model, [{"image": image}], func)
+    adapter.eval()
+    return adapter, image
+
+
+def export_model(weights, fmt, output=None, sample_image=None, config_file=None, opts=None,
+                 check=True):
+    """Export ``weights`` as ``fmt`` ("torchscript" or "onnx"); returns the written file's path.
+
+    The file goes next to the checkpoint (``model_final.ts`` / ``model_final.onnx``) unless
+    ``output`` names one; its sidecar JSON beside it. ``check`` runs the exported model once on
+    the sample image and compares with eager (logged)."""
+    from segkit.data.atomic import atomic_path, write_json
+    from segkit.inference.predictor import Predictor
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, not {fmt!r}")
+    predictor = Predictor.from_checkpoint(weights, config_file=config_file, device="cpu", opts=opts)
+    cfg = predictor.cfg
+    if output is None:
+        output = os.path.splitext(os.fspath(weights))[0] + FORMATS[fmt]
+    image_rgb, sample_path = _sample_image(cfg, sample_image)
+    adapter, image = build_adapter(predictor, image_rgb)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid")
+        adapter(image)  # fills adapter.outputs_schema: which fields the graph returns, in order
+    output_names = output_names_of(adapter)
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="torch.meshgrid")
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
+        if fmt == "torchscript":
+            traced = torch.jit.trace(adapter, (image,), check_trace=False)
+            with atomic_path(output) as tmp:
+                torch.jit.save(traced, tmp)
+        else:
+            with atomic_path(output) as tmp:
+                torch.onnx.export(
+                    adapter, (image,), tmp, opset_version=ONNX_OPSET, do_constant_folding=True,
+                    input_names=["image"], output_names=output_names,
+                    dynamic_axes={"image": {1: "height", 2: "width"},
+                                  **{n: {0: "num"} for n in output_names if n != "image_size"}},
+                )
+    meta = {
+        "format": fmt,
+        "model_file": os.path.basename(output),
+        "source_checkpoint": os.path.abspath(os.fspath(weights)),
+        "iteration": _iteration(weights),
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "class_names": list(predictor.class_names),
+        "input_format": cfg.INPUT.FORMAT,
+        "input_layout": "CHW float32, 0-255, channels in input_format, resized (no normalisation)",
+        "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
+        "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
+        "score_thresh_test": float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
+        "nms_thresh_test": float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST),
+        "detections_per_image": int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        "mask_threshold": 0.5,
+        "outputs": output_names,
+        "onnx_opset": ONNX_OPSET if fmt == "onnx" else None,
+        "sample_image": sample_path,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    write_json(sidecar_path(output), meta)
+    if check:
+        _check(output, predictor, image_rgb)
+    return output
+
+
+# detectron2 field name -> name of the graph output (TracingAdapter flattens fields sorted by name,
+# then the image size)
+OUTPUT_NAMES = {"pred_boxes": "boxes", "pred_classes": "classes", "pred_masks": "mask_probs",
+                "scores": "scores", "sem_seg": "sem_seg"}
+
+
+def output_names_of(adapter):
+    """Names of the traced graph's outputs, in order, from the adapter's output schema."""
+    inner = adapter.outputs_schema.schemas[0]  # ListSchema([DictSchema]) -> the dict
+    if inner.keys == ["instances"]:
+        fields = inner.schemas[0].keys
+        return [OUTPUT_NAMES.get(k, k) for k in fields] + ["image_size"]
+    return [OUTPUT_NAMES.get(k, k) for k in inner.keys]
+
+
+def _iteration(weights):
+    try:
+        from segkit.engine.checkpoint import read_checkpoint
+
+        it = read_checkpoint(weights).get("iteration")
+        return None if it is None else int(it)
+    except Exception:
+        return None
+
+
+def _check(path, predictor, image_rgb):
+    from segkit.inference.onnx_predictor import load_exported
+
+    exported = load_exported(path)
+    a = predictor(image_rgb, rgb=True)
+    b = exported(image_rgb, rgb=True)
+    if a.is_semantic:
+        agree = float((a.class_map() == b.class_map()).mean())
+        logger.info("exported model check: %.4f of pixels agree with eager", agree)
+        return agree
+    logger.info("exported model check: %d instances (eager %d)", len(b), len(a))
+    return len(a), len(b)
+
+
+def get_parser():
+    p = argparse.ArgumentParser(
+        prog="export_model.py",
+        description="Export a checkpoint to TorchScript or ONNX (detectron2 TracingAdapter); the "
+                    "file and a JSON sidecar go next to the checkpoint.")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="torchscript or onnx")
+    p.add_argument("--weights", default=os.path.join("output", "model_final.pth"),
+                   help="checkpoint (default output/model_final.pth)")
+    p.add_argument("--config-file", default=None, help="config (default: the checkpoint's own)")
+    p.add_argument("--sample-image", default=None,
+                   help="image to trace with (default: the first image of the test split)")
+    p.add_argument("--output", default=None, help="output file (default: next to the checkpoint)")
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides, e.g. MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.3")
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if not os.path.isfile(args.weights):
+        print(f"error: no checkpoint at {args.weights}. Train one first (python train_net.py "
+              f"--config-file configs/mask_rcnn_R_18_FPN_mini.yaml) or pass --weights PATH.",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = export_model(args.weights, args.format, output=args.output,
+                        sample_image=args.sample_image, config_file=args.config_file,
+                        opts=args.opts)
+    print(f"wrote {path} and {sidecar_path(path)}")
+    return 0

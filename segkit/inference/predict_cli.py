@@ -1,0 +1,313 @@
+"""``python predict.py``: batch prediction in the shape of detectron2's demo/demo.py.
+
+    python predict.py --input img.jpg more/ "shots/*.png" --output results/
+    python predict.py --video-input clip.mp4 --output results/
+    python predict.py --input new_images/ --labelme            # LabelMe JSON next to each image
+    python predict.py --input ... --output ... --weights output/model_final.pth \
+        --confidence-threshold 0.5 --opts MODEL.DEVICE cpu
+
+Writes into ``--output``:
+
+- ``overlays/<name>.png`` - Visualizer overlay (U-Net: draw_sem_seg);
+- ``masks/<name>/<index>_<class>.png`` - one binary PNG per instance;
+- ``class_maps/<name>.png`` - U-Net only: class index per pixel;
+- ``masked/<name>.png`` / ``label_maps/<name>.png`` / ``side_by_side/<name>.png`` with
+  ``--masked`` / ``--label-map`` / ``--gt-json COCO_FILE``;
+- ``results.json`` - COCO results (RLE masks, category ids 1..K, image ids 1..N in input order,
+  each entry also naming its ``file_name``) and ``images.json``, the matching image list as a
+  COCO file, so ``COCO("images.json").loadRes("results.json")`` works;
+- with ``--video-input``: ``<video stem>.mp4``, the overlay video, and results per frame.
+
+A file that cannot be read is reported in one line and skipped; the run goes on (exit status 0
+when at least one image was processed).
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import warnings
+
+from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
+                    ".pbm", ".pgm", ".ppm"}
+DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
+TRAIN_HINT = "python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml"
+
+
+def get_parser():
+    p = argparse.ArgumentParser(
+        prog="predict.py",
+        description="Run a trained checkpoint on images or a video (detectron2 demo style).")
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="image files, folders (their images, recursively) or glob patterns")
+    p.add_argument("--video-input", metavar="FILE", help="a video file")
+    p.add_argument("--output", metavar="DIR", help="output folder (needed unless only --labelme)")
+    p.add_argument("--config-file", metavar="FILE", default=None,
+                   help="config (default: the one stored in the checkpoint)")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
+    p.add_argument("--confidence-threshold", type=float, default=0.5,
+                   help="minimum score of the instances kept (default 0.5)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--color-mode", default="image", choices=["image", "segmentation", "bw"],
+                   help="Visualizer ColorMode of the overlays (default image)")
+    p.add_argument("--no-masks", action="store_true", help="do not write per-instance mask PNGs")
+    p.add_argument("--masked", action="store_true", help="also write the masked images (background black)")
+    p.add_argument("--label-map", action="store_true", help="also write RGB label maps")
+    p.add_argument("--gt-json", metavar="COCO_FILE",
+                   help="also write ground truth | prediction side by side, GT from this COCO file")
+    p.add_argument("--labelme", action="store_true",
+                   help="write a LabelMe JSON next to each input image (model-assisted labelling)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --labelme: replace existing LabelMe JSON files (default: keep them)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides as KEY VALUE pairs (last on the line)")
+    return p
+
+
+def expand_inputs(items):
+    """Files, folders (recursively, image extensions only) and globs -> (paths, missing)."""
+    paths, missing = [], []
+    for item in items:
+        item = os.path.expanduser(item)
+        if os.path.isdir(item):
+            found = []
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [os.path.join(root, f) for f in sorted(files)
+                          if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            paths += matches
+            if not matches:
+                missing.append(item)
+        else:
+            missing.append(item)
+    seen, unique = set(), []
+    for p in paths:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique, missing
+
+
+def unique_names(paths):
+    """Output stems, one per path, made unique ("a", "a_2", ...)."""
+    used, names = set(), []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0] or "image"
+        name, k = stem, 2
+        while name in used:
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+class Writer:
+    """Writes every requested output of one prediction."""
+
+    def __init__(self, args, predictor):
+        self.args = args
+        self.out = args.output
+        self.results, self.images = [], []
+        self.class_names = predictor.class_names
+        self.num_instances = 0
+
+    def write(self, prediction, name, image_id, source_name):
+        from segkit.inference import visualization as vis
+        from segkit.inference.coco_results import coco_results
+
+        a = self.args
+        h, w = prediction.image_size
+        self.images.append((image_id, source_name, h, w))
+        self.results += coco_results(prediction, image_id, file_name=source_name)
+        self.num_instances += len(prediction)
+        if not self.out:
+            return
+        overlay = vis.draw_prediction(prediction, mode=a.color_mode)
+        vis.save_png(overlay, os.path.join(self.out, "overlays", f"{name}.png"))
+        if prediction.is_semantic:
+            vis.save_png(prediction.class_map(), os.path.join(self.out, "class_maps", f"{name}.png"))
+        elif not a.no_masks:
+            vis.save_instance_masks(prediction, os.path.join(self.out, "masks", name), "")
+        if a.masked:
+            vis.save_png(vis.masked_image(prediction), os.path.join(self.out, "masked", f"{name}.png"))
+        if a.label_map:
+            vis.save_png(vis.label_map(prediction), os.path.join(self.out, "label_maps", f"{name}.png"))
+        if a.gt_json:
+            try:
+                pair = vis.side_by_side(prediction, a.gt_json, file_name=source_name, mode=a.color_mode)
+                vis.save_png(pair, os.path.join(self.out, "side_by_side", f"{name}.png"))
+            except KeyError:
+                pass  # the image is not in the ground-truth file
+        return overlay
+
+    def finish(self):
+        from segkit.data.atomic import write_json
+        from segkit.inference.coco_results import coco_images
+
+        if not self.out:
+            return
+        write_json(os.path.join(self.out, "images.json"), coco_images(self.images, self.class_names))
+        with open(os.path.join(self.out, ".results.json.tmp"), "w", encoding="utf-8") as f:
+            json.dump(self.results, f)
+        os.replace(os.path.join(self.out, ".results.json.tmp"), os.path.join(self.out, "results.json"))
+
+
+def _progress(total, quiet, unit):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=quiet, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def run_images(args, predictor, paths):
+    from tqdm import tqdm
+
+    from segkit.inference.labelme_writer import write_labelme
+
+    writer = Writer(args, predictor)
+    names = unique_names(paths)
+    skipped, kept_json, image_id = [], [], 0
+    bar = _progress(len(paths), args.quiet, "img")
+
+    def report(line):
+        tqdm.write(line, file=sys.stderr)
+
+    batch = max(1, args.batch_size)
+    for start in range(0, len(paths), batch):
+        chunk = list(zip(paths[start:start + batch], names[start:start + batch]))
+        loaded = []
+        for path, name in chunk:
+            try:
+                loaded.append((path, name, to_rgb_uint8(path)))
+            except ImageLoadError as e:
+                skipped.append(path)
+                report(f"skipped {path}: {e.reason}")
+                bar.update(1)
+        if not loaded:
+            continue
+        try:
+            predictions = predictor.predict_batch([im for _, _, im in loaded], rgb=True)
+        except Exception as e:  # e.g. out of memory on one odd image: report and go on
+            for path, _, _ in loaded:
+                skipped.append(path)
+                report(f"skipped {path}: prediction failed ({e.__class__.__name__}: {e})")
+            bar.update(len(loaded))
+            continue
+        for (path, name, _), pred in zip(loaded, predictions):
+            pred.file_name = path
+            image_id += 1
+            source = os.path.basename(path) if name == os.path.splitext(os.path.basename(path))[0] \
+                else name + os.path.splitext(path)[1]
+            writer.write(pred, name, image_id, source)
+            if args.labelme:
+                json_path, written = write_labelme(pred, path, overwrite=args.overwrite)
+                if not written:
+                    kept_json.append(json_path)
+                    report(f"kept existing {json_path} (use --overwrite to replace it)")
+            bar.update(1)
+    bar.close()
+    writer.finish()
+    where = f"; results in {args.output}" if args.output else ""
+    print(f"{image_id} image(s), {writer.num_instances} instance(s) at score >= "
+          f"{predictor.confidence_threshold:g}; {len(skipped)} skipped"
+          + (f"; {len(kept_json)} existing LabelMe file(s) kept" if kept_json else "") + where)
+    return 0 if image_id else 1
+
+
+def run_video(args, predictor):
+    import cv2
+
+    from segkit.inference import visualization as vis
+    from segkit.inference.coco_results import coco_results
+
+    video = cv2.VideoCapture(args.video_input)
+    if not video.isOpened():
+        print(f"error: cannot open video {args.video_input}", file=sys.stderr)
+        return 1
+    width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    stem = os.path.splitext(os.path.basename(args.video_input))[0]
+    os.makedirs(args.output, exist_ok=True)
+    out_path = os.path.join(args.output, f"{stem}.mp4")
+    out = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height), True)
+    writer = Writer(args, predictor)
+    bar = _progress(total, args.quiet, "frame")
+    n = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        n += 1
+        pred = predictor(frame)  # BGR, as OpenCV reads it
+        name = f"{stem}_frame{n:06d}"
+        writer.images.append((n, name, height, width))
+        writer.results += coco_results(pred, n, file_name=name)
+        writer.num_instances += len(pred)
+        overlay = vis.draw_prediction(pred, mode=args.color_mode)
+        out.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        bar.update(1)
+    bar.close()
+    video.release()
+    out.release()
+    writer.finish()
+    print(f"{n} frame(s), {writer.num_instances} instance(s); overlay video {out_path}")
+    return 0 if n else 1
+
+
+def main(argv=None):
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.input and not args.video_input:
+        parser.error("give --input PATHS... or --video-input FILE")
+    if not args.output and not args.labelme:
+        parser.error("give --output DIR (or --labelme to write only LabelMe files)")
+    if args.video_input and not args.output:
+        parser.error("--video-input needs --output DIR")
+    if args.overwrite and not args.labelme:
+        parser.error("--overwrite only applies to --labelme")
+    if not os.path.isfile(args.weights):
+        print(f"error: no checkpoint at {args.weights}. Train one first ({TRAIN_HINT}) or pass "
+              f"--weights PATH.", file=sys.stderr)
+        return 2
+    if args.video_input and not os.path.isfile(args.video_input):
+        print(f"error: no video file {args.video_input}", file=sys.stderr)
+        return 2
+
+    paths = []
+    if args.input:
+        paths, missing = expand_inputs(args.input)
+        for m in missing:
+            print(f"not found: {m}", file=sys.stderr)
+        if not paths and not args.video_input:
+            print("error: no input images found", file=sys.stderr)
+            return 1
+
+    warnings.filterwarnings("ignore", message="torch.meshgrid")
+    from segkit.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
+                                          device=args.device,
+                                          confidence_threshold=args.confidence_threshold,
+                                          opts=args.opts)
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+    status = 0
+    if paths:
+        status = run_images(args, predictor, paths)
+    if args.video_input:
+        if paths:  # keep the image results: the video gets its own sub-folder
+            args.output = os.path.join(args.output, "video")
+        status = max(status, run_video(args, predictor))
+    return status

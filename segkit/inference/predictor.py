@@ -1,0 +1,249 @@
+"""Running a trained checkpoint on images: detectron2's DefaultPredictor, plus what it lacks.
+
+``Predictor.from_checkpoint("output/model_final.pth")`` reads the config and class names from the
+checkpoint (or the config.yaml beside it), builds the model with detectron2's DefaultPredictor
+(DetectionCheckpointer loads the weights; ResizeShortestEdge as INPUT.MIN/MAX_SIZE_TEST say; the
+model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultPredictor:
+
+- inputs may be numpy arrays (BGR like ``cv2.imread``, or RGB with ``rgb=True``), PIL images or
+  paths; EXIF orientation is applied; grayscale, RGBA, palette, 16-bit and CMYK work;
+- ``predict_batch`` runs several images as ONE forward pass, under ``torch.inference_mode``;
+- results come back as a :class:`Prediction` on the CPU, at the input size, with the class names
+  (and a MetadataCatalog entry carrying them, so detectron2's Visualizer prints names);
+- U-Net checkpoints (META_ARCHITECTURE "UNet") give ``sem_seg`` ([C, H, W] scores) instead.
+"""
+
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from typing import List, Optional
+
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.structures import Instances
+
+from segkit.data.catalog import class_colors
+from segkit.engine.checkpoint import load_inference_config
+from segkit.inference.image_io import to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+
+SEMANTIC_ARCHITECTURES = ("UNet", "SemanticSegmentor")
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_semantic_architecture(meta_architecture):
+    return meta_architecture in SEMANTIC_ARCHITECTURES
+
+
+def metadata_for(class_names, semantic=False):
+    """A MetadataCatalog entry holding ``class_names`` (thing_ or stuff_classes) and their colours.
+
+    A process that never registered the training dataset (predict.py, the app) needs this, or
+    Visualizer labels instances with bare class indices. The entry's name is derived from the
+    names, so the same classes always map to the same entry.
+    """
+    names = [str(c) for c in class_names]
+    key = hashlib.sha1(json.dumps([semantic, names]).encode()).hexdigest()[:12]
+    meta = MetadataCatalog.get(f"segkit_inference_{key}")
+    colors = class_colors(len(names))
+    if semantic:
+        if meta.get("stuff_classes") is None:
+            meta.set(stuff_classes=names, stuff_colors=colors)
+    elif meta.get("thing_classes") is None:
+        meta.set(thing_classes=names, thing_colors=colors)
+    return meta
+
+
+def _import_optional(module):
+    """Import a module that registers architectures (e.g. the U-Net), if this checkout has it."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise
+
+
+@dataclass
+class Prediction:
+    """What one image gave: instances (Mask R-CNN) or a semantic score map (U-Net).
+
+    ``instances``: detectron2 Instances on the CPU at the input size with ``pred_boxes`` (XYXY
+    pixels), ``scores``, ``pred_classes`` (0-based indices into ``class_names``) and ``pred_masks``
+    (bool [N, H, W]). ``sem_seg``: float [C, H, W] (class scores; ``class_map()`` takes the argmax).
+    ``image``: the RGB uint8 image the model saw (after EXIF and mode conversion), when kept.
+    """
+
+    class_names: List[str]
+    instances: Optional[Instances] = None
+    sem_seg: Optional[torch.Tensor] = None
+    image: Optional[np.ndarray] = field(default=None, repr=False)
+    file_name: Optional[str] = None
+
+    @property
+    def is_semantic(self):
+        return self.sem_seg is not None
+
+    @property
+    def image_size(self):
+        """(height, width) of the input image."""
+        if self.instances is not None:
+            return tuple(self.instances.image_size)
+        if self.sem_seg is not None:
+            return tuple(self.sem_seg.shape[-2:])
+        return tuple(self.image.shape[:2])
+
+    @property
+    def metadata(self):
+        return metadata_for(self.class_names, semantic=self.is_semantic)
+
+    def __len__(self):
+        return len(self.instances) if self.instances is not None else 0
+
+    def filter(self, min_score=None, classes=None):
+        """A copy keeping instances with score >= ``min_score`` whose class is in ``classes``
+        (names or indices; None keeps all). Nothing is recomputed: the masks are shared."""
+        if self.instances is None:
+            return self
+        keep = torch.ones(len(self.instances), dtype=torch.bool)
+        if min_score is not None:
+            keep &= self.instances.scores >= float(min_score)
+        if classes is not None:
+            wanted = {self.class_names.index(c) if isinstance(c, str) else int(c) for c in classes
+                      if not isinstance(c, str) or c in self.class_names}
+            keep &= torch.tensor([int(c) in wanted for c in self.instances.pred_classes.tolist()],
+                                 dtype=torch.bool)
+        return replace(self, instances=self.instances[keep])
+
+    def class_map(self):
+        """HxW array of class indices. U-Net: the argmax of sem_seg. Instances: 0 is background and
+        i+1 is class i; where instances overlap, the higher score wins."""
+        if self.sem_seg is not None:
+            return self.sem_seg.argmax(dim=0).numpy().astype(np.uint16 if self.sem_seg.shape[0] > 255 else np.uint8)
+        h, w = self.image_size
+        out = np.zeros((h, w), dtype=np.uint16 if len(self.class_names) >= 255 else np.uint8)
+        if len(self) and self.instances.has("pred_masks"):
+            order = torch.argsort(self.instances.scores).tolist()
+            masks = self.instances.pred_masks.numpy()
+            classes = self.instances.pred_classes.numpy()
+            for i in order:
+                out[masks[i]] = classes[i] + 1
+        return out
+
+    def records(self):
+        """One dict per instance: index, class, score, area (mask pixels), box [x0, y0, x1, y1]."""
+        if self.instances is None:
+            return []
+        inst = self.instances
+        boxes = inst.pred_boxes.tensor.tolist() if inst.has("pred_boxes") else [None] * len(inst)
+        areas = (inst.pred_masks.flatten(1).sum(1).tolist() if inst.has("pred_masks")
+                 else [None] * len(inst))
+        out = []
+        for i, (c, s) in enumerate(zip(inst.pred_classes.tolist(), inst.scores.tolist())):
+            out.append({
+                "index": i,
+                "class_id": int(c),
+                "class": self.class_names[c] if 0 <= c < len(self.class_names) else str(c),
+                "score": float(s),
+                "area": None if areas[i] is None else int(areas[i]),
+                "box": None if boxes[i] is None else [float(v) for v in boxes[i]],
+            })
+        return out
+
+
+class Predictor:
+    """DefaultPredictor for our checkpoints; see the module docstring.
+
+    ``predictor(image, rgb=False)`` -> :class:`Prediction`; ``predictor.predict_batch(images)``
+    -> list of them from one forward pass.
+    """
+
+    def __init__(self, cfg, class_names, device=None):
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = device or default_device()
+        _import_optional("segkit.modeling.unet")  # registers "UNet" with META_ARCH_REGISTRY
+        self.cfg = cfg
+        self.class_names = list(class_names)
+        self.semantic = is_semantic_architecture(cfg.MODEL.META_ARCHITECTURE)
+        self.default_predictor = DefaultPredictor(cfg)
+        self.model = self.default_predictor.model
+        self.aug = self.default_predictor.aug
+        self.input_format = self.default_predictor.input_format
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.metadata = metadata_for(self.class_names, semantic=self.semantic)
+        self.weights = cfg.MODEL.WEIGHTS
+
+    @classmethod
+    def from_checkpoint(cls, path, config_file=None, device=None, confidence_threshold=None,
+                        opts=None):
+        """Predictor for ``path`` (one of our checkpoints, or a plain detectron2 one with a
+        config.yaml beside it or ``config_file``). ``opts``: ``["KEY", "VALUE", ...]`` overrides.
+        ``confidence_threshold`` sets the score threshold of every detectron2 head."""
+        cfg, class_names = load_inference_config(str(path), config_file)
+        if opts:
+            cfg.merge_from_list(list(opts))
+        if confidence_threshold is not None:
+            set_confidence_threshold(cfg, confidence_threshold)
+        return cls(cfg, class_names, device=device)
+
+    @property
+    def confidence_threshold(self):
+        return float(self.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+
+    def preprocess(self, image, rgb=False):
+        """(model input dict, RGB uint8 image) for one image, as DefaultPredictor prepares it."""
+        image_rgb = to_rgb_uint8(image, rgb=rgb)
+        original = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
+        height, width = original.shape[:2]
+        resized = self.aug.get_transform(original).apply_image(original)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.astype("float32").transpose(2, 0, 1)))
+        return {"image": tensor.to(self.device), "height": height, "width": width}, image_rgb
+
+    def __call__(self, image, rgb=False, keep_image=True):
+        return self.predict_batch([image], rgb=rgb, keep_image=keep_image)[0]
+
+    def predict_batch(self, images, rgb=False, keep_image=True):
+        """Predictions for ``images`` (a list of anything ``__call__`` takes) from ONE forward pass.
+
+        Images of different sizes are padded to a common size inside the model (detectron2's
+        ImageList); with GroupNorm in the backbone that padding slightly changes the scores
+        compared with one-at-a-time runs, so batch images of one size where exactness matters.
+        """
+        if not images:
+            return []
+        prepared = [self.preprocess(im, rgb=rgb) for im in images]
+        with torch.inference_mode():
+            outputs = self.model([p[0] for p in prepared])
+        results = []
+        for (inputs, image_rgb), out, src in zip(prepared, outputs, images):
+            name = str(src) if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__") else None
+            results.append(self._to_prediction(out, image_rgb if keep_image else None, name))
+        return results
+
+    def _to_prediction(self, out, image_rgb, file_name):
+        if "instances" in out:
+            inst = out["instances"].to("cpu")
+            if inst.has("pred_masks"):
+                inst.pred_masks = inst.pred_masks.bool()
+            return Prediction(self.class_names, instances=inst, image=image_rgb, file_name=file_name)
+        if "sem_seg" in out:
+            return Prediction(self.class_names, sem_seg=out["sem_seg"].float().cpu(),
+                              image=image_rgb, file_name=file_name)
+        raise ValueError(f"the model returned neither instances nor sem_seg: {sorted(out)}")
+
+
+def set_confidence_threshold(cfg, threshold):
+    """What detectron2's demo does with --confidence-threshold, for every head that has one."""
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(threshold)
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = float(threshold)
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = float(threshold)
+    return cfg
