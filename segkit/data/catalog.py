@@ -13,6 +13,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.colormap import _COLORS
 
+from segkit.data.coco_convert import has_rle_instances
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "mydata"
@@ -29,6 +31,11 @@ def read_categories(json_file):
     with open(json_file, encoding="utf-8") as f:
         cats = json.load(f)["categories"]
     return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+
+
+def coco_has_rle_instances(json_file):
+    with open(json_file, encoding="utf-8") as f:
+        return has_rle_instances(json.load(f)["annotations"])
 
 
 def register_coco_dataset(name, json_file, image_root):

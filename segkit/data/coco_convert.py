@@ -51,6 +51,11 @@ from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files,
 SPLIT_NAMES = ("trainval", "train", "val")
 
 
+def has_rle_instances(annotations):
+    """True when some non-crowd annotation is RLE (LabelMe mask shapes): needs INPUT.MASK_FORMAT bitmask."""
+    return any(not a.get("iscrowd") and isinstance(a["segmentation"], dict) for a in annotations)
+
+
 def _progress(iterable, total, desc, enabled):
     from tqdm import tqdm
 
@@ -195,8 +200,7 @@ class ConversionResult:
     @property
     def needs_bitmask(self):
         """True when non-crowd annotations are RLE (mask shapes): set INPUT.MASK_FORMAT bitmask."""
-        anns = self.coco.get("trainval", {}).get("annotations", [])
-        return any(not a["iscrowd"] and isinstance(a["segmentation"], dict) for a in anns)
+        return has_rle_instances(self.coco.get("trainval", {}).get("annotations", []))
 
 
 def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0, mode="copy",

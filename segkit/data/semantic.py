@@ -50,7 +50,6 @@ __all__ = [
     "register_semantic_from_coco",
     "register_semantic_data_dir",
     "register_semantic_folder",
-    "coco_semantic_labels",
     "read_class_mapping",
 ]
 
@@ -90,14 +89,6 @@ def _write_png(path, label):
         Image.fromarray(np.asarray(label, dtype=np.uint8), mode="L").save(tmp, format="PNG")
 
 
-def _sha1(path):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _label_name(file_name):
     """Cache file name for an image path relative to the image root (sub-folders kept, flattened)."""
     rel = os.path.normpath(file_name)
@@ -113,16 +104,20 @@ def _segm_to_mask(segm, h, w):
     """Binary mask of a COCO segmentation (polygons, RLE or uncompressed RLE); None if unusable."""
     import pycocotools.mask as mask_util
 
-    if isinstance(segm, list):
-        polys = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]
-        if not polys:
+    try:
+        if isinstance(segm, list):
+            polys = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+            if not polys:
+                return None
+            rle = mask_util.merge(mask_util.frPyObjects(polys, h, w))
+        elif isinstance(segm, dict) and "counts" in segm:
+            rle = mask_util.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
+        else:
             return None
-        rle = mask_util.merge(mask_util.frPyObjects(polys, h, w))
-    elif isinstance(segm, dict) and "counts" in segm:
-        rle = mask_util.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
-    else:
+        mask = mask_util.decode(rle).astype(bool)
+    except Exception:  # pycocotools raises bare Exception / TypeError / ValueError on bad input
         return None
-    return mask_util.decode(rle).astype(bool)
+    return mask if mask.shape == (h, w) else None
 
 
 def _box_mask(bbox, h, w):
@@ -132,7 +127,7 @@ def _box_mask(bbox, h, w):
     return m
 
 
-def coco_semantic_labels(coco, image):
+def _coco_labels(coco, image):
     """Label map (uint8 H x W) of one COCO ``image`` entry, plus a list of problems found.
 
     ``coco`` is the loaded COCO dict with ``_anns_by_image`` and ``_cat_to_label`` added by the
@@ -181,10 +176,12 @@ def _load_coco(json_file):
 def _convert_coco(json_file, image_root, cache_dir):
     """Dataset dicts of a COCO file; label PNGs (re)written into cache_dir when the JSON changed."""
     coco, _ = _load_coco(json_file)
-    sha1 = _sha1(json_file)
+    with open(json_file, "rb") as f:
+        sha1 = hashlib.sha1(f.read()).hexdigest()
     stamp = _read_stamp(cache_dir)
+    images = sorted(coco.get("images", []), key=lambda i: i["id"])
     dicts = []
-    for img in sorted(coco.get("images", []), key=lambda i: i["id"]):
+    for img in images:
         dicts.append({
             "file_name": os.path.join(image_root, img["file_name"]),
             "sem_seg_file_name": os.path.join(cache_dir, _label_name(img["file_name"])),
@@ -198,8 +195,8 @@ def _convert_coco(json_file, image_root, cache_dir):
         problems = stamp.get("problems", [])
     else:
         problems = []
-        for img, d in zip(sorted(coco.get("images", []), key=lambda i: i["id"]), dicts):
-            label, found = coco_semantic_labels(coco, img)
+        for img, d in zip(images, dicts):
+            label, found = _coco_labels(coco, img)
             problems += [f"{img['file_name']}: {p}" for p in found]
             _write_png(d["sem_seg_file_name"], label)
         write_json(os.path.join(cache_dir, _STAMP), {

@@ -23,16 +23,13 @@ from iopath.common.file_io import get_cache_dir
 
 from segkit.data.atomic import atomic_path
 from segkit.modeling.config import get_segkit_cfg
+from segkit.modeling.weights import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision://"
 # Keys of a checkpoint that inference reads (besides "model").
 INFERENCE_KEYS = ("config", "class_names", "meta_architecture", "iteration")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """A checkpoint that must be downloaded could not be (offline, or a wrong URL)."""
 
 
 def cached_path_of(url):

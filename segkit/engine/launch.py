@@ -10,8 +10,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from segkit.data.catalog import register_data_dir
+from segkit.data.catalog import coco_has_rle_instances, register_data_dir
 from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
 from segkit.engine.trainer import Trainer, TrainingDiverged
 from segkit.modeling.config import get_segkit_cfg
@@ -39,6 +40,20 @@ def register_datasets(cfg):
         from segkit.data.semantic import register_semantic_data_dir
 
         register_semantic_data_dir(cfg.DATASETS.DATA_DIR)
+
+
+def use_bitmask_if_needed(cfg):
+    """Instances drawn as LabelMe ``mask`` shapes are RLE in COCO; detectron2's default polygon
+    mask format cannot hold them."""
+    if cfg.INPUT.MASK_FORMAT != "polygon":
+        return
+    for name in cfg.DATASETS.TRAIN:
+        json_file = MetadataCatalog.get(name).get("json_file", None)
+        if json_file and coco_has_rle_instances(json_file):
+            cfg.INPUT.MASK_FORMAT = "bitmask"
+            if comm.is_main_process():
+                print(f"{json_file} has mask-shaped (RLE) instances: using INPUT.MASK_FORMAT bitmask.", file=sys.stderr)
+            return
 
 
 def _classes(name, semantic):
@@ -78,9 +93,11 @@ def setup(args):
             print("No CUDA GPU found: training on the CPU (MODEL.DEVICE cpu).", file=sys.stderr)
     register_datasets(cfg)
     resolve_num_classes(cfg)
+    use_bitmask_if_needed(cfg)
     cfg.freeze()
     # Only rank 0 writes files: the other ranks get no log file (detectron2 would write log.txt.rankN).
     default_setup(cfg if comm.is_main_process() else _without_output(cfg), args)
+    setup_logger(cfg.OUTPUT_DIR if comm.is_main_process() else None, distributed_rank=comm.get_rank(), name="segkit")
     return cfg
 
 

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from segkit.data.loader import build_resumable_train_loader
 from segkit.engine.checkpoint import SegkitCheckpointer
+import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import EarlyStopping, LossCurvePlot, ProgressBar, StopTraining, ValidationLoss
 
 logger = logging.getLogger(__name__)

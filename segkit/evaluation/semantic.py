@@ -101,7 +101,11 @@ class SemSegDiceEvaluator(SemSegEvaluator):
         table.append(("mean", _fmt(res["mDice"] / 100), _fmt(res["mIoU"] / 100), int(gt_pixels.sum())))
         text = tabulate(table, headers=["class", "Dice", "IoU", "GT pixels"], tablefmt="pipe",
                         stralign="left", numalign="right")
-        logger.info(f"Per-class semantic segmentation results on {self._dataset_name}:\n{text}")
+        text = f"Per-class semantic segmentation results on {self._dataset_name}:\n{text}"
+        if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+            logger.info(text)
+        else:  # nobody set up segkit's logging (a plain script): the table is still shown
+            print(text, flush=True)
 
         if self._output_dir and is_main_process():
             os.makedirs(self._output_dir, exist_ok=True)

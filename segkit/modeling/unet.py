@@ -35,13 +35,15 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
+from segkit.modeling.weights import WeightsUnavailableError
+
 __all__ = ["UNet", "EncoderWeightsUnavailable", "build_smp_unet", "LOSS_NAMES"]
 
 LOSS_NAMES = ("ce", "dice")
 _PROBE_TIMEOUT_S = 3.0
 
 
-class EncoderWeightsUnavailable(RuntimeError):
+class EncoderWeightsUnavailable(WeightsUnavailableError):
     """Pretrained encoder weights were asked for but cannot be downloaded (offline, blocked)."""
 
 
@@ -86,10 +88,11 @@ def _hub_unreachable():
 
 
 def _offline_message(encoder, weights, reason, repo_url, folder):
-    where = (f"or place config.json and model.safetensors from {repo_url} in {folder}"
-             if repo_url else f"or fill the Hugging Face cache {folder} while online")
-    return (f"The '{weights}' weights of the U-Net encoder '{encoder}' could not be downloaded "
-            f"({reason}): set MODEL.UNET.ENCODER_WEIGHTS \"\" to train from scratch, {where}.")
+    """One sentence, in the style of the Mask R-CNN message of segkit.engine.checkpoint."""
+    where = (f"place config.json and model.safetensors from {repo_url} in {folder}"
+             if repo_url else f"run once online to fill the Hugging Face cache {folder}")
+    return (f"Could not download the '{weights}' weights of the U-Net encoder {encoder} ({reason}): "
+            f"{where}, or set MODEL.UNET.ENCODER_WEIGHTS \"\" to train from scratch.")
 
 
 def build_smp_unet(encoder, encoder_depth, encoder_weights, decoder_channels, num_classes,

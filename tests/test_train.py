@@ -1,0 +1,136 @@
+"""train_net.py end to end on the generated sample: it learns, resumes bit-identically, runs DDP on
+CPU, stops cleanly on NaN, and writes checkpoints that inference can use on their own."""
+
+import json
+import os
+
+import torch
+from conftest import ROOT, TINY_OVERRIDES, run_train_net
+
+MINI = ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml"
+
+
+def _short_run(data, out, iters, *extra, flags=()):
+    return run_train_net(
+        *flags, "--config-file", MINI, "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out,
+        "SOLVER.MAX_ITER", iters, "SOLVER.CHECKPOINT_PERIOD", iters, "TEST.EVAL_PERIOD", "0",
+        "DATASETS.TEST", "()", *TINY_OVERRIDES, *extra,
+    )
+
+
+def test_overfits_sample_images(trained_mini_checkpoint):
+    """Trained from scratch on the sample's trainval images, evaluated on the same images."""
+    metrics = json.loads((trained_mini_checkpoint.parent / "eval/metrics_mydata_trainval.json").read_text())
+    assert metrics["bbox"]["AP50"] >= 80, metrics["bbox"]
+    assert metrics["segm"]["AP50"] >= 80, metrics["segm"]
+    out = trained_mini_checkpoint.parent
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    losses = [r["total_loss"] for r in rows if "total_loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert any("val_total_loss" in r for r in rows), "validation loss was not logged"
+
+
+def test_checkpoint_is_self_contained_and_weights_only_loadable(trained_mini_checkpoint):
+    ckpt = torch.load(trained_mini_checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["class_names"] == ["disc", "square", "triangle"]
+    assert ckpt["meta_architecture"] == "GeneralizedRCNN"
+    assert "NUM_CLASSES: 3" in ckpt["config"]  # resolved from the dataset, not the -1 default
+    assert ckpt["iteration"] >= 0 and "optimizer" in ckpt and "rng" in ckpt["trainer"]
+
+    from segkit.engine.checkpoint import load_inference_config
+
+    cfg, names = load_inference_config(str(trained_mini_checkpoint))
+    assert names == ckpt["class_names"] and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
+
+
+def test_eval_only_writes_metrics(trained_mini_checkpoint, sample_data, tmp_path):
+    proc = run_train_net(
+        "--config-file", MINI, "--eval-only", "MODEL.WEIGHTS", trained_mini_checkpoint,
+        "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path, *TINY_OVERRIDES,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval/metrics_mydata_val.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"}
+    assert list((tmp_path / "eval").glob("pr_segm*.png"))
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_is_bit_identical(sample_data, tmp_path):
+    """2N iterations in one run == N iterations, then --resume to 2N (data workers included)."""
+    n = 3
+    common = ["DATALOADER.NUM_WORKERS", "1", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)"]
+    straight = _short_run(sample_data, tmp_path / "straight", 2 * n, *common)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = _short_run(sample_data, tmp_path / "resumed", n, *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _short_run(sample_data, tmp_path / "resumed", 2 * n, *common, flags=("--resume",))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"Starting training from iteration {n}" in (tmp_path / "resumed/log.txt").read_text()
+    a = _weights(tmp_path / "straight/model_final.pth")
+    b = _weights(tmp_path / "resumed/model_final.pth")
+    mid = _weights(tmp_path / "resumed" / f"model_{n - 1:07d}.pth")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert any(not torch.equal(a[k], mid[k]) for k in a), "the resumed run did not train"
+
+
+def test_ddp_two_cpu_processes(sample_data, tmp_path):
+    proc = _short_run(sample_data, tmp_path / "ddp", 2, "SOLVER.IMS_PER_BATCH", "2", flags=("--num-gpus", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gloo" in proc.stderr
+    files = sorted(os.listdir(tmp_path / "ddp"))
+    assert not [f for f in files if "rank" in f], files  # rank 1 wrote no log of its own
+    assert "model_final.pth" in files and "config.yaml" in files
+    ckpt = torch.load(tmp_path / "ddp/model_final.pth", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # loadable without DDP
+    assert ckpt["iteration"] == 1
+
+
+def test_nan_loss_stops_with_one_sentence_and_keeps_last_good_checkpoint(sample_data, tmp_path):
+    proc = _short_run(
+        sample_data, tmp_path, 30, "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.BASE_LR", "1e6",
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
+    )
+    assert proc.returncode == 1
+    error = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(error) == 1 and "NaN or infinite at iteration" in error[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "model_final.pth").exists()
+    last = (tmp_path / "last_checkpoint").read_text().strip()
+    assert last in error[0]
+    weights = _weights(tmp_path / last)
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_unreachable_weights_fail_with_one_sentence(sample_data, tmp_path):
+    proc = _short_run(sample_data, tmp_path, 2, "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pkl")
+    assert proc.returncode == 1
+    error = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(error) == 1 and "Could not download http://127.0.0.1:9/model_final.pkl" in error[0]
+    assert "MODEL.WEIGHTS" in error[0]
+
+
+def test_torchvision_resnet_weights_are_converted_into_the_backbone():
+    import torchvision
+    from segkit.engine.checkpoint import SegkitCheckpointer, torchvision_resnet_to_d2
+    from segkit.modeling.config import get_segkit_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(MINI))
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    checkpointer = SegkitCheckpointer(model)
+    checkpointer._load_model({"model": torchvision_resnet_to_d2(tv), "matching_heuristics": True, "__author__": "torchvision"})
+    ours = model.state_dict()
+    assert torch.equal(ours["backbone.bottom_up.stem.conv1.weight"], tv["conv1.weight"])
+    assert torch.equal(ours["backbone.bottom_up.res5.1.conv2.weight"], tv["layer4.1.conv2.weight"])
+    assert torch.equal(ours["backbone.bottom_up.res3.0.shortcut.weight"], tv["layer2.0.downsample.0.weight"])
+    assert torch.equal(ours["backbone.bottom_up.res4.0.conv1.norm.weight"], tv["layer3.0.bn1.weight"])
