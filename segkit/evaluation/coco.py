@@ -177,11 +177,8 @@ def build_coco_evaluator(cfg, dataset_name, output_dir):
 
 
 def _is_task_results(results):
-    return (
-        bool(results)
-        and all(isinstance(v, dict) for v in results.values())
-        and any("AP" in v for v in results.values())
-    )
+    # Our metrics JSON also carries "dataset" and "num_images" beside the task dicts.
+    return any(isinstance(v, dict) and "AP" in v for v in results.values())
 
 
 def _per_class(task_results):
@@ -205,7 +202,7 @@ def format_results_table(results):
             if isinstance(sub, dict) and (_is_task_results(sub) or not sub):
                 blocks.append(f"{dataset}:\n{format_results_table(sub)}")
         return "\n\n".join(blocks) if blocks else "No COCO results."
-    tasks = [t for t in TASKS if t in results] + [
+    tasks = [t for t in TASKS if isinstance(results.get(t), dict)] + [
         t for t, v in results.items() if t not in TASKS and isinstance(v, dict) and "AP" in v
     ]
     headers = ["metric"] + [f"{t} AP" if t in TASKS else t for t in tasks]
@@ -227,3 +224,23 @@ def print_results_table(results, title=None, file=None):
         text = f"{title}\n{text}"
     print(text, file=file or sys.stdout, flush=True)
     return text
+
+
+def main(argv=None):
+    """``python -m segkit.evaluation.coco OUTPUT_DIR/eval/metrics_<dataset>.json``: the AP table."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("metrics_json")
+    path = parser.parse_args(argv).metrics_json
+    try:
+        with open(path, encoding="utf-8") as f:
+            metrics = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read the metrics file ({e.__class__.__name__}: {e}).")
+    print_results_table(metrics, title=f"COCO evaluation ({os.path.basename(path)})")
+
+
+if __name__ == "__main__":
+    main()
