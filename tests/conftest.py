@@ -58,7 +58,7 @@ def trained_mini_checkpoint(sample_data, tmp_path_factory):
         "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", out,
         "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
         "SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(9999,)", "SOLVER.WARMUP_ITERS", "20",
-        "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0", "TEST.VAL_LOSS_PERIOD", "50",
         "INPUT.RANDOM_FLIP", "none", "INPUT.AUG.BRIGHTNESS", "()", "INPUT.AUG.CONTRAST", "()",
         *TINY_OVERRIDES,
     )

@@ -110,7 +110,7 @@ def open_image_file(path, max_pixels=DEFAULT_MAX_PIXELS):
     except UnidentifiedImageError:
         raise ImageLoadError("not an image (or a format Pillow cannot read)", name) from None
     except OSError as e:
-        raise ImageLoadError(f"cannot be read as an image ({e})", name) from None
+        raise ImageLoadError(f"cannot be read: broken or truncated image file ({e})", name) from None
     w, h = im.size
     if max_pixels and w * h > max_pixels:
         im.close()
