@@ -8,6 +8,15 @@
 """
 
 from segkit.engine.launch import run
+from segkit.engine.trainer import Trainer as BaseTrainer
+from segkit.evaluation.build import build_evaluator
+
+
+class Trainer(BaseTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
 
 if __name__ == "__main__":
-    run()
+    run(Trainer)

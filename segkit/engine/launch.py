@@ -5,7 +5,6 @@ import os
 import sys
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -109,29 +108,29 @@ def _without_output(cfg):
     return cfg
 
 
-def main(args):
+def main(args, trainer_class=Trainer):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = trainer_class.build_model(cfg)
         SegkitCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        res = Trainer.test(cfg, model)
+        res = trainer_class.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
-    trainer = Trainer(cfg)
+    trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
-def _main_with_clean_errors(args):
+def _main_with_clean_errors(args, trainer_class):
     try:
-        return main(args)
+        return main(args, trainer_class)
     except (WeightsUnavailableError, TrainingDiverged) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         raise SystemExit(1)
 
 
-def run(argv=None):
+def run(trainer_class=Trainer, argv=None):
     args = build_argument_parser().parse_args(argv)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         print(f"No CUDA GPU found: running {args.num_gpus} CPU processes with the gloo backend.", file=sys.stderr)
@@ -141,5 +140,5 @@ def run(argv=None):
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, trainer_class),
     )

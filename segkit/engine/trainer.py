@@ -138,14 +138,12 @@ class Trainer(DefaultTrainer):
     # ---- evaluation ---------------------------------------------------------------------------
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval")
-        if cfg.MODEL.META_ARCHITECTURE == "UNet":
-            from segkit.evaluation.semantic import SemSegDiceEvaluator
-
-            return SemSegDiceEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-        from segkit.evaluation.coco import build_coco_evaluator
-
-        return build_coco_evaluator(cfg, dataset_name, output_folder)
+        # Evaluation is a later stage than the engine: train_net.py plugs it in, as detectron2's
+        # tools/train_net.py does.
+        raise NotImplementedError(
+            "Trainer.build_evaluator: subclass Trainer with one (train_net.py uses "
+            "segkit.evaluation.build.build_evaluator), or set DATASETS.TEST to ()."
+        )
 
     # ---- hooks --------------------------------------------------------------------------------
     def build_hooks(self):
