@@ -50,9 +50,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
 TRAIN_COMMAND = "python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml"
 MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters above it
-MAX_PREDICT_SIDE = 4096  # larger uploads are downscaled before prediction (masks are kept at input size)
+MAX_PREDICT_SIDE = 2048  # larger uploads are downscaled first: the model sees <= 1333 px anyway, and
+# masks at input size cost H x W bytes per instance
 MAX_DISPLAY_SIDE = 1600
 MAX_UPLOAD_PIXELS = 64_000_000
+MAX_UPLOAD_BYTES = "200mb"
 INSTANCE_HEADERS = ["#", "class", "score", "area (px)", "box (x0, y0, x1, y1)"]
 SEMANTIC_HEADERS = ["#", "class", "area (px)", "share"]
 
@@ -151,7 +153,7 @@ class AppModel:
 
     def info_markdown(self):
         if not self.ready:
-            return "### Model\n" + (self.error or "")
+            return "### Model\nNone loaded (see the top of the page)."
         p = self.predictor
         kind = "semantic segmentation (U-Net)" if p.semantic else "instance segmentation"
         lines = [
@@ -396,7 +398,7 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
                     image_out = gr.Image(label="Result", type="numpy", format="png",
                                          interactive=False, elem_id="result-image", height=420)
                 message = gr.Markdown("Upload an image (or pick an example)." if model.ready else
-                                      model.error, elem_id="message")
+                                      "No model loaded: see the top of the page.", elem_id="message")
                 with gr.Row():
                     min_score = gr.Slider(MIN_SCORE, 1.0, value=0.5, step=0.01, label="Confidence",
                                           info="instances below this score are hidden (no re-run)",
@@ -409,20 +411,31 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
                 downloads = gr.File(label="Downloads: overlay PNG, masks (zip), COCO results JSON, "
                                           "LabelMe JSON", file_count="multiple", interactive=False,
                                     elem_id="downloads")
-                if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image_in],
-                                label="Examples (validation images)", cache_examples=False)
+                examples_slot = gr.Column()
             with gr.Column(scale=1):
                 gr.Markdown(model.info_markdown(), elem_id="model-info")
 
         outputs = [image_out, table, downloads, message]
-        image_in.change(predict, inputs=[image_in, min_score, classes], outputs=outputs + [cache],
+        # .upload, not .change: .change fires twice when an upload replaces an image
+        image_in.upload(predict, inputs=[image_in, min_score, classes], outputs=outputs + [cache],
                         api_name="predict")
+        image_in.clear(lambda: (*_empty("Upload an image (or pick an example).", model.semantic), None),
+                       outputs=outputs + [cache], api_visibility="private")
+        if examples:
+            with examples_slot:
+                split = ", ".join(model.predictor.cfg.DATASETS.TEST)
+                ex = gr.Examples(examples=[[p] for p in examples], inputs=[image_in],
+                                 cache_examples=False, label=f"Examples ({split})",
+                                 elem_id="examples")
+            ex.load_input_event.then(predict, inputs=[image_in, min_score, classes],
+                                     outputs=outputs + [cache], api_visibility="private")
         min_score.release(redraw, inputs=[cache, min_score, classes], outputs=outputs,
                           api_visibility="private", show_progress="minimal")
         classes.change(redraw, inputs=[cache, min_score, classes], outputs=outputs,
                        api_visibility="private", show_progress="minimal")
     blocks.segkit_model = model
+    blocks.segkit_predict = predict  # the functions behind the events, for tests and scripting
+    blocks.segkit_redraw = redraw
     blocks.segkit_workdirs = workdirs
     blocks.segkit_examples = examples
     return blocks
@@ -431,6 +444,7 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
 def launch(blocks, host="127.0.0.1", port=7860, **kwargs):
     """Launch with the example folders allowed; returns what Blocks.launch returns."""
     allowed = sorted({os.path.dirname(os.path.abspath(p)) for p in getattr(blocks, "segkit_examples", [])})
+    kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
     return blocks.launch(server_name=host, server_port=port, allowed_paths=allowed or None, **kwargs)
 
 

@@ -17,6 +17,7 @@ CLI: ``python export_model.py --format torchscript|onnx [--weights output/model_
 """
 
 import argparse
+import copy
 import datetime
 import json
 import logging
@@ -43,7 +44,7 @@ def _sample_image(cfg, sample_image=None):
     from segkit.inference.image_io import read_image_rgb
 
     if sample_image:
-        return read_image_rgb(sample_image), sample_image
+        return read_image_rgb(sample_image), os.fspath(sample_image)
     data_dir = cfg.DATASETS.DATA_DIR
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         split = name.rsplit("_", 1)[-1]
@@ -80,14 +81,54 @@ class _SemanticInference:
         return [{"sem_seg": model(inputs)[0]["sem_seg"]}]
 
 
-def build_adapter(predictor, image_rgb):
-    """(TracingAdapter, CHW float input tensor) for ``predictor``'s model on ``image_rgb``."""
+class ExportableGroupNorm(torch.nn.Module):
+    """nn.GroupNorm without a Reshape, for ONNX.
+
+    torch.onnx exports GroupNorm through ``Reshape(x, [N, groups, -1])``; onnxruntime cannot
+    reshape an empty batch with a -1 (and its ReshapeFusion optimiser turns explicit sizes back
+    into -1), so with GroupNorm in the mask head (our mini config) an image without detections
+    would fail. Here group statistics are per-channel means combined by two small constant
+    matrices: only ReduceMean, MatMul and element-wise ops, fine with N = 0."""
+
+    def __init__(self, gn):
+        super().__init__()
+        c, g = gn.num_channels, gn.num_groups
+        self.eps, self.affine = gn.eps, gn.affine
+        self.weight, self.bias = gn.weight, gn.bias
+        member = (torch.arange(c)[:, None] // (c // g) == torch.arange(g)[None, :]).float()  # [C, G]
+        self.register_buffer("channel_to_group", member / (c // g), persistent=False)
+        self.register_buffer("group_to_channel", member.t().contiguous(), persistent=False)
+
+    def _group_mean(self, per_channel):  # [N, C] -> [N, C, 1, 1], each channel its group's mean
+        return ((per_channel @ self.channel_to_group) @ self.group_to_channel)[:, :, None, None]
+
+    def forward(self, x):
+        d = x - self._group_mean(x.mean(dim=(2, 3)))
+        y = d / torch.sqrt(self._group_mean((d * d).mean(dim=(2, 3))) + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def replace_group_norm(model):
+    """``model`` with every 4-D nn.GroupNorm replaced by :class:`ExportableGroupNorm` (in place)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, torch.nn.GroupNorm):
+            setattr(model, name, ExportableGroupNorm(child))
+        else:
+            replace_group_norm(child)
+    return model
+
+
+def build_adapter(predictor, image_rgb, model=None):
+    """(TracingAdapter, CHW float input tensor) for ``model`` (default: the predictor's) on
+    ``image_rgb``, preprocessed as the predictor does."""
     from detectron2.export import TracingAdapter
 
     inputs, _ = predictor.preprocess(image_rgb, rgb=True)
     image = inputs["image"]
     func = _SemanticInference() if predictor.semantic else _InstancesInference()
-    adapter = TracingAdapter(predictor.model, [{"image": image}], func)
+    adapter = TracingAdapter(model if model is not None else predictor.model, [{"image": image}], func)
     adapter.eval()
     return adapter, image
 
@@ -108,8 +149,12 @@ def export_model(weights, fmt, output=None, sample_image=None, config_file=None,
     cfg = predictor.cfg
     if output is None:
         output = os.path.splitext(os.fspath(weights))[0] + FORMATS[fmt]
+    output = os.fspath(output)
     image_rgb, sample_path = _sample_image(cfg, sample_image)
-    adapter, image = build_adapter(predictor, image_rgb)
+    model = predictor.model
+    if fmt == "onnx":
+        model = replace_group_norm(copy.deepcopy(model)).eval()
+    adapter, image = build_adapter(predictor, image_rgb, model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid")
         adapter(image)  # fills adapter.outputs_schema: which fields the graph returns, in order

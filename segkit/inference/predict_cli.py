@@ -149,7 +149,6 @@ class Writer:
                 vis.save_png(pair, os.path.join(self.out, "side_by_side", f"{name}.png"))
             except KeyError:
                 pass  # the image is not in the ground-truth file
-        return overlay
 
     def finish(self):
         from segkit.data.atomic import write_json

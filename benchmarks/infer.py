@@ -1,0 +1,265 @@
+"""Inference benchmark: latency and images/s of one image, end to end (BGR array in, instances with
+masks pasted at the input size out), for each way we can run a model.
+
+    python benchmarks/infer.py                                  # everything, N=10 after 2 warm-up
+    python benchmarks/infer.py --iters 3 --warmup 1             # the reduced run of the README
+    python benchmarks/infer.py --models mini --sizes 512 --variants eager onnxruntime
+
+Models: R50-FPN (configs/mask_rcnn_R_50_FPN_3x.yaml) and mini (configs/mask_rcnn_R_18_FPN_mini.yaml)
+Mask R-CNN, and the U-Net configs (unet_R34, unet_R18_mini). Weights are random (timing does not
+depend on them, except through the number of detections, which the table shows) unless
+``--weights NAME=PATH`` gives a checkpoint (e.g. ``--weights mini=output/mini/model_final.pth``).
+Mask R-CNN runs with 3 classes.
+
+Sizes: the test image (the sample generator's, 4:3) has its short side at SIZE px and the config's
+INPUT.MIN_SIZE_TEST is set to SIZE, so the model sees SIZE x 4/3 SIZE.
+
+Variants (CPU):
+  eager            detectron2's DefaultPredictor.__call__ (torch.no_grad)
+  inference_mode   our Predictor: same preprocessing, torch.inference_mode
+  channels_last    inference_mode with the model in channels_last memory format
+  threads=1        inference_mode on one intra-op thread (the others use all cores)
+  torchscript      the traced model (export_model.py) + our numpy post-processing
+  onnxruntime      the ONNX model (opset 17) on onnxruntime + the same post-processing
+On a GPU: eager, inference_mode, channels_last and fp16 autocast.
+
+Latency: median of ``--iters`` timed runs after ``--warmup`` untimed ones; images/s = 1 / latency
+(one image at a time). Prints a table and writes benchmarks/results/infer.json.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "infer.json")
+MODELS = {
+    "R50-FPN": ("configs/mask_rcnn_R_50_FPN_3x.yaml", "instances"),
+    "mini": ("configs/mask_rcnn_R_18_FPN_mini.yaml", "instances"),
+    "unet_R34": ("configs/unet_R34.yaml", "semantic"),
+    "unet_R18_mini": ("configs/unet_R18_mini.yaml", "semantic"),
+}
+CPU_VARIANTS = ["eager", "inference_mode", "channels_last", "threads=1", "torchscript", "onnxruntime"]
+GPU_VARIANTS = ["eager", "inference_mode", "channels_last", "fp16"]
+
+
+def size_opts(size):
+    return ["INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(max(1333, 2 * size))]
+
+
+def random_checkpoint(name, out_dir):
+    """Our checkpoint format with random weights for ``name`` (3 classes, no downloads)."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from segkit.modeling.config import get_segkit_cfg
+
+    config, kind = MODELS[name]
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, config))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    if kind == "semantic":
+        import segkit.modeling.unet  # noqa: F401
+
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
+        cfg.MODEL.UNET.ENCODER_WEIGHTS = ""
+    else:
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = os.path.join(out_dir, f"{name}.pth")
+    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": ["a", "b", "c"],
+                "meta_architecture": cfg.MODEL.META_ARCHITECTURE, "iteration": 0}, path)
+    return path
+
+
+def test_image(size, out_dir):
+    import cv2
+
+    from segkit.data.sample import make_instance_sample
+
+    d = os.path.join(out_dir, f"img{size}")
+    make_instance_sample(d, num_images=1, size=(size * 4 // 3, size), seed=1)
+    return cv2.imread(os.path.join(d, "sample_0000.jpg"))
+
+
+def timed(fn, warmup, iters, sync=None):
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        out = fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def count(out):
+    """Number of instances (or classes present) in any of our outputs."""
+    if isinstance(out, dict):
+        if "instances" in out:
+            return len(out["instances"])
+        return int(out["sem_seg"].argmax(0).unique().numel())
+    if getattr(out, "is_semantic", False):
+        return int(len(out.sem_seg.argmax(0).unique()))
+    return len(out)
+
+
+def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
+    import torch
+    from detectron2.data import transforms as T
+
+    from segkit.inference.export import export_model
+    from segkit.inference.onnx_predictor import OnnxPredictor, TorchScriptPredictor
+    from segkit.inference.predictor import Predictor
+
+    ncpu = os.cpu_count() or 1
+    default_threads = torch.get_num_threads()
+    exported = {}
+    for device in devices:
+        for size in sizes:
+            image = test_image(size, tmp)
+            predictor = Predictor.from_checkpoint(weights, device=device, opts=size_opts(size))
+            model = predictor.model
+            sync = torch.cuda.synchronize if device.startswith("cuda") else None
+            for variant in (variants if device == "cpu" else [v for v in variants if v in GPU_VARIANTS]):
+                threads = default_threads if device == "cpu" else None
+                fn = None
+                if variant == "eager":
+                    fn = lambda: predictor.default_predictor(image)  # noqa: E731
+                elif variant == "inference_mode":
+                    fn = lambda: predictor(image, keep_image=False)  # noqa: E731
+                elif variant == "threads=1":
+                    threads = 1
+                    fn = lambda: predictor(image, keep_image=False)  # noqa: E731
+                elif variant == "channels_last":
+                    fn = lambda: predictor(image, keep_image=False)  # noqa: E731
+                elif variant == "fp16":
+                    def fn():
+                        with torch.autocast("cuda", dtype=torch.float16):
+                            return predictor(image, keep_image=False)
+                elif variant in ("torchscript", "onnxruntime"):
+                    fmt = "torchscript" if variant == "torchscript" else "onnx"
+                    if fmt not in exported:
+                        t = time.perf_counter()
+                        out = os.path.join(tmp, f"{name}.{'ts' if fmt == 'torchscript' else 'onnx'}")
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            exported[fmt] = export_model(weights, fmt, output=out, check=False,
+                                                         opts=size_opts(size))
+                        print(f"  exported {name} to {fmt} in {time.perf_counter() - t:.0f} s", flush=True)
+                    if fmt == "torchscript":
+                        runner = TorchScriptPredictor(exported[fmt])
+                    else:
+                        runner = OnnxPredictor(exported[fmt], num_threads=ncpu)
+                    # the export's sidecar names the size it was made at; the graph takes any
+                    runner.aug = T.ResizeShortestEdge([size, size], max(1333, 2 * size))
+                    fn = lambda: runner(image, keep_image=False)  # noqa: E731
+                else:
+                    continue
+                if variant == "channels_last":
+                    model.to(memory_format=torch.channels_last)
+                torch.set_num_threads(threads or default_threads)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        latency, out = timed(fn, args.warmup, args.iters, sync)
+                    row = {"model": name, "size": size, "device": device, "variant": variant,
+                           "threads": threads if variant != "onnxruntime" else ncpu,
+                           "median_ms": round(latency * 1000, 1), "images_per_s": round(1 / latency, 2),
+                           "detections": count(out)}
+                except Exception as e:  # one variant failing must not lose the others
+                    row = {"model": name, "size": size, "device": device, "variant": variant,
+                           "error": f"{e.__class__.__name__}: {e}"[:300]}
+                finally:
+                    torch.set_num_threads(default_threads)
+                    if variant == "channels_last":
+                        model.to(memory_format=torch.contiguous_format)
+                rows.append(row)
+                print(format_row(row), flush=True)
+
+
+def format_row(r):
+    if "error" in r:
+        return f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<16}  error: {r['error']}"
+    return (f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<16}{str(r['threads']):>7}"
+            f"{r['median_ms']:>11.1f}{r['images_per_s']:>8.2f}{r['detections']:>6}")
+
+
+HEADER = f"{'model':<14}{'size':>5}  {'dev':<5}{'variant':<16}{'threads':>7}{'median ms':>11}{'img/s':>8}{'det':>6}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--sizes", nargs="+", type=int, default=[512, 800])
+    p.add_argument("--variants", nargs="+", default=CPU_VARIANTS, choices=sorted(set(CPU_VARIANTS + GPU_VARIANTS)))
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--weights", nargs="*", default=[], metavar="NAME=PATH",
+                   help="a checkpoint for a model instead of random weights")
+    p.add_argument("--out", default=RESULTS)
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of --out that this run does not measure again")
+    args = p.parse_args(argv)
+
+    import torch
+
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    variants = list(args.variants)
+    if "cuda" in devices and "fp16" not in variants:
+        variants.append("fp16")
+    given = dict(w.split("=", 1) for w in args.weights)
+    rows = []
+    started = time.time()
+    print(HEADER, flush=True)
+    with tempfile.TemporaryDirectory(prefix="segkit_bench_") as tmp:
+        for name in args.models:
+            weights = given.get(name) or random_checkpoint(name, tmp)
+            run_model(name, weights, args.sizes, devices, variants, args, tmp, rows)
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "iters": args.iters, "warmup": args.warmup,
+        "weights": {n: (given.get(n) or "random init (timing only)") for n in args.models},
+        "seconds": round(time.time() - started),
+        "note": "end-to-end single-image latency: preprocessing, model, masks pasted at the input size",
+    }
+    runs = [meta]
+    if args.merge and os.path.isfile(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            old = json.load(f)
+        key = lambda r: (r["model"], r["size"], r["device"], r["variant"])  # noqa: E731
+        measured = {key(r) for r in rows}
+        rows = [r for r in old.get("results", []) if key(r) not in measured] + rows
+        variant_order = CPU_VARIANTS + GPU_VARIANTS
+        rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["device"], r["size"],
+                                 variant_order.index(r["variant"])))
+        runs = old.get("runs", [old.get("meta")]) + [meta]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "runs": [r for r in runs if r], "results": rows}, f, indent=2)
+    print(f"\n{HEADER}\n" + "\n".join(format_row(r) for r in rows))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

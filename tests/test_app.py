@@ -1,0 +1,223 @@
+"""The Gradio app through its API (gradio_client), launched in-process on 127.0.0.1."""
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Gradio reads its temp folder at import: keep its uploads and caches out of the shared /tmp root.
+_GRADIO_TMP = tempfile.mkdtemp(prefix="segkit_test_gradio_")
+atexit.register(shutil.rmtree, _GRADIO_TMP, True)
+os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_TMP)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+from segkit.app.gradio_app import AppModel, build_app, eval_markdown, launch  # noqa: E402
+from segkit.engine.checkpoint import load_inference_config  # noqa: E402
+from segkit.inference.predictor import Predictor  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+
+from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(blocks):
+    port = free_port()
+    launch(blocks, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        blocks.close(verbose=False)
+        blocks.segkit_workdirs.cleanup()
+
+
+def huge_png(path, w=20000, h=20000):
+    """A valid 1-bit PNG of w x h pixels that is only ~50 KB on disk."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = zlib.compress(b"\x00" * (((w + 7) // 8 + 1) * h), 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained_mini_checkpoint, tmp_path_factory):
+    """The checkpoint's run folder as the app sees it: model_final.pth and eval/."""
+    src = Path(trained_mini_checkpoint).parent
+    d = tmp_path_factory.mktemp("app_run")
+    try:
+        os.link(trained_mini_checkpoint, d / "model_final.pth")
+    except OSError:
+        shutil.copy(trained_mini_checkpoint, d / "model_final.pth")
+    if (src / "eval").is_dir():
+        shutil.copytree(src / "eval", d / "eval")
+    return d
+
+
+@pytest.fixture(scope="module")
+def images(sample_data):
+    return sorted((Path(sample_data) / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def app(run_dir):
+    blocks = build_app(run_dir / "model_final.pth", device="cpu")
+    with served(blocks) as url:
+        yield blocks, Client(url, download_files=str(run_dir / "downloads"), verbose=False)
+
+
+def test_starts_without_checkpoint(tmp_path, images):
+    blocks = build_app(tmp_path / "missing" / "model_final.pth")
+    assert not blocks.segkit_model.ready
+    with served(blocks) as url:
+        page_config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
+        assert "train_net.py --config-file" in page_config  # the page says what to run first
+        client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
+        overlay, table, files, message = client.predict(handle_file(str(images[0])), 0.5, [],
+                                                        api_name="/predict")
+    assert overlay is None and not files and "train_net.py" in message
+
+
+def test_predict_api(app, images, run_dir):
+    blocks, client = app
+    names = blocks.segkit_model.class_names
+    reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
+                                          confidence_threshold=0.5)(images[0])
+    assert len(reference) > 0
+    overlay, table, files, message = client.predict(handle_file(str(images[0])), 0.5, names,
+                                                    api_name="/predict")
+    w, h = Image.open(images[0]).size
+    assert Image.open(overlay).size == (w, h)
+    assert table["headers"] == ["#", "class", "score", "area (px)", "box (x0, y0, x1, y1)"]
+    rows = table["data"]
+    assert [r[1] for r in rows] == [r["class"] for r in reference.records()]
+    assert [r[3] for r in rows] == [r["area"] for r in reference.records()]
+    assert all(float(r[2]) >= 0.5 for r in rows)
+    assert f"{len(rows)} of" in message
+
+    by_suffix = {Path(f).name.split("_")[-1]: f for f in files}
+    assert len(files) == 4
+    with zipfile.ZipFile(by_suffix["masks.zip"]) as z:
+        assert len(z.namelist()) == len(rows)
+        first = np.asarray(Image.open(z.open(sorted(z.namelist())[0])))
+        assert first.shape == (h, w) and set(np.unique(first)) <= {0, 255}
+    coco = json.loads(Path(by_suffix["results.json"]).read_text())
+    assert len(coco) == len(rows) and all(r["segmentation"]["size"] == [h, w] for r in coco)
+    labelme = json.loads(Path(next(f for f in files if f.endswith(f"{images[0].stem}.json"))).read_text())
+    assert labelme["imagePath"] == images[0].name and labelme["imageData"] is None
+    assert {s["label"] for s in labelme["shapes"]} == {r[1] for r in rows}
+
+    # the class filter of the API call
+    only = names[:1]
+    _, table, _, _ = client.predict(handle_file(str(images[0])), 0.5, only, api_name="/predict")
+    assert {r[1] for r in table["data"]} <= set(only)
+
+
+def test_bad_uploads_keep_the_server_serving(app, images, tmp_path):
+    blocks, client = app
+    (tmp_path / "text.jpg").write_text("this is not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes(images[0].read_bytes()[:600])
+    huge = huge_png(tmp_path / "huge.png")
+    calls = blocks.segkit_model.calls
+    for bad, why in [("text.jpg", "not an image"), ("empty.png", "empty"),
+                     ("cut.jpg", "truncated"), ("huge.png", "20000x20000")]:
+        path = huge if bad == "huge.png" else tmp_path / bad
+        overlay, table, files, message = client.predict(handle_file(str(path)), 0.5, [],
+                                                        api_name="/predict")
+        assert overlay is None and not table["data"] and not files
+        assert "Cannot use this upload" in message and why in message, message
+    assert blocks.segkit_model.calls == calls  # refused before the model
+    overlay, table, files, message = client.predict(handle_file(str(images[1])), 0.5,
+                                                    blocks.segkit_model.class_names, api_name="/predict")
+    assert overlay and len(files) == 4 and "Cannot" not in message
+
+
+def test_redraw_uses_the_cached_prediction(app, images):
+    blocks, _ = app
+    model = blocks.segkit_model
+    names = model.class_names
+    *first, cached = blocks.segkit_predict(str(images[0]), 0.05, names)
+    calls = model.calls
+    rows_low = len(first[1])
+    overlay, table, files, message = blocks.segkit_redraw(cached, 0.9, names)
+    assert len(table) <= rows_low and (table["score"] >= 0.9).all()
+    _, table_none, _, _ = blocks.segkit_redraw(cached, 0.05, [])
+    assert len(table_none) == 0
+    assert model.calls == calls  # no model run for either redraw
+
+
+def test_large_image_is_resized_for_display(app, images, tmp_path):
+    blocks, _ = app
+    big = tmp_path / "big.png"
+    Image.open(images[0]).resize((2400, 1800)).save(big)
+    overlay, table, files, message = blocks.segkit_predict(str(big), 0.5, blocks.segkit_model.class_names)[:4]
+    assert max(overlay.shape[:2]) == 1600 and "Shown at" in message
+
+
+def test_model_panel_and_examples(run_dir, sample_data):
+    weights = run_dir / "model_final.pth"
+    cfg, names = load_inference_config(str(weights))
+    cfg.DATASETS.DATA_DIR = str(sample_data)
+    cfg.DATASETS.TEST = ("mydata_val",)
+    model = AppModel(weights, predictor=Predictor(cfg, names, device="cpu"))
+    examples = model.example_images()
+    val = json.loads((Path(sample_data) / "val.json").read_text())
+    assert [Path(p).name for p in examples] == [im["file_name"] for im in val["images"]][:8]
+    text = model.info_markdown()
+    assert all(f"`{n}`" in text for n in names)
+    if list((run_dir / "eval").glob("metrics_*.json")):
+        report = json.loads(next((run_dir / "eval").glob("metrics_*.json")).read_text())
+        assert f"| AP | {report['bbox']['AP']:.1f} | {report['segm']['AP']:.1f} |" in text
+
+
+def test_eval_markdown_reads_defensively(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "metrics_x.json").write_text(json.dumps(
+        {"dataset": "x", "bbox": {"AP": 50.0, "AP50": None}, "segm": {"AP": float("nan")}}))
+    (tmp_path / "sem_seg_metrics.json").write_text(json.dumps(
+        {"mIoU": 0.75, "mDice": 0.8, "classes": [{"name": "pet", "dice": 0.9, "iou": 0.8}]}))
+    text = "\n".join(eval_markdown(sorted(str(p) for p in tmp_path.glob("*.json"))))
+    assert "| AP | 50.0 | n/a |" in text and "mIoU 75.0" in text and "| pet | 90.0 | 80.0 |" in text
+    assert "No evaluation results" in "\n".join(eval_markdown([]))
+
+
+def test_semantic_checkpoint(images, tmp_path):
+    """A U-Net checkpoint: class-map overlay, a per-class table, the class filter."""
+    from test_predictor import UNET_CLASSES, make_unet_checkpoint
+
+    blocks = build_app(make_unet_checkpoint(tmp_path / "unet.pth"), device="cpu")
+    try:
+        assert blocks.segkit_model.semantic
+        overlay, table, files, message, cached = blocks.segkit_predict(str(images[0]), 0.5, UNET_CLASSES)
+        w, h = Image.open(images[0]).size
+        assert overlay.shape == (h, w, 3) and list(table.columns) == ["#", "class", "area (px)", "share"]
+        assert table["area (px)"].sum() == w * h and "class(es) present" in message
+        assert len(files) == 4
+        _, only, _, _ = blocks.segkit_redraw(cached, 0.5, [table["class"][0]])
+        assert list(only["class"]) == [table["class"][0]]
+    finally:
+        blocks.segkit_workdirs.cleanup()
