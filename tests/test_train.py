@@ -36,7 +36,7 @@ def test_checkpoint_is_self_contained_and_weights_only_loadable(trained_mini_che
     assert ckpt["class_names"] == ["disc", "square", "triangle"]
     assert ckpt["meta_architecture"] == "GeneralizedRCNN"
     assert "NUM_CLASSES: 3" in ckpt["config"]  # resolved from the dataset, not the -1 default
-    assert ckpt["iteration"] >= 0 and "optimizer" in ckpt and "rng" in ckpt["trainer"]
+    assert ckpt["iteration"] >= 0 and "optimizer" in ckpt["trainer"]["_trainer"] and "rng" in ckpt["trainer"]
 
     from segkit.engine.checkpoint import load_inference_config
 

@@ -103,7 +103,7 @@ def setup(args):
 def _without_output(cfg):
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.OUTPUT_DIR = ""
+    cfg.OUTPUT_DIR = None  # default_setup and setup_logger then write no file
     cfg.freeze()
     return cfg
 
