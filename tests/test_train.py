@@ -134,3 +134,20 @@ def test_torchvision_resnet_weights_are_converted_into_the_backbone():
     assert torch.equal(ours["backbone.bottom_up.res5.1.conv2.weight"], tv["layer4.1.conv2.weight"])
     assert torch.equal(ours["backbone.bottom_up.res3.0.shortcut.weight"], tv["layer2.0.downsample.0.weight"])
     assert torch.equal(ours["backbone.bottom_up.res4.0.conv1.norm.weight"], tv["layer3.0.bn1.weight"])
+
+
+def test_unet_trains_through_train_net_and_resumes(sample_data, tmp_path):
+    """The U-Net meta-architecture runs through the same train_net.py: COCO folder -> semantic
+    dataset, Adam, checkpoint with stuff classes, SemSegEvaluator Dice/IoU, --resume."""
+    unet = ROOT / "configs/unet_R18_mini.yaml"
+    common = ["DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path, "SOLVER.IMS_PER_BATCH", "2",
+              "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0", *TINY_OVERRIDES]
+    first = run_train_net("--config-file", unet, "SOLVER.MAX_ITER", "2", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_train_net("--resume", "--config-file", unet, "SOLVER.MAX_ITER", "4", *common)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert ckpt["meta_architecture"] == "UNet" and ckpt["iteration"] == 3
+    assert ckpt["class_names"] == ["background", "disc", "square", "triangle"]
+    metrics = json.loads((tmp_path / "eval/sem_seg_metrics.json").read_text())
+    assert "mIoU" in json.dumps(metrics) and "Dice" in json.dumps(metrics)
