@@ -5,7 +5,7 @@ mini config against a bare ResNet-18-GN 320 px baseline in wall time to the same
     python benchmarks/train.py --part throughput  # images/s + peak RSS, a few minutes
     python benchmarks/train.py --part ap --iters 300 --eval-period 50
 
-Part "throughput": for the R50-FPN and mini configs at one fixed input size, K timed iterations
+Part "throughput": for the R50-FPN, mini and both U-Net configs at one fixed input size, K timed iterations
 (after warm-up) with our Trainer and with detectron2's plain DefaultTrainer on the same config, each
 in a fresh subprocess (peak RSS = that process's ru_maxrss; GPU: torch.cuda.max_memory_allocated),
 on the CPU and, when there is a GPU, on it in fp32 and AMP. The ratio ours/bare is our hooks' cost.
@@ -32,6 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "train.json")
 MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
 R50 = os.path.join(ROOT, "configs", "mask_rcnn_R_50_FPN_3x.yaml")
+UNET_R34 = os.path.join(ROOT, "configs", "unet_R34.yaml")
+UNET_MINI = os.path.join(ROOT, "configs", "unet_R18_mini.yaml")
 
 # The issue's reference point: what a user gets by switching a stock config to ResNet-18 GN.
 BASELINE_OVERRIDES = [
@@ -106,7 +108,15 @@ def throughput(data, args, tmp):
     rows = []
     # R50-FPN has no COCO weights offline; from random init with FrozenBN it diverges within a few
     # iterations, so it runs at a negligible learning rate: the cost of an iteration is the same.
-    for name, config, extra in (("R50-FPN", R50, ["SOLVER.BASE_LR", "1e-7"]), ("mini", MINI, [])):
+    configs = (
+        ("R50-FPN", R50, ["SOLVER.BASE_LR", "1e-7"]),
+        ("mini", MINI, []),
+        ("unet_R34", UNET_R34, ["MODEL.UNET.ENCODER_WEIGHTS", ""]),  # random init offline: timing only
+        ("unet_R18_mini", UNET_MINI, []),
+    )
+    for name, config, extra in configs:
+        if args.configs and name not in args.configs:
+            continue
         for device, precision in devices:
             for kind in ("bare", "ours"):
                 out = tempfile.mkdtemp(dir=tmp)
@@ -172,6 +182,8 @@ def ap_race(data, args, tmp):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["all", "throughput", "ap"], default="all")
+    p.add_argument("--configs", nargs="*", default=None,
+                   help="throughput part: only these (R50-FPN, mini, unet_R34, unet_R18_mini)")
     p.add_argument("--size", type=int, default=256, help="shortest edge for the throughput part")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--timed", type=int, default=6)
@@ -212,9 +224,13 @@ def main():
         s = report["ap"]["speedup_to_target"]
         print(f"\nmini reaches the baseline's final segm AP {'%.1fx faster' % s if s else 'never'}")
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    if args.part != "all" and os.path.isfile(RESULTS):
-        with open(RESULTS) as f:  # keep the other part's results from an earlier run
-            report = {**json.load(f), **report}
+    if (args.part != "all" or args.configs) and os.path.isfile(RESULTS):
+        with open(RESULTS) as f:  # keep results of the other part / other configs from an earlier run
+            old = json.load(f)
+        if args.configs and "throughput" in report:
+            kept = [r for r in old.get("throughput", []) if r["config"] not in args.configs]
+            report["throughput"] = kept + report["throughput"]
+        report = {**old, **report}
     with open(RESULTS, "w") as f:
         json.dump(report, f, indent=2)
     print(f"\nwrote {RESULTS}")

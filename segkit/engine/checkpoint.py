@@ -28,8 +28,6 @@ from segkit.modeling.weights import WeightsUnavailableError
 logger = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision://"
-# Keys of a checkpoint that inference reads (besides "model").
-INFERENCE_KEYS = ("config", "class_names", "meta_architecture", "iteration")
 
 
 def cached_path_of(url):
