@@ -29,6 +29,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from segkit.engine.hooks import read_metrics  # noqa: E402  (after the repo is on the path)
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "train.json")
 MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
 R50 = os.path.join(ROOT, "configs", "mask_rcnn_R_50_FPN_3x.yaml")
@@ -138,15 +140,9 @@ def throughput(data, args, tmp):
     return rows
 
 
-def _evals(metrics_path):
-    evals = {}
-    with open(metrics_path) as f:
-        for line in f:
-            row = json.loads(line)
-            if "segm/AP" in row:
-                evals[row["iteration"]] = {"segm_AP": row["segm/AP"], "bbox_AP": row["bbox/AP"],
-                                           "segm_AP50": row["segm/AP50"]}
-    return evals
+def _evals(rows):
+    return {r["iteration"]: {"segm_AP": r["segm/AP"], "bbox_AP": r["bbox/AP"], "segm_AP50": r["segm/AP50"]}
+            for r in rows if "segm/AP" in r}
 
 
 def ap_race(data, args, tmp):
@@ -162,9 +158,9 @@ def ap_race(data, args, tmp):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
         if proc.returncode:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        rows = [json.loads(x) for x in open(os.path.join(out, "metrics.json"))]
+        rows = read_metrics(os.path.join(out, "metrics.json"))
         sec_per_iter = statistics.median(r["time"] for r in rows if "time" in r)
-        runs[name] = {"sec_per_iter": sec_per_iter, "evals": _evals(os.path.join(out, "metrics.json")),
+        runs[name] = {"sec_per_iter": sec_per_iter, "evals": _evals(rows),
                       "wall_s_total": time.perf_counter() - t0}
         print(f"    {sec_per_iter:.2f} s/it; evals: " + ", ".join(
             f"it {i + 1}: segm AP {e['segm_AP']:.1f}" for i, e in sorted(runs[name]["evals"].items())), flush=True)
@@ -191,7 +187,6 @@ def main():
     p.add_argument("--eval-period", type=int, default=50)
     p.add_argument("--num-images", type=int, default=40)
     args = p.parse_args()
-    sys.path.insert(0, ROOT)
     import torch
 
     report = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -21,7 +21,7 @@ from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir
 
-from segkit.data.atomic import atomic_path
+from segkit.data.atomic import atomic_path, write_text
 from segkit.modeling.config import get_segkit_cfg
 from segkit.modeling.weights import WeightsUnavailableError
 
@@ -86,7 +86,7 @@ class SegkitCheckpointer(DetectionCheckpointer):
         self.class_names = list(class_names)
 
     def inference_metadata(self):
-        meta = {"class_names": list(self.class_names)}
+        meta = {"class_names": self.class_names}
         if self.cfg is not None:
             meta["config"] = self.cfg.dump()
             meta["meta_architecture"] = self.cfg.MODEL.META_ARCHITECTURE
@@ -108,9 +108,7 @@ class SegkitCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        with atomic_path(os.path.join(self.save_dir, "last_checkpoint")) as tmp:
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
+        write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     def load(self, path, *args, **kwargs):
         if path.startswith(TORCHVISION_PREFIX):

@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from segkit.data.catalog import coco_has_rle_instances, register_data_dir
 from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
-from segkit.engine.trainer import Trainer, TrainingDiverged
+from segkit.engine.trainer import Trainer, TrainingDiverged, dataset_classes
 from segkit.modeling.config import get_segkit_cfg
 
 logger = logging.getLogger("segkit")
@@ -55,11 +55,6 @@ def use_bitmask_if_needed(cfg):
             return
 
 
-def _classes(name, semantic):
-    meta = MetadataCatalog.get(name)
-    return list(meta.get("stuff_classes" if semantic else "thing_classes", None) or [])
-
-
 def resolve_num_classes(cfg):
     """NUM_CLASSES = -1 means: as many as the training dataset has. Train and test datasets must
     declare the same classes in the same order (the model's outputs are indices into them)."""
@@ -73,9 +68,9 @@ def resolve_num_classes(cfg):
             f"Dataset {missing[0]!r} is not registered: run `python labelme2coco.py INPUT_DIR` first "
             f"(it writes {cfg.DATASETS.DATA_DIR}/train.json and val.json), or set DATASETS.DATA_DIR."
         )
-    classes = _classes(cfg.DATASETS.TRAIN[0], semantic)
+    classes = dataset_classes(cfg.DATASETS.TRAIN[0], semantic)
     for n in names[1:]:
-        if _classes(n, semantic) != classes:
+        if dataset_classes(n, semantic) != classes:
             raise SystemExit(f"Datasets {cfg.DATASETS.TRAIN[0]!r} and {n!r} declare different class lists; convert them together.")
     head = cfg.MODEL.SEM_SEG_HEAD if semantic else cfg.MODEL.ROI_HEADS
     if head.NUM_CLASSES < 0:

@@ -56,11 +56,14 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def dataset_classes(name, semantic):
+    """Class names of a registered dataset: stuff classes for semantic models, thing classes else."""
+    meta = MetadataCatalog.get(name)
+    return list(meta.get("stuff_classes" if semantic else "thing_classes", None) or [])
+
+
 def class_names_of(cfg):
-    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    if cfg.MODEL.META_ARCHITECTURE == "UNet":
-        return list(meta.get("stuff_classes", []))
-    return list(meta.get("thing_classes", []))
+    return dataset_classes(cfg.DATASETS.TRAIN[0], cfg.MODEL.META_ARCHITECTURE == "UNet")
 
 
 class Trainer(DefaultTrainer):
