@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -39,3 +40,25 @@ def write_text(path, text: str):
 def write_json(path, obj, indent=2):
     """Deterministic JSON (sorted keys not imposed: callers control key order for readability)."""
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def place_file(src, dest, mode="copy"):
+    """Copy (``mode`` "copy", byte for byte) or symlink (``mode`` "symlink") ``src`` to ``dest``
+    atomically; nothing is done when ``dest`` is already that copy (same size and mtime) or link."""
+    src = os.path.realpath(src)
+    if mode == "symlink":
+        if os.path.islink(dest) and os.readlink(dest) == src:
+            return
+        with atomic_path(dest) as tmp:
+            os.remove(tmp)
+            os.symlink(src, tmp)
+        return
+    s = os.stat(src)
+    if os.path.isfile(dest) and not os.path.islink(dest):
+        d = os.stat(dest)
+        if s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns:
+            return
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # not the source's mode (often read-only) nor mkstemp's 0600
+        os.utime(tmp, ns=(s.st_atime_ns, s.st_mtime_ns))  # lets a re-run skip unchanged images

@@ -11,7 +11,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.utils.colormap import _COLORS
+from detectron2.utils.colormap import colormap
 
 from segkit.data.coco_convert import has_rle_instances
 
@@ -23,7 +23,8 @@ SPLITS = ("train", "val", "trainval")
 
 def class_colors(num_classes):
     """Stable RGB colours (0-255), one per class index, from detectron2's own palette."""
-    return [tuple(int(c) for c in _COLORS[i % len(_COLORS)] * 255) for i in range(num_classes)]
+    palette = colormap(rgb=True, maximum=255)
+    return [tuple(int(c) for c in palette[i % len(palette)]) for i in range(num_classes)]
 
 
 def read_categories(json_file):

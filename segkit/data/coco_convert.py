@@ -38,14 +38,14 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 from collections import Counter
 
 import numpy as np
 import pycocotools.mask as mask_util
 
-from segkit.data.atomic import atomic_path, write_bytes, write_text
+from segkit.data.atomic import place_file, write_bytes, write_text
+from segkit.data.file_names import unique_name
 from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files, read_labelme_file, read_labels_file
 
 SPLIT_NAMES = ("trainval", "train", "val")
@@ -131,16 +131,6 @@ def split_train_val(image_classes, val_fraction, seed):
     return val
 
 
-def _unique_name(name, used):
-    stem, ext = os.path.splitext(name)
-    candidate, k = name, 1
-    while candidate.lower() in used:
-        k += 1
-        candidate = f"{stem}_{k}{ext}"
-    used.add(candidate.lower())
-    return candidate
-
-
 def _dumps_coco(coco):
     """JSON with one line per image / annotation / category: readable, diffable, deterministic."""
     parts = []
@@ -157,24 +147,8 @@ def _place_image(image, dest, mode):
     """Copy/symlink/write one image to ``dest`` atomically; skipped when already up to date."""
     if image.image_file is None:
         write_bytes(dest, image.image_bytes)
-        return
-    src = os.path.realpath(image.image_file)
-    if mode == "symlink":
-        if os.path.islink(dest) and os.readlink(dest) == src:
-            return
-        with atomic_path(dest) as tmp:
-            os.remove(tmp)
-            os.symlink(src, tmp)
-        return
-    s = os.stat(src)
-    if os.path.isfile(dest) and not os.path.islink(dest):
-        d = os.stat(dest)
-        if s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns:
-            return
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # not the source's mode (often read-only) nor mkstemp's 0600
-        os.utime(tmp, ns=(s.st_atime_ns, s.st_mtime_ns))  # lets a re-run skip unchanged images
+    else:
+        place_file(image.image_file, dest, mode)
 
 
 class ConversionResult:
@@ -265,7 +239,8 @@ def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0,
     used_names = set()
     coco_images, coco_anns = [], []
     for image_id, (image, anns) in enumerate(zip(images, records), start=1):
-        image.image_name = _unique_name(image.image_name, used_names)
+        stem, extension = os.path.splitext(image.image_name)
+        image.image_name = unique_name(stem, used_names, extension)
         coco_images.append({"id": image_id, "file_name": image.image_name, "width": image.width,
                             "height": image.height, "labelme_file": image.json_rel})
         for a in anns:

@@ -1,4 +1,4 @@
-"""Reading LabelMe annotation files (what the LabelMe program writes) into images and instances.
+"""Reading and writing LabelMe annotation files (what the LabelMe program reads and writes).
 
 The JSON is parsed here; LabelMe itself is never imported (GPL, and its Python API is gone since
 7.0). Conventions followed (see ../shared/detectron2-notes.md):
@@ -18,6 +18,10 @@ The JSON is parsed here; LabelMe itself is never imported (GPL, and its Python A
   ``_background_`` are skipped and counted. Other label names are kept exactly as written.
 
 Problems (a line ``FILE: reason`` each) and by-design skips go to a :class:`ConversionLog`.
+
+Writing (predictions for model-assisted labelling, the sample set, export of a COCO set) builds
+LabelMe 5.x documents - what LabelMe 5 and 6 open and what the reader above reads back: ``imagePath``
+relative to the JSON file, ``imageData`` null (LabelMe 6's default), the rotated image's size.
 """
 
 import base64
@@ -30,18 +34,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
 
+import cv2
 import numpy as np
 from PIL import Image
 
+from segkit.data.atomic import write_text
+from segkit.data.image_files import FORMAT_EXTENSIONS, image_size
+
+LABELME_VERSION = "5.5.0"
 IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
 POLYGON_TYPES = ("polygon", "rectangle", "circle", "oriented_rectangle")
 NON_REGION_TYPES = ("point", "line", "linestrip")
 OUTSIDE = "points outside the image (clipped)"  # summary key
-EXIF_ORIENTATION = 0x0112
-# Orientations 5-8 turn the image by 90 degrees: the displayed width is the stored height.
-_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
-_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif", "WEBP": ".webp"}
 
 
 class ConversionLog:
@@ -120,20 +125,6 @@ def find_labelme_files(root, exclude=()):
         )
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(".json"))
     return found
-
-
-def image_size(source):
-    """(width, height, PIL format) of an image file or bytes, after its EXIF orientation."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-        width, height = im.size
-        try:
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-        except Exception:  # broken EXIF: detectron2's read_image ignores it the same way
-            orientation = 1
-        fmt = im.format
-    if orientation in _TRANSPOSED_ORIENTATIONS:
-        width, height = height, width
-    return width, height, fmt
 
 
 def _is_inside(path, root):
@@ -298,7 +289,7 @@ def read_labelme_file(json_path, root, log, labels=None):
         log.problem(rel, "unreadable image", f"unreadable {what} ({type(e).__name__}: {e})")
         return None
     if image_file is None:
-        image_name += _FORMAT_EXTENSIONS.get(fmt, "." + (fmt or "img").lower())
+        image_name += FORMAT_EXTENSIONS.get(fmt, "." + (fmt or "img").lower())
     declared = (data.get("imageWidth"), data.get("imageHeight"))
     if declared != (None, None) and declared != (width, height):
         log.problem(
@@ -346,3 +337,94 @@ def read_labelme_file(json_path, root, log, labels=None):
     for label, n in sorted(unknown.items()):
         log.problem(rel, "unknown label", f"unknown label {label!r} (not in --labels): {n} shape(s) skipped", count=n)
     return image
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+UPSCALE = 4  # contours are traced on the mask enlarged this many times: outlines within 1/8 px
+
+
+def mask_to_polygons(mask, epsilon=0.5, min_area=10):
+    """Outlines of a binary mask as LabelMe point lists ([[x, y], ...], >= 3 points), one per
+    connected piece (holes filled), largest first; pieces under ``min_area`` pixels dropped.
+
+    The outline runs along the pixel edges, pixel (x, y) covering [x, x+1) x [y, y+1) - how
+    LabelMe displays images and how pycocotools (labelme2coco.py, detectron2) fills polygons - so
+    the polygon converted back to a mask gives the same pixels. (A polygon through the centres of
+    the boundary pixels, ``cv2.findContours`` on the mask itself, loses a half-pixel rim when
+    filled: a 10 px wide object comes back at IoU ~0.8.) ``epsilon``: cv2.approxPolyDP tolerance
+    in pixels."""
+    m = np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(m)
+    if len(xs) == 0:
+        return []
+    x0, y0 = int(xs.min()), int(ys.min())
+    crop = np.pad(m[y0:ys.max() + 1, x0:xs.max() + 1], 1).astype(np.uint8)
+    big = cv2.resize(crop, None, fx=UPSCALE, fy=UPSCALE, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pieces = []
+    for contour in contours:
+        area = cv2.contourArea(contour) / UPSCALE ** 2
+        if area < min_area:
+            continue
+        approx = cv2.approxPolyDP(contour, epsilon * UPSCALE, True) if epsilon > 0 else contour
+        if len(approx) < 3:
+            approx = contour
+        pts = (approx.reshape(-1, 2).astype(np.float64) + 0.5) / UPSCALE + (x0 - 1, y0 - 1)
+        pieces.append((area, [[round(float(x), 3), round(float(y), 3)] for x, y in pts]))
+    pieces.sort(key=lambda p: -p[0])
+    return [p[1] for p in pieces]
+
+
+def labelme_shape(label, points, group_id=None, shape_type="polygon", description="", flags=None, mask=None):
+    """One entry of a LabelMe ``shapes`` list (keys in LabelMe's order). ``mask``: the base64 PNG
+    of a ``mask`` shape (see :func:`labelme_mask_shape`)."""
+    return {
+        "label": label,
+        "points": points,
+        "group_id": group_id,
+        "description": description,
+        "shape_type": shape_type,
+        "flags": {} if flags is None else flags,
+        "mask": mask,
+    }
+
+
+def labelme_mask_shape(label, mask, group_id=None, description=""):
+    """A LabelMe ``mask`` shape (LabelMe 5.3+) for a full-image bool mask, or None if it is empty:
+    the two points are the inclusive corners of the mask's box, ``mask`` a 0/1 PNG of that box.
+    Holds any region exactly (holes included), which polygons cannot."""
+    m = np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(m)
+    if len(xs) == 0:
+        return None
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    buf = io.BytesIO()
+    Image.fromarray(m[y0:y1 + 1, x0:x1 + 1].astype(np.uint8), mode="L").save(buf, format="PNG")
+    encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+    return labelme_shape(label, [[float(x0), float(y0)], [float(x1), float(y1)]], group_id, "mask",
+                         description, mask=encoded)
+
+
+def labelme_document(shapes, image_path, json_path, width, height):
+    """The dict LabelMe writes for an image: ``imagePath`` relative to ``json_path``'s folder."""
+    rel = os.path.relpath(os.path.abspath(image_path), os.path.dirname(os.path.abspath(json_path)))
+    return {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": rel.replace(os.sep, "/"),
+        "imageData": None,
+        "imageHeight": int(height),
+        "imageWidth": int(width),
+    }
+
+
+def write_labelme_json(json_path, document, overwrite=False):
+    """Write ``document`` to ``json_path`` atomically; an existing file is kept unless
+    ``overwrite`` (a user's corrections are never lost). Returns False if it skipped."""
+    if os.path.exists(json_path) and not overwrite:
+        return False
+    write_text(json_path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return True

@@ -24,9 +24,9 @@ import sys
 from collections import Counter, defaultdict
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from segkit.data.atomic import write_bytes, write_json
+from segkit.data.coco_masks import mask_geometry
 
 SPLIT_FILES = ("train", "val", "trainval")
 TINY_AREA = 16  # px: masks smaller than this are reported
@@ -62,28 +62,6 @@ def load_coco(path):
             if not isinstance(item, dict) or any(k not in item for k in fields):
                 raise DatasetReportError(f"{path}: {key}[{i}] lacks one of {', '.join(fields)}")
     return data
-
-
-def mask_geometry(segmentation, height, width):
-    """(area in px, [x, y, w, h]) of a COCO segmentation (polygons or RLE), or None if unusable."""
-    try:
-        if isinstance(segmentation, list):
-            polys = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
-            if not polys:
-                return None
-            rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-        elif isinstance(segmentation, dict) and "counts" in segmentation:
-            if isinstance(segmentation["counts"], list):
-                rle = mask_utils.frPyObjects(segmentation, height, width)
-            else:
-                counts = segmentation["counts"]
-                rle = {"size": segmentation["size"],
-                       "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        else:
-            return None
-        return float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
-    except Exception:  # pycocotools raises bare Exception / TypeError / ValueError on bad input
-        return None
 
 
 def size_category(area):

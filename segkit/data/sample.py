@@ -50,10 +50,10 @@ import cv2
 import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json, write_text
+from segkit.data.labelme import labelme_document, labelme_shape, write_labelme_json
 
 CLASSES = ("disc", "square", "triangle")
 TRIMAP_CLASSES = {"1": "pet", "2": "background", "3": "outline"}
-LABELME_VERSION = "5.5.0"
 
 MIN_SIZE, MAX_SIZE = 14, 110  # object extent in pixels (disc diameter, box / triangle side)
 MIN_PIECE_AREA = 20  # visible pieces smaller than this are not annotated
@@ -243,32 +243,15 @@ def _instance_image(rng, w, h, negative):
     return img, annotations
 
 
-def _labelme_json(annotations, image_name, w, h):
+def _labelme_json(annotations, image_path, json_path, w, h):
     shapes = []
     next_group = 1
     for label, polygons in annotations:
         group_id = None
         if len(polygons) > 1:
             group_id, next_group = next_group, next_group + 1
-        for points in polygons:
-            shapes.append({
-                "label": label,
-                "points": points,
-                "group_id": group_id,
-                "description": "",
-                "shape_type": "polygon",
-                "flags": {},
-                "mask": None,
-            })
-    return {
-        "version": LABELME_VERSION,
-        "flags": {},
-        "shapes": shapes,
-        "imagePath": image_name,
-        "imageData": None,
-        "imageHeight": h,
-        "imageWidth": w,
-    }
+        shapes.extend(labelme_shape(label, points, group_id) for points in polygons)
+    return labelme_document(shapes, image_path, json_path, w, h)
 
 
 def make_instance_sample(out_dir="data/sample", num_images=40, size=(320, 240), seed=0):
@@ -290,7 +273,8 @@ def make_instance_sample(out_dir="data/sample", num_images=40, size=(320, 240), 
         image_name, json_name = stem + ".jpg", stem + ".json"
         write_bytes(os.path.join(out_dir, image_name), _encode_jpeg(img))
         json_path = os.path.join(out_dir, json_name)
-        write_json(json_path, _labelme_json(annotations, image_name, w, h))
+        document = _labelme_json(annotations, os.path.join(out_dir, image_name), json_path, w, h)
+        write_labelme_json(json_path, document, overwrite=True)
         paths.append(json_path)
         keep.update((image_name, json_name))
     _remove_stale(out_dir, r"sample_\d{4,}\.(jpg|json)", keep)

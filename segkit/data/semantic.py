@@ -35,6 +35,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from segkit.data.atomic import atomic_path, write_json
 from segkit.data.catalog import DEFAULT_PREFIX, SPLITS, class_colors
+from segkit.data.coco_masks import segmentation_to_mask
+from segkit.data.image_files import image_size
 
 logger = logging.getLogger(__name__)
 
@@ -100,26 +102,6 @@ def _label_name(file_name):
 # --------------------------------------------------------------------------------------------
 # 1. COCO instance files
 # --------------------------------------------------------------------------------------------
-def _segm_to_mask(segm, h, w):
-    """Binary mask of a COCO segmentation (polygons, RLE or uncompressed RLE); None if unusable."""
-    import pycocotools.mask as mask_util
-
-    try:
-        if isinstance(segm, list):
-            polys = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-            if not polys:
-                return None
-            rle = mask_util.merge(mask_util.frPyObjects(polys, h, w))
-        elif isinstance(segm, dict) and "counts" in segm:
-            rle = mask_util.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
-        else:
-            return None
-        mask = mask_util.decode(rle).astype(bool)
-    except Exception:  # pycocotools raises bare Exception / TypeError / ValueError on bad input
-        return None
-    return mask if mask.shape == (h, w) else None
-
-
 def _box_mask(bbox, h, w):
     x, y, bw, bh = bbox
     m = np.zeros((h, w), bool)
@@ -141,7 +123,7 @@ def _coco_labels(coco, image):
     painted = []
     for ann in coco["_anns_by_image"].get(image["id"], []):
         k = coco["_cat_to_label"].get(ann.get("category_id"))
-        mask = _segm_to_mask(ann.get("segmentation"), h, w)
+        mask = segmentation_to_mask(ann.get("segmentation"), h, w)
         if mask is None:
             if ann.get("bbox"):
                 mask = _box_mask(ann["bbox"], h, w)
@@ -281,17 +263,6 @@ def read_class_mapping(classes_file):
     return classes, lut, {v for v, _ in items}
 
 
-def _image_size(path):
-    """(height, width) as detectron2's read_image sees it (EXIF orientation applied), header only."""
-    with Image.open(path) as im:
-        w, h = im.size
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # unreadable EXIF: read_image ignores it too
-            orientation = 1
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
 def _list_stems(folder, exts):
     out = {}
     for name in sorted(os.listdir(folder)):
@@ -337,7 +308,7 @@ def _convert_folder(image_dir, label_dir, classes_file, cache_dir):
             values = np.unique(raw)
             unknown = [int(v) for v in values if int(v) not in listed]
             entry = {"src": key, "height": int(raw.shape[0]), "width": int(raw.shape[1]),
-                     "unknown": unknown, "image_size": list(_image_size(images[stem]))}
+                     "unknown": unknown, "image_size": list(image_size(images[stem])[1::-1])}
             if entry["image_size"] == [entry["height"], entry["width"]]:
                 train_ids = np.full(raw.shape, IGNORE_LABEL, np.uint8)
                 in_range = (raw >= 0) & (raw <= 255)  # 16-bit PNGs may hold larger values

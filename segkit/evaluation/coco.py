@@ -26,7 +26,8 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from segkit.data.atomic import write_json
-from segkit.evaluation.plots import safe_filename, write_pr_plots
+from segkit.data.file_names import safe_filename
+from segkit.evaluation.plots import write_pr_plots
 
 __all__ = ["SegkitCOCOEvaluator", "build_coco_evaluator", "format_results_table", "print_results_table"]
 

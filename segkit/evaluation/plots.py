@@ -6,20 +6,15 @@ the setting of the headline AP, so the area under each curve is the AP in the me
 """
 
 import os
-import re
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from segkit.data.atomic import atomic_path
+from segkit.data.file_names import safe_filename, unique_name
 
-__all__ = ["pr_curves", "safe_filename", "write_pr_plots"]
-
-
-def safe_filename(name):
-    """A class name usable in a file name on every OS: anything but letters, digits, ``-_.`` -> ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "class"
+__all__ = ["pr_curves", "write_pr_plots"]
 
 
 def pr_curves(precision, iou_thrs, class_index):
@@ -70,11 +65,8 @@ def write_pr_plots(precision, iou_thrs, rec_thrs, class_names, task, output_dir)
         _style(ax, f"{task}: {name}")
         ax.legend(loc="lower left", fontsize=8)
         fig.tight_layout()
-        stem = safe_filename(name)
-        while stem in used:  # two names that sanitise alike must not overwrite each other
-            stem += "_"
-        used.add(stem)
-        path = os.path.join(output_dir, f"pr_{task}_{stem}.png")
+        # two names that sanitise alike must not overwrite each other
+        path = os.path.join(output_dir, unique_name(f"pr_{task}_{safe_filename(name, 'class')}", used, ".png"))
         _save(fig, path)
         paths.append(path)
 

@@ -29,6 +29,7 @@ import os
 import sys
 import warnings
 
+from segkit.data.file_names import unique_name
 from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
@@ -101,15 +102,8 @@ def expand_inputs(items):
 
 def unique_names(paths):
     """Output stems, one per path, made unique ("a", "a_2", ...)."""
-    used, names = set(), []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0] or "image"
-        name, k = stem, 2
-        while name in used:
-            name, k = f"{stem}_{k}", k + 1
-        used.add(name)
-        names.append(name)
-    return names
+    used = set()
+    return [unique_name(os.path.splitext(os.path.basename(p))[0] or "image", used) for p in paths]
 
 
 class Writer:

@@ -15,7 +15,6 @@ All images here are RGB uint8 HxWx3 numpy arrays; ``save_png`` writes them.
 
 import contextlib
 import os
-import re
 
 import cv2
 import numpy as np
@@ -26,6 +25,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from segkit.data.catalog import class_colors
+from segkit.data.coco_masks import segmentation_to_rle
+from segkit.data.file_names import safe_filename
 
 COLOR_MODES = {
     "image": ColorMode.IMAGE,
@@ -116,22 +117,18 @@ def foreground(prediction):
     return np.zeros((h, w), dtype=bool)
 
 
-def _slug(text):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "object"
-
-
 def instance_masks(prediction):
     """[(name, HxW uint8 0/255)], one per instance, named ``<index>_<class>``; U-Net results
     give one mask per class present."""
     if prediction.is_semantic:
         cmap = prediction.class_map()
-        return [(f"{c:03d}_{_slug(prediction.class_names[c])}", (cmap == c).astype(np.uint8) * 255)
+        return [(f"{c:03d}_{safe_filename(prediction.class_names[c], 'object')}", (cmap == c).astype(np.uint8) * 255)
                 for c in np.unique(cmap).tolist() if c < len(prediction.class_names)]
     inst = prediction.instances
     if not inst.has("pred_masks"):
         return []
     masks = inst.pred_masks.numpy()
-    return [(f"{i:03d}_{_slug(prediction.class_names[c])}", masks[i].astype(np.uint8) * 255)
+    return [(f"{i:03d}_{safe_filename(prediction.class_names[c], 'object')}", masks[i].astype(np.uint8) * 255)
             for i, c in enumerate(inst.pred_classes.tolist())]
 
 
@@ -238,9 +235,7 @@ def load_gt(coco_json, file_name):
                 "category_id": contiguous[a["category_id"]], "iscrowd": a.get("iscrowd", 0)}
         seg = a.get("segmentation")
         if isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
-            from pycocotools import mask as mask_util
-
-            seg = mask_util.frPyObjects(seg, *seg["size"])
+            seg = segmentation_to_rle(seg, *seg["size"])
         if isinstance(seg, list):
             seg = [p for p in seg if len(p) >= 6]
         if seg:

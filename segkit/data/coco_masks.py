@@ -1,0 +1,60 @@
+"""COCO ``segmentation`` values (polygons, compressed RLE, uncompressed RLE) -> RLE, mask, geometry.
+
+The one place that knows the three spellings of a COCO mask; every reader (dataset report, semantic
+conversion, ground-truth display, export) goes through it. pycocotools does the rasterising, so
+results are what detectron2 and COCOeval see.
+"""
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+
+def segmentation_to_rle(segmentation, height, width):
+    """Compressed RLE dict (``counts`` bytes) of a COCO segmentation, or None if unusable.
+
+    Polygons with fewer than 3 points (or an odd number of coordinates) are dropped, as
+    detectron2's ``load_coco_json`` drops them."""
+    try:
+        if isinstance(segmentation, list):
+            polys = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+            if not polys:
+                return None
+            return mask_util.merge(mask_util.frPyObjects(polys, height, width))
+        if isinstance(segmentation, dict) and "counts" in segmentation:
+            if isinstance(segmentation["counts"], list):  # uncompressed RLE (CVAT crowd masks)
+                return mask_util.frPyObjects(segmentation, height, width)
+            counts = segmentation["counts"]
+            return {"size": list(segmentation["size"]),
+                    "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    except Exception:  # pycocotools raises bare Exception / TypeError / ValueError on bad input
+        return None
+    return None
+
+
+def segmentation_to_mask(segmentation, height, width):
+    """HxW bool mask of a COCO segmentation; None if unusable or of another size."""
+    rle = segmentation_to_rle(segmentation, height, width)
+    if rle is None:
+        return None
+    try:
+        mask = mask_util.decode(rle).astype(bool)
+    except Exception:
+        return None
+    return mask if mask.shape == (height, width) else None
+
+
+def mask_geometry(segmentation, height, width):
+    """(area in px, [x, y, w, h]) of a COCO segmentation (polygons or RLE), or None if unusable."""
+    rle = segmentation_to_rle(segmentation, height, width)
+    if rle is None:
+        return None
+    try:
+        return float(mask_util.area(rle)), [float(v) for v in mask_util.toBbox(rle)]
+    except Exception:
+        return None
+
+
+def mask_to_rle(mask):
+    """HxW bool mask -> compressed RLE as written in COCO JSON (``counts`` a str)."""
+    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
