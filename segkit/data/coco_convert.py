@@ -47,6 +47,7 @@ import pycocotools.mask as mask_util
 from segkit.data.atomic import place_file, write_bytes, write_text
 from segkit.data.file_names import unique_name
 from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files, read_labelme_file, read_labels_file
+from segkit.data.remote import is_remote
 
 SPLIT_NAMES = ("trainval", "train", "val")
 
@@ -296,7 +297,9 @@ def build_parser():
         prog="labelme2coco.py",
         description="Convert a folder of LabelMe JSON files (searched recursively) into COCO instance "
                     "annotations: OUTPUT/trainval.json, train.json, val.json and OUTPUT/images/.")
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder with LabelMe .json files and their images")
+    p.add_argument("input_dir", metavar="INPUT_DIR",
+                   help="folder with LabelMe .json files and their images; or s3://, gs://, https:// "
+                        "(downloaded into OUTPUT/.remote-source first)")
     p.add_argument("--output", default="data", help="output folder (default: data)")
     p.add_argument("--labels", metavar="FILE",
                    help="class names, one per line, in category-id order (LabelMe's labels.txt: "
@@ -317,8 +320,18 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown_source = args.input_dir
+    if is_remote(args.input_dir):
+        from segkit.data.remote import RemoteSourceError, materialise, redact
+
+        shown_source = redact(args.input_dir)
+        try:
+            args.input_dir = materialise(args.input_dir, args.output, progress=not args.quiet)
+        except RemoteSourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if not os.path.isdir(args.input_dir):
-        parser.error(f"INPUT_DIR {args.input_dir!r} is not a folder")
+        parser.error(f"INPUT_DIR {shown_source!r} is not a folder")
     if not 0 <= args.val_fraction < 1:
         parser.error("--val-fraction must be in [0, 1)")
     labels = None
@@ -335,7 +348,7 @@ def main(argv=None):
     result = convert(args.input_dir, args.output, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
                      mode=args.mode, strict=args.strict, progress=not args.quiet,
                      echo=lambda line: tqdm.write(line, file=sys.stderr))
-    print(f"LabelMe -> COCO: {result.num_json} JSON file(s) in {args.input_dir}")
+    print(f"LabelMe -> COCO: {result.num_json} JSON file(s) in {shown_source}")
     print("\n".join(summary_lines(result)))
     if result.problems:
         print(f"{len(result.problems)} problem(s), one line each above (FILE: reason)")

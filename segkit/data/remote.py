@@ -1,0 +1,100 @@
+"""Import sources in cloud storage: ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``https://host/folder/``.
+
+The remote tree is mirrored into a staging folder inside the output folder (through fsspec, with a
+progress bar), then the local converter runs on that copy, so a remote import writes what a local
+import of the same files writes. A re-run downloads only files whose size changed.
+
+- Protocol support comes from fsspec's optional packages: ``s3fs`` for ``s3://``, ``gcsfs`` for
+  ``gs://``, ``aiohttp`` for ``https://`` (a folder URL ends with ``/`` and needs a server that lists
+  the folder as HTML links, as most static file servers do).
+- Credentials come from each cloud's usual chain, never from us: AWS env variables /
+  ``~/.aws`` / instance roles (``AWS_ENDPOINT_URL_S3`` points at MinIO or another S3-compatible
+  server), Google's application-default credentials. URLs are shown without user info or query
+  string (signed URLs carry tokens there).
+"""
+
+import os
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+STAGING_DIR = ".remote-source"  # inside the output folder
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+class RemoteSourceError(Exception):
+    """A remote source that cannot be read; the message is one line ``URL: reason``."""
+
+
+def is_remote(src):
+    """True for URLs (``s3://``, ``gs://``, ``https://``, ...) other than ``file://``."""
+    src = os.fspath(src)
+    return "://" in src and src.split("://", 1)[0].lower() not in _LOCAL_PROTOCOLS
+
+
+def redact(url):
+    """``url`` without user info, query string or fragment: safe to print and log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _reason(error):
+    if isinstance(error, FileNotFoundError):
+        return "not found (no such bucket, prefix or file)"
+    if isinstance(error, PermissionError):
+        return "access denied (check the credentials of this cloud's usual environment/config)"
+    if isinstance(error, ImportError):
+        return f"this protocol needs an optional package: {error.name or error}"
+    if isinstance(error, ValueError) and "Protocol not known" in str(error):
+        return str(error)
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"cannot be read ({type(error).__name__}{': ' + text if text else ''})"
+
+
+def _mirror_paths(fs, root, staging):
+    """({remote path: (local path, size)} of every file under ``root``, whether ``root`` is one file)."""
+    # A web server answers a folder URL with an HTML listing, a "file": only a trailing "/" tells.
+    web = fs.protocol in ("http", "https") or "http" in tuple(fs.protocol)
+    if (not root.endswith("/")) if web else fs.isfile(root):
+        return {root: (os.path.join(staging, os.path.basename(root.rstrip("/"))), fs.size(root))}, True
+    found = fs.find(root, detail=True)
+    if not found:
+        raise FileNotFoundError(root)
+    base = root.rstrip("/") + "/"
+    mirror = {}
+    for path, info in sorted(found.items()):
+        if info.get("type", "file") != "file" or not path.startswith(base):
+            continue
+        rel = path[len(base):]
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts) or parts[0].startswith("."):
+            continue  # nothing may land outside the staging folder; hidden folders skipped
+        mirror[path] = (os.path.join(staging, *parts), info.get("size"))
+    return mirror, False
+
+
+def materialise(src, output_dir, progress=True):
+    """Download the remote ``src`` into ``output_dir``/.remote-source (mirroring its tree) and
+    return that local folder (or the local file when ``src`` is a file). Raises
+    :class:`RemoteSourceError` with one line ``URL: reason``."""
+    import fsspec
+    from fsspec.callbacks import TqdmCallback
+
+    shown = redact(src)
+    staging = os.path.abspath(os.path.join(output_dir, STAGING_DIR))
+    try:
+        fs, root = fsspec.core.url_to_fs(src)
+        mirror, single_file = _mirror_paths(fs, root, staging)
+        todo = [(r, local) for r, (local, size) in mirror.items()
+                if not (os.path.isfile(local) and size is not None and os.path.getsize(local) == size)]
+        for _, local in todo:
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+        if todo:
+            callback = TqdmCallback(tqdm_kwargs={"desc": f"downloading {shown}", "unit": "file",
+                                                 "file": sys.stderr, "disable": not progress})
+            fs.get([r for r, _ in todo], [local for _, local in todo], callback=callback)
+    except Exception as e:  # every backend raises its own types; the user needs one line
+        raise RemoteSourceError(f"{shown}: {_reason(e)}") from None
+    return next(iter(mirror.values()))[0] if single_file else staging
