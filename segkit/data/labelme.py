@@ -34,7 +34,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -355,6 +354,8 @@ def mask_to_polygons(mask, epsilon=0.5, min_area=10):
     the boundary pixels, ``cv2.findContours`` on the mask itself, loses a half-pixel rim when
     filled: a 10 px wide object comes back at IoU ~0.8.) ``epsilon``: cv2.approxPolyDP tolerance
     in pixels."""
+    import cv2  # here, not at the top: labelme2coco.py (reading only) starts without it
+
     m = np.asarray(mask, dtype=bool)
     ys, xs = np.nonzero(m)
     if len(xs) == 0:
