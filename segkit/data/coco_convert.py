@@ -47,13 +47,7 @@ import pycocotools.mask as mask_util
 
 from segkit.data.atomic import atomic_path, write_bytes, write_text
 from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files, read_labelme_file, read_labels_file
-
-SPLIT_NAMES = ("trainval", "train", "val")
-
-
-def has_rle_instances(annotations):
-    """True when some non-crowd annotation is RLE (LabelMe mask shapes): needs INPUT.MASK_FORMAT bitmask."""
-    return any(not a.get("iscrowd") and isinstance(a["segmentation"], dict) for a in annotations)
+from segkit.data.layout import WRITE_ORDER, config_lines, has_rle_instances, image_root, split_json
 
 
 def _progress(iterable, total, desc, enabled):
@@ -286,11 +280,10 @@ def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0,
     val_ids = result.val_ids
     result.coco = {"trainval": subset(lambda i: True), "train": subset(lambda i: i not in val_ids),
                    "val": subset(lambda i: i in val_ids)}
-    image_root = os.path.join(output_dir, "images")
     for image in _progress(images, len(images), mode, progress):
-        _place_image(image, os.path.join(image_root, image.image_name), mode)
-    for split in SPLIT_NAMES:  # after the images: a JSON never names a missing image
-        write_text(os.path.join(output_dir, f"{split}.json"), _dumps_coco(result.coco[split]))
+        _place_image(image, os.path.join(image_root(output_dir), image.image_name), mode)
+    for split in WRITE_ORDER:  # after the images: a JSON never names a missing image
+        write_text(split_json(output_dir, split), _dumps_coco(result.coco[split]))
     result.written = True
     return result
 
@@ -367,10 +360,8 @@ def main(argv=None):
     if not result.written:
         print(f"error: {result.reason}; nothing written to {args.output}", file=sys.stderr)
         return result.exit_code
-    written = [os.path.join(args.output, f"{split}.json") for split in SPLIT_NAMES]
-    print(f"wrote {', '.join(written)} and {os.path.join(args.output, 'images')}/")
-
-    from segkit.data.catalog import config_lines
+    written = [split_json(args.output, split) for split in WRITE_ORDER]
+    print(f"wrote {', '.join(written)} and {image_root(args.output)}/")
 
     lines = config_lines(args.output)
     if result.needs_bitmask:
