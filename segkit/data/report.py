@@ -15,7 +15,6 @@ The report is printed as aligned tables and written as ``DIR/report.json`` and `
 """
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -27,6 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segkit.data.atomic import write_bytes, write_json
+from segkit.data.folder_writer import file_sha1
 from segkit.data.layout import REPORT_JSON, REPORT_PNG, SPLITS, image_root, split_json
 TINY_AREA = 16  # px: masks smaller than this are reported
 MIN_BBOX_SIDE = 2  # px: boxes thinner than this are reported
@@ -167,14 +167,6 @@ def _analyse_split(coco):
     return stats, negatives, areas, problems, instances_per_image
 
 
-def _sha1(path):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_report(data_dir):
     """Compute the report dict for ``data_dir`` (nothing printed or written)."""
     files = {"trainval": load_coco(split_json(data_dir, "trainval"))}  # required, checked first
@@ -203,7 +195,7 @@ def build_report(data_dir):
     for name in names:
         path = os.path.join(images_dir, name)
         if os.path.isfile(path):
-            by_hash[_sha1(path)].append(name)
+            by_hash[file_sha1(path)].append(name)
         else:
             missing.append(name)
     duplicates = sorted(sorted(group) for group in by_hash.values() if len(group) > 1)
