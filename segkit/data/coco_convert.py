@@ -87,21 +87,11 @@ def instance_annotation(instance, width, height, log, json_rel):
     }
 
 
-def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0, mode="copy",
-            strict=False, progress=True, echo=None):
-    """Convert every LabelMe JSON under ``input_dir`` into ``output_dir``; returns a
-    :class:`~segkit.data.folder_writer.ConversionResult`. Nothing is written when nothing usable
-    remains, or with ``strict`` when a problem was found. ``labels``: class names in category-id
-    order (other labels are reported and skipped), or None for all labels, sorted. ``mode``:
-    "copy" or "symlink". ``echo(line)`` gets each problem line as it is found."""
-    if mode not in ("copy", "symlink"):
-        raise ValueError(f"mode must be 'copy' or 'symlink', not {mode!r}")
-    source = input_dir
+def read_labelme_folder(input_dir, log, labels=None, exclude=(), progress=True):
+    """Every LabelMe JSON under ``input_dir`` -> (list of SourceImage, number of JSON files)."""
     input_dir = os.path.abspath(input_dir)
-    log = ConversionLog(echo=echo)
-    files = find_labelme_files(input_dir, exclude=[output_dir])
+    files = find_labelme_files(input_dir, exclude=exclude)
     label_set = set(labels) if labels is not None else None
-
     images = []
     seen_sources = {}
     for path in progress_bar(files, len(files), "reading", progress):
@@ -123,9 +113,23 @@ def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0,
                                   height=image.height, image_file=image.image_file, image_bytes=image.image_bytes,
                                   annotations=[a for a in anns if a is not None],
                                   extra={"labelme_file": image.json_rel}))
-    result = write_data_folder(images, output_dir, log, categories=labels, source=source, description=DESCRIPTION,
+    return images, len(files)
+
+
+def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0, mode="copy",
+            strict=False, progress=True, echo=None):
+    """Convert every LabelMe JSON under ``input_dir`` into ``output_dir``; returns a
+    :class:`~segkit.data.folder_writer.ConversionResult`. Nothing is written when nothing usable
+    remains, or with ``strict`` when a problem was found. ``labels``: class names in category-id
+    order (other labels are reported and skipped), or None for all labels, sorted. ``mode``:
+    "copy" or "symlink". ``echo(line)`` gets each problem line as it is found."""
+    if mode not in ("copy", "symlink"):
+        raise ValueError(f"mode must be 'copy' or 'symlink', not {mode!r}")
+    log = ConversionLog(echo=echo)
+    images, num_files = read_labelme_folder(input_dir, log, labels, exclude=[output_dir], progress=progress)
+    result = write_data_folder(images, output_dir, log, categories=labels, source=input_dir, description=DESCRIPTION,
                                val_fraction=val_fraction, seed=seed, mode=mode, strict=strict, resplit=True,
-                               progress=progress, num_files=len(files))
+                               progress=progress, num_files=num_files)
     result.crowd_name = f"{IGNORE_LABEL} regions (crowd)"
     return result
 
