@@ -473,3 +473,28 @@ def test_output_folder_inside_input_is_not_read_back(tmp_path):
     assert first.num_json == second.num_json == 1 and second.problems == []
     assert len(load(str(src / "data"))["images"]) == 1
     shutil.rmtree(src / "data")
+
+
+def test_exact_duplicate_images_share_a_split_and_provenance_is_recorded(tmp_path):
+    # 4 distinct photos, each saved 3 times under other names (web-collected sets do this)
+    src = tmp_path / "in"
+    for k in range(4):
+        make_image(src / f"orig{k}.png", 40, 30, seed=k)
+        for name in (f"orig{k}", f"copy{k}a", f"copy{k}b"):
+            if name != f"orig{k}":
+                shutil.copyfile(src / f"orig{k}.png", src / f"{name}.png")
+            write_labelme(src / f"{name}.json", f"{name}.png", 40, 30,
+                          [("cat", poly(3, 3, 10, 10), "polygon", None)])
+    for seed in range(4):
+        out = tmp_path / f"out{seed}"
+        result = convert(str(src), str(out), val_fraction=0.25, seed=seed, progress=False)
+        assert result.written
+        trainval, val = load(str(out)), load(str(out), "val")
+        val_names = {im["file_name"] for im in val["images"]}
+        for k in range(4):
+            copies = {f"orig{k}.png", f"copy{k}a.png", f"copy{k}b.png"}
+            assert copies <= val_names or not copies & val_names, (seed, k, val_names)
+        assert len(val_names) == 3  # one photo's copies: round(12 * 0.25)
+        assert trainval["info"]["source"] == str(src)
+        for im in trainval["images"]:
+            assert im["source_file"] == im["labelme_file"] == os.path.splitext(im["file_name"])[0] + ".json"

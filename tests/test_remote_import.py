@@ -3,11 +3,14 @@ HTTP (http.server); the result must equal the local import of the same files."""
 
 import functools
 import http.server
+import json
 import os
 import threading
 
 import pytest
+from test_import_data import make_label_studio
 
+from segkit.data import importer
 from segkit.data.coco_convert import main
 from segkit.data.remote import RemoteSourceError, materialise, redact
 from segkit.data.sample import make_instance_sample
@@ -24,11 +27,7 @@ def labelme_folder(tmp_path_factory):
     make_instance_sample(root / "labelme", num_images=5, size=(96, 72), seed=1)
     os.makedirs(root / "labelme" / "more")
     make_instance_sample(root / "labelme" / "more", num_images=2, size=(96, 72), seed=2)
-    # a COCO export as Label Studio writes it: result.json beside images/
-    os.makedirs(root / "coco" / "images")
-    for name in ("a.jpg", "b.jpg"):
-        (root / "coco" / "images" / name).write_bytes((root / "labelme" / "sample_0000.jpg").read_bytes())
-    (root / "coco" / "result.json").write_text('{"images": [], "annotations": [], "categories": []}\n')
+    make_label_studio(root / "coco")  # result.json beside images/, quirks and a missing image included
     return root
 
 
@@ -74,6 +73,18 @@ def _outputs(folder, skip_report=False):
     return out
 
 
+def _without_source(outputs):
+    """The COCO files with ``info.source`` (the one field naming where the data came from) taken
+    out, everything else byte for byte; also returns the sources found."""
+    sources, out = set(), dict(outputs)
+    for split in ("train", "val", "trainval"):
+        text = out.pop(f"{split}.json").decode("utf-8")
+        source = json.loads(text)["info"]["source"]
+        sources.add(source)
+        out[f"{split}.json"] = text.replace(json.dumps(source), '"<source>"', 1).encode("utf-8")
+    return out, sources
+
+
 def _local_import(labelme_folder, out, *options):
     assert main([str(labelme_folder / "labelme"), "--output", str(out), "--quiet", *options]) == 0
     return _outputs(out)
@@ -86,21 +97,33 @@ def test_s3_labelme_import_equals_local_import(s3, labelme_folder, tmp_path, cap
     printed = capsys.readouterr()
     assert "s3://seed000/project/labelme" in printed.out and SECRET not in printed.out + printed.err
     assert os.path.isfile(tmp_path / "cloud" / "report.json")
-    cloud = _outputs(tmp_path / "cloud", skip_report=True)
-    local = {k: v for k, v in local.items() if not k.startswith("report.")}
-    assert {"train.json", "val.json", "trainval.json", os.path.join("images", "more", "sample_0001.jpg")} <= set(local)
-    assert cloud == local  # JSON byte-identical, images byte for byte
+    cloud, cloud_source = _without_source(_outputs(tmp_path / "cloud", skip_report=True))
+    local, local_source = _without_source({k: v for k, v in local.items() if not k.startswith("report.")})
+    assert cloud_source == {"s3://seed000/project/labelme"} and local_source == {str(labelme_folder / "labelme")}
+    assert os.path.join("images", "more", "sample_0001.jpg") in local
+    assert cloud == local  # JSON byte-identical but for info.source, images byte for byte
 
     # a re-run downloads nothing that is already there and gives the same bytes
     staged = tmp_path / "cloud" / ".remote-source" / "sample_0000.jpg"
     mtime = staged.stat().st_mtime_ns
     assert main(["s3://seed000/project/labelme/", "--output", str(tmp_path / "cloud"), "--quiet"]) == 0
-    assert staged.stat().st_mtime_ns == mtime and _outputs(tmp_path / "cloud", skip_report=True) == local
+    assert staged.stat().st_mtime_ns == mtime
+    assert _without_source(_outputs(tmp_path / "cloud", skip_report=True))[0] == local
 
 
-def test_s3_coco_export_is_mirrored(s3, labelme_folder, tmp_path):
-    staged = materialise("s3://seed000/project/coco", str(tmp_path / "out"), progress=False)
-    assert _outputs(staged) == _outputs(labelme_folder / "coco")
+def test_s3_coco_export_import_equals_local_import(s3, labelme_folder, tmp_path, capsys):
+    assert importer.main([str(labelme_folder / "coco"), "--output", str(tmp_path / "local"), "--quiet"]) == 0
+    local_err = capsys.readouterr().err
+    assert importer.main(["s3://seed000/project/coco/", "--output", str(tmp_path / "cloud"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "s3://seed000/project/coco/: detected coco" in printed.out
+    assert printed.err == local_err  # the same problem lines (the missing image), same relative names
+    cloud, cloud_source = _without_source(_outputs(tmp_path / "cloud", skip_report=True))
+    local, _ = _without_source(_outputs(tmp_path / "local", skip_report=True))
+    assert cloud_source == {"s3://seed000/project/coco/"}
+    assert cloud == local and any(k.startswith("images") for k in local)
+    staged = materialise("s3://seed000/project/coco", str(tmp_path / "cloud"), progress=False)
+    assert _outputs(staged) == _outputs(labelme_folder / "coco")  # the staged tree is the bucket's
 
 
 def test_s3_errors_are_one_line(s3, tmp_path, capsys):
@@ -129,4 +152,6 @@ def test_https_folder_import_equals_local_import(labelme_folder, tmp_path):
         assert main([url, "--output", str(tmp_path / "web"), "--quiet", "--no-report"]) == 0
     finally:
         server.shutdown()
-    assert _outputs(tmp_path / "web") == _local_import(labelme_folder, tmp_path / "local", "--no-report")
+    web, web_source = _without_source(_outputs(tmp_path / "web"))
+    assert web_source == {url}
+    assert web == _without_source(_local_import(labelme_folder, tmp_path / "local", "--no-report"))[0]

@@ -122,19 +122,25 @@ class AppModel:
         """Up to ``limit`` images of the test split named by the checkpoint's config."""
         if not self.ready:
             return []
+        from detectron2.data import MetadataCatalog
+
+        from segkit.engine.launch import register_datasets
+
         cfg = self.predictor.cfg
-        data_dir = cfg.DATASETS.DATA_DIR
+        register_datasets(cfg)
         found = []
         for name in cfg.DATASETS.TEST:
-            split = name.rsplit("_", 1)[-1]
-            json_file = os.path.join(data_dir, f"{split}.json")
+            meta = MetadataCatalog.get(name)
+            json_file, images_dir = meta.get("json_file", None), meta.get("image_root", None)
+            if not json_file or not images_dir:
+                continue
             try:
                 with open(json_file, encoding="utf-8") as f:
                     images = json.load(f).get("images", [])
             except (OSError, ValueError):
                 continue
             for im in images:
-                path = os.path.join(data_dir, "images", str(im.get("file_name", "")))
+                path = os.path.join(images_dir, str(im.get("file_name", "")))
                 if os.path.isfile(path) and path not in found:
                     found.append(path)
                 if len(found) >= limit:

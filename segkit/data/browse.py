@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from segkit.data.atomic import write_bytes
 from segkit.data.catalog import register_coco_dataset
-
-SPLITS = ("train", "val", "trainval")
+from segkit.data.layout import BROWSE_DIR, SPLITS, image_root, split_json
 
 
 def _dataset_name(split):
@@ -29,7 +28,7 @@ def _dataset_name(split):
 
 def output_folder(data_dir, split="val", out_dir=None):
     """Where ``browse`` writes the overlays of ``split``: ``OUT/<split>`` (OUT defaults to ``DIR/browse``)."""
-    return os.path.join(out_dir if out_dir is not None else os.path.join(data_dir, "browse"), split)
+    return os.path.join(out_dir if out_dir is not None else os.path.join(data_dir, BROWSE_DIR), split)
 
 
 def browse(data_dir, split="val", out_dir=None, limit=None, scale=1.0, progress=True):
@@ -43,18 +42,18 @@ def browse(data_dir, split="val", out_dir=None, limit=None, scale=1.0, progress=
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    json_file = os.path.join(data_dir, f"{split}.json")
-    image_root = os.path.join(data_dir, "images")
+    json_file = split_json(data_dir, split)
+    images_dir = image_root(data_dir)
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{json_file}: file not found")
     name = _dataset_name(split)
-    register_coco_dataset(name, os.path.abspath(json_file), os.path.abspath(image_root))
+    register_coco_dataset(name, os.path.abspath(json_file), os.path.abspath(images_dir))
     dicts = DatasetCatalog.get(name)
     metadata = MetadataCatalog.get(name)
     if limit is not None:
         dicts = dicts[: max(int(limit), 0)]
     out_root = output_folder(data_dir, split, out_dir)
-    abs_root = os.path.abspath(image_root)
+    abs_root = os.path.abspath(images_dir)
 
     written = []
     state = np.random.get_state()  # Visualizer jitters colours with the global RNG

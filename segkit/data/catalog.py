@@ -13,12 +13,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.colormap import colormap
 
-from segkit.data.coco_convert import has_rle_instances
+from segkit.data.layout import DEFAULT_PREFIX, SPLITS, coco_has_rle_instances, config_lines, dataset_name, image_root, split_json
+
+__all__ = ["DEFAULT_PREFIX", "SPLITS", "class_colors", "coco_has_rle_instances", "config_lines", "read_categories",
+           "register_coco_dataset", "register_data_dir"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PREFIX = "mydata"
-SPLITS = ("train", "val", "trainval")
 
 
 def class_colors(num_classes):
@@ -32,11 +32,6 @@ def read_categories(json_file):
     with open(json_file, encoding="utf-8") as f:
         cats = json.load(f)["categories"]
     return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
-
-
-def coco_has_rle_instances(json_file):
-    with open(json_file, encoding="utf-8") as f:
-        return has_rle_instances(json.load(f)["annotations"])
 
 
 def register_coco_dataset(name, json_file, image_root):
@@ -57,20 +52,10 @@ def register_coco_dataset(name, json_file, image_root):
 def register_data_dir(data_dir="data", prefix=DEFAULT_PREFIX):
     """Register every ``<split>.json`` found in ``data_dir``; returns the registered names."""
     names = []
-    image_root = os.path.join(data_dir, "images")
     for split in SPLITS:
-        json_file = os.path.join(data_dir, f"{split}.json")
+        json_file = split_json(data_dir, split)
         if os.path.isfile(json_file):
-            name = f"{prefix}_{split}"
-            register_coco_dataset(name, json_file, image_root)
+            name = dataset_name(split, prefix)
+            register_coco_dataset(name, json_file, image_root(data_dir))
             names.append(name)
     return names
-
-
-def config_lines(data_dir="data", prefix=DEFAULT_PREFIX):
-    """What to put into a config (or pass as KEY VALUE overrides) to train on this folder."""
-    return [
-        f'DATASETS.DATA_DIR "{data_dir}"',
-        f'DATASETS.TRAIN "(\'{prefix}_train\',)"',
-        f'DATASETS.TEST "(\'{prefix}_val\',)"',
-    ]

@@ -29,38 +29,29 @@ Rules of the output:
 - Split: seeded shuffle; then, rarest class first, an image holding a class that val lacks goes to
   val when the class is in at least two images and train keeps every class it had; then val is
   filled up to ``--val-fraction`` (at least one image), first with images whose classes train
-  still has elsewhere. So val may be a little larger than asked, to hold every class.
+  still has elsewhere. So val may be a little larger than asked, to hold every class. Exact
+  duplicate images (same bytes) are split as one item: all copies land in the same split.
+- Provenance: each image records ``labelme_file`` and ``source_file`` (its JSON, relative to
+  INPUT_DIR) and ``info["source"]`` is INPUT_DIR made absolute. The shared writer is
+  :mod:`segkit.data.folder_writer`.
 - Exit status: 0; 1 when nothing usable remains (no image, or no instance at all) or with
   ``--strict`` on any reported problem -- in both cases nothing is written. 2: bad arguments.
 """
 
 import argparse
-import json
 import os
-import random
 import sys
-from collections import Counter
 
 import numpy as np
 import pycocotools.mask as mask_util
 
-from segkit.data.atomic import place_file, write_bytes, write_text
-from segkit.data.file_names import unique_name
+from segkit.data.folder_writer import SourceImage, print_outcome, progress_bar, split_train_val, summary_lines, write_data_folder
 from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files, read_labelme_file, read_labels_file
-from segkit.data.remote import is_remote
+from segkit.data.remote import RemoteSourceError, is_remote, materialise, redact
 
-SPLIT_NAMES = ("trainval", "train", "val")
+__all__ = ["convert", "instance_annotation", "main", "split_train_val", "summary_lines"]
 
-
-def has_rle_instances(annotations):
-    """True when some non-crowd annotation is RLE (LabelMe mask shapes): needs INPUT.MASK_FORMAT bitmask."""
-    return any(not a.get("iscrowd") and isinstance(a["segmentation"], dict) for a in annotations)
-
-
-def _progress(iterable, total, desc, enabled):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="file", disable=not enabled or total < 100, file=sys.stderr)
+DESCRIPTION = "LabelMe annotations converted by segkit labelme2coco"
 
 
 def instance_annotation(instance, width, height, log, json_rel):
@@ -97,199 +88,52 @@ def instance_annotation(instance, width, height, log, json_rel):
     }
 
 
-def split_train_val(image_classes, val_fraction, seed):
-    """Indices of the val images. ``image_classes``: one set of class names per image."""
-    n = len(image_classes)
-    if n < 2 or val_fraction <= 0:
-        return set()
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    images_per_class = Counter(c for classes in image_classes for c in classes)
-    in_train = Counter(images_per_class)
-    val = set()
-
-    def movable(i):  # train keeps at least one image of every class it has
-        return i not in val and all(in_train[c] > 1 for c in image_classes[i])
-
-    def move(i):
-        val.add(i)
-        in_train.subtract(image_classes[i])
-
-    for cls in sorted(images_per_class, key=lambda c: (images_per_class[c], c)):
-        if images_per_class[cls] < 2 or any(cls in image_classes[i] for i in val):
-            continue
-        missing = set(images_per_class) - {c for i in val for c in image_classes[i]}
-        candidates = [i for i in order if cls in image_classes[i] and movable(i)]
-        if candidates:  # the one covering most missing classes; ties: shuffled order
-            move(max(candidates, key=lambda i: len(image_classes[i] & missing)))
-    for pick in (movable, lambda i: i not in val):  # keep train's classes if the size allows
-        for i in order:
-            if len(val) >= n_val:
-                return val
-            if pick(i):
-                move(i)
-    return val
-
-
-def _dumps_coco(coco):
-    """JSON with one line per image / annotation / category: readable, diffable, deterministic."""
-    parts = []
-    for key, value in coco.items():
-        if isinstance(value, list) and value:
-            items = ",\n".join("    " + json.dumps(v, ensure_ascii=False) for v in value)
-            parts.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
-        else:
-            parts.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
-    return "{\n" + ",\n".join(parts) + "\n}\n"
-
-
-def _place_image(image, dest, mode):
-    """Copy/symlink/write one image to ``dest`` atomically; skipped when already up to date."""
-    if image.image_file is None:
-        write_bytes(dest, image.image_bytes)
-    else:
-        place_file(image.image_file, dest, mode)
-
-
-class ConversionResult:
-    """What :func:`convert` found and did: COCO dicts, counts, problems, exit status."""
-
-    def __init__(self, log, num_json):
-        self.log = log
-        self.num_json = num_json
-        self.coco = {}  # {"trainval": ..., "train": ..., "val": ...}
-        self.val_ids = set()
-        self.instances = {}  # class name -> [train, val]
-        self.crowd_regions = [0, 0]  # __ignore__ regions in [train, val]
-        self.images = [0, 0]  # [train, val]
-        self.negatives = [0, 0]
-        self.written = False
-        self.exit_code = 0
-        self.reason = ""
-
-    @property
-    def problems(self):
-        return self.log.problems
-
-    @property
-    def needs_bitmask(self):
-        """True when non-crowd annotations are RLE (mask shapes): set INPUT.MASK_FORMAT bitmask."""
-        return has_rle_instances(self.coco.get("trainval", {}).get("annotations", []))
-
-
-def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0, mode="copy",
-            strict=False, progress=True, echo=None):
-    """Convert every LabelMe JSON under ``input_dir`` into ``output_dir``; returns a
-    :class:`ConversionResult`. Nothing is written when nothing usable remains, or with ``strict``
-    when a problem was found. ``labels``: class names in category-id order (other labels are
-    reported and skipped), or None for all labels, sorted. ``mode``: "copy" or "symlink".
-    ``echo(line)`` gets each problem line as it is found."""
-    if mode not in ("copy", "symlink"):
-        raise ValueError(f"mode must be 'copy' or 'symlink', not {mode!r}")
+def read_labelme_folder(input_dir, log, labels=None, exclude=(), progress=True):
+    """Every LabelMe JSON under ``input_dir`` -> (list of SourceImage, number of JSON files)."""
     input_dir = os.path.abspath(input_dir)
-    log = ConversionLog(echo=echo)
-    files = find_labelme_files(input_dir, exclude=[output_dir])
-    result = ConversionResult(log, len(files))
+    files = find_labelme_files(input_dir, exclude=exclude)
     label_set = set(labels) if labels is not None else None
-
-    images, records = [], []  # LabelMeImage, its annotation dicts (no ids yet)
+    images = []
     seen_sources = {}
-    for path in _progress(files, len(files), "reading", progress):
+    for path in progress_bar(files, len(files), "reading", progress):
         image = read_labelme_file(path, input_dir, log, labels=label_set)
         if image is None:
             continue
         if image.image_file is not None:
-            source = os.path.realpath(image.image_file)
-            if source in seen_sources:
+            real = os.path.realpath(image.image_file)
+            if real in seen_sources:
                 log.problem(image.json_rel, "image used by another JSON",
-                            f"image {image.image_name!r} is already annotated by {seen_sources[source]}, skipped")
+                            f"image {image.image_name!r} is already annotated by {seen_sources[real]}, skipped")
                 continue
-            seen_sources[source] = image.json_rel
+            seen_sources[real] = image.json_rel
         anns = [instance_annotation(inst, image.width, image.height, log, image.json_rel) for inst in image.instances]
-        images.append(image)
-        records.append([a for a in anns if a is not None])
-
-    categories = list(labels) if labels is not None else sorted(
-        {a["label"] for anns in records for a in anns if not a["iscrowd"]})
-    cat_id = {name: i + 1 for i, name in enumerate(categories)}
-    image_classes = [{a["label"] for a in anns if not a["iscrowd"]} for anns in records]
-    val_idx = split_train_val(image_classes, val_fraction, seed)
-    result.val_ids = {i + 1 for i in val_idx}
-    result.instances = {name: [0, 0] for name in categories}
-    for i, anns in enumerate(records):
-        in_val = int(i in val_idx)
-        result.images[in_val] += 1
-        result.negatives[in_val] += not image_classes[i]
         for a in anns:
-            if a["iscrowd"]:
-                result.crowd_regions[in_val] += 1
-            else:
-                result.instances[a["label"]][in_val] += 1
+            if a is not None and a["iscrowd"]:
+                a["label"] = None  # an ignored region: every category ignores detections there
+        images.append(SourceImage(source_file=image.json_rel, image_name=image.image_name, width=image.width,
+                                  height=image.height, image_file=image.image_file, image_bytes=image.image_bytes,
+                                  annotations=[a for a in anns if a is not None],
+                                  extra={"labelme_file": image.json_rel}))
+    return images, len(files)
 
-    if not images:
-        result.reason = "no usable image"
-    elif not any(image_classes):
-        result.reason = "no instance in any image"
-    elif strict and log.problems:
-        result.reason = f"--strict and {len(log.problems)} problem(s)"
-    if result.reason:
-        result.exit_code = 1
-        return result
 
-    used_names = set()
-    coco_images, coco_anns = [], []
-    for image_id, (image, anns) in enumerate(zip(images, records), start=1):
-        stem, extension = os.path.splitext(image.image_name)
-        image.image_name = unique_name(stem, used_names, extension)
-        coco_images.append({"id": image_id, "file_name": image.image_name, "width": image.width,
-                            "height": image.height, "labelme_file": image.json_rel})
-        for a in anns:
-            for name in (categories if a["iscrowd"] else [a["label"]]):
-                coco_anns.append({"id": len(coco_anns) + 1, "image_id": image_id, "category_id": cat_id[name],
-                                  "segmentation": a["segmentation"], "area": a["area"], "bbox": a["bbox"],
-                                  "iscrowd": a["iscrowd"]})
-
-    info = {"description": "LabelMe annotations converted by segkit labelme2coco", "version": "1.0"}
-    cats = [{"id": cat_id[n], "name": n, "supercategory": ""} for n in categories]
-
-    def subset(keep):
-        return {"info": info, "licenses": [],
-                "images": [im for im in coco_images if keep(im["id"])],
-                "annotations": [a for a in coco_anns if keep(a["image_id"])],
-                "categories": cats}
-
-    val_ids = result.val_ids
-    result.coco = {"trainval": subset(lambda i: True), "train": subset(lambda i: i not in val_ids),
-                   "val": subset(lambda i: i in val_ids)}
-    image_root = os.path.join(output_dir, "images")
-    for image in _progress(images, len(images), mode, progress):
-        _place_image(image, os.path.join(image_root, image.image_name), mode)
-    for split in SPLIT_NAMES:  # after the images: a JSON never names a missing image
-        write_text(os.path.join(output_dir, f"{split}.json"), _dumps_coco(result.coco[split]))
-    result.written = True
+def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0, mode="copy",
+            strict=False, progress=True, echo=None, source=None):
+    """Convert every LabelMe JSON under ``input_dir`` into ``output_dir``; returns a
+    :class:`~segkit.data.folder_writer.ConversionResult`. Nothing is written when nothing usable
+    remains, or with ``strict`` when a problem was found. ``labels``: class names in category-id
+    order (other labels are reported and skipped), or None for all labels, sorted. ``mode``:
+    "copy" or "symlink". ``echo(line)`` gets each problem line as it is found. ``source``: what
+    ``info["source"]`` records (default ``input_dir``; the URL of a remote source)."""
+    if mode not in ("copy", "symlink"):
+        raise ValueError(f"mode must be 'copy' or 'symlink', not {mode!r}")
+    log = ConversionLog(echo=echo)
+    images, num_files = read_labelme_folder(input_dir, log, labels, exclude=[output_dir], progress=progress)
+    result = write_data_folder(images, output_dir, log, categories=labels, source=source or input_dir, description=DESCRIPTION,
+                               val_fraction=val_fraction, seed=seed, mode=mode, strict=strict, resplit=True,
+                               progress=progress, num_files=num_files)
+    result.crowd_name = f"{IGNORE_LABEL} regions (crowd)"
     return result
-
-
-def summary_lines(result):
-    """The summary table: images, instances per class (train/val/total), skipped items by reason."""
-    def row(name, pair, note=""):
-        return f"{name:<34}{pair[0]:>8}{pair[1]:>8}{pair[0] + pair[1]:>8}{note}"
-
-    def head(title):
-        return f"{title:<34}{'train':>8}{'val':>8}{'total':>8}"
-
-    lines = [head("images"), row("  converted", result.images),
-             row("  without instances (negatives)", result.negatives), head("instances per class")]
-    for name, pair in result.instances.items():
-        lines.append(row(f"  {name}", pair, "   (none in val)" if pair[0] + pair[1] and not pair[1] else ""))
-    if any(result.crowd_regions):
-        lines.append(row(f"  {IGNORE_LABEL} regions (crowd)", result.crowd_regions))
-    for key, n in sorted(result.log.notes.items()):
-        lines.append(f"{key}: {n}")
-    lines.append(f"{'skipped / reported, by reason':<50}{'count':>8}" if result.log.skipped else "skipped: nothing")
-    lines += [f"  {key:<48}{n:>8}" for key, n in sorted(result.log.skipped.items())]
-    return lines
 
 
 def build_parser():
@@ -320,18 +164,15 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    shown_source = args.input_dir
-    if is_remote(args.input_dir):
-        from segkit.data.remote import RemoteSourceError, materialise, redact
-
-        shown_source = redact(args.input_dir)
+    source = args.input_dir
+    if is_remote(source):
         try:
-            args.input_dir = materialise(args.input_dir, args.output, progress=not args.quiet)
+            args.input_dir = materialise(source, args.output, progress=not args.quiet)
         except RemoteSourceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
     if not os.path.isdir(args.input_dir):
-        parser.error(f"INPUT_DIR {shown_source!r} is not a folder")
+        parser.error(f"INPUT_DIR {redact(source)!r} is not a folder")
     if not 0 <= args.val_fraction < 1:
         parser.error("--val-fraction must be in [0, 1)")
     labels = None
@@ -347,26 +188,6 @@ def main(argv=None):
 
     result = convert(args.input_dir, args.output, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
                      mode=args.mode, strict=args.strict, progress=not args.quiet,
-                     echo=lambda line: tqdm.write(line, file=sys.stderr))
-    print(f"LabelMe -> COCO: {result.num_json} JSON file(s) in {shown_source}")
-    print("\n".join(summary_lines(result)))
-    if result.problems:
-        print(f"{len(result.problems)} problem(s), one line each above (FILE: reason)")
-    if not result.written:
-        print(f"error: {result.reason}; nothing written to {args.output}", file=sys.stderr)
-        return result.exit_code
-    written = [os.path.join(args.output, f"{split}.json") for split in SPLIT_NAMES]
-    print(f"wrote {', '.join(written)} and {os.path.join(args.output, 'images')}/")
-
-    from segkit.data.catalog import config_lines
-
-    lines = config_lines(args.output)
-    if result.needs_bitmask:
-        lines.append('INPUT.MASK_FORMAT "bitmask"')
-    print("config lines (or pass them as KEY VALUE overrides):")
-    print("\n".join("  " + line for line in lines))
-    if not args.no_report:
-        from segkit.data.report import report_data_dir
-
-        report_data_dir(args.output)
-    return result.exit_code
+                     echo=lambda line: tqdm.write(line, file=sys.stderr), source=source)
+    return print_outcome(result, args.output, f"LabelMe -> COCO: {result.num_json} JSON file(s) in {redact(source)}",
+                         report=not args.no_report)

@@ -15,7 +15,6 @@ The report is printed as aligned tables and written as ``DIR/report.json`` and `
 """
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -27,8 +26,9 @@ import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json
 from segkit.data.coco_masks import mask_geometry
+from segkit.data.folder_writer import file_sha1
+from segkit.data.layout import REPORT_JSON, REPORT_PNG, SPLITS, image_root, split_json
 
-SPLIT_FILES = ("train", "val", "trainval")
 TINY_AREA = 16  # px: masks smaller than this are reported
 MIN_BBOX_SIDE = 2  # px: boxes thinner than this are reported
 SMALL_AREA, MEDIUM_AREA = 32 ** 2, 96 ** 2  # COCO's size ranges
@@ -146,19 +146,11 @@ def _analyse_split(coco):
     return stats, negatives, areas, problems, instances_per_image
 
 
-def _sha1(path):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_report(data_dir):
     """Compute the report dict for ``data_dir`` (nothing printed or written)."""
-    files = {"trainval": load_coco(os.path.join(data_dir, "trainval.json"))}  # required, checked first
+    files = {"trainval": load_coco(split_json(data_dir, "trainval"))}  # required, checked first
     for split in ("train", "val"):
-        path = os.path.join(data_dir, f"{split}.json")
+        path = split_json(data_dir, split)
         if os.path.exists(path):
             files[split] = load_coco(path)
     trainval = files["trainval"]
@@ -166,7 +158,7 @@ def build_report(data_dir):
 
     splits, warnings = {}, []
     analysed = {}
-    for split in SPLIT_FILES:
+    for split in SPLITS:
         if split in files:
             analysed[split] = _analyse_split(files[split])
             splits[split] = analysed[split][0]
@@ -176,13 +168,13 @@ def build_report(data_dir):
             warnings.append(f"{split}.json declares other categories than trainval.json")
 
     # exact duplicates and missing files, over every image named by any split file
-    image_root = os.path.join(data_dir, "images")
+    images_dir = image_root(data_dir)
     names = sorted({im["file_name"] for coco in files.values() for im in coco["images"]})
     by_hash, missing = defaultdict(list), []
     for name in names:
-        path = os.path.join(image_root, name)
+        path = os.path.join(images_dir, name)
         if os.path.isfile(path):
-            by_hash[_sha1(path)].append(name)
+            by_hash[file_sha1(path)].append(name)
         else:
             missing.append(name)
     duplicates = sorted(sorted(group) for group in by_hash.values() if len(group) > 1)
@@ -247,7 +239,7 @@ def _table(header, rows):
 
 def format_report(report):
     splits = report["splits"]
-    order = [s for s in SPLIT_FILES if s in splits]
+    order = [s for s in SPLITS if s in splits]
     out = [f"Dataset report: {report['data_dir']}", ""]
     out.append(_table(["split", "images", "instances", "no annotations", "crowd", "small", "medium", "large"],
                       [[s, splits[s]["images"], splits[s]["instances"], splits[s]["images_without_annotations"],
@@ -309,7 +301,7 @@ def render_png(report):
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
-    names = [s for s in SPLIT_FILES if s in splits]
+    names = [s for s in SPLITS if s in splits]
     with_ann = [splits[s]["images"] - splits[s]["images_without_annotations"] for s in names]
     without = [splits[s]["images_without_annotations"] for s in names]
     ax.bar(names, with_ann, color="#4c72b0", label="with annotations")
@@ -377,10 +369,10 @@ def report_data_dir(data_dir, print_fn=print):
     report = build_report(data_dir)
     if print_fn is not None:
         print_fn(format_report(report))
-    write_json(os.path.join(data_dir, "report.json"), report)
-    write_bytes(os.path.join(data_dir, "report.png"), render_png(report))
+    write_json(os.path.join(data_dir, REPORT_JSON), report)
+    write_bytes(os.path.join(data_dir, REPORT_PNG), render_png(report))
     if print_fn is not None:
-        print_fn(f"wrote {os.path.join(data_dir, 'report.json')} and {os.path.join(data_dir, 'report.png')}")
+        print_fn(f"wrote {os.path.join(data_dir, REPORT_JSON)} and {os.path.join(data_dir, REPORT_PNG)}")
     return report
 
 

@@ -34,9 +34,10 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from segkit.data.atomic import atomic_path, write_json
-from segkit.data.catalog import DEFAULT_PREFIX, SPLITS, class_colors
+from segkit.data.catalog import class_colors
 from segkit.data.coco_masks import segmentation_to_mask
 from segkit.data.image_files import image_size
+from segkit.data.layout import DEFAULT_PREFIX, SEM_SEG_DIR, SPLITS, dataset_name, image_root, split_json
 
 logger = logging.getLogger(__name__)
 
@@ -215,12 +216,12 @@ def register_semantic_data_dir(data_dir="data", prefix=DEFAULT_PREFIX, cache_dir
     ``cache_dir/<split>`` (default ``data_dir/sem_seg/<split>``). Returns the registered names.
     """
     names = []
-    cache_dir = cache_dir or os.path.join(data_dir, "sem_seg")
+    cache_dir = cache_dir or os.path.join(data_dir, SEM_SEG_DIR)
     for split in SPLITS:
-        json_file = os.path.join(data_dir, f"{split}.json")
+        json_file = split_json(data_dir, split)
         if os.path.isfile(json_file):
-            name = f"{prefix}_sem_{split}"
-            register_semantic_from_coco(name, json_file, os.path.join(data_dir, "images"),
+            name = dataset_name(split, prefix, semantic=True)
+            register_semantic_from_coco(name, json_file, image_root(data_dir),
                                         os.path.join(cache_dir, split))
             names.append(name)
     return names

@@ -45,17 +45,21 @@ def _sample_image(cfg, sample_image=None):
 
     if sample_image:
         return read_image_rgb(sample_image), os.fspath(sample_image)
-    data_dir = cfg.DATASETS.DATA_DIR
+    from detectron2.data import MetadataCatalog
+
+    from segkit.engine.launch import register_datasets
+
+    register_datasets(cfg)
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
-        split = name.rsplit("_", 1)[-1]
-        json_file = os.path.join(data_dir, f"{split}.json")
-        if not os.path.isfile(json_file):
+        meta = MetadataCatalog.get(name)
+        json_file, images_dir = meta.get("json_file", None), meta.get("image_root", None)
+        if not json_file or not images_dir or not os.path.isfile(json_file):
             continue
         try:
             with open(json_file, encoding="utf-8") as f:
                 images = json.load(f).get("images", [])
             for im in images[:5]:
-                path = os.path.join(data_dir, "images", im["file_name"])
+                path = os.path.join(images_dir, im["file_name"])
                 if os.path.isfile(path):
                     return read_image_rgb(path), path
         except (OSError, ValueError, KeyError):

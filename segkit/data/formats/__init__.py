@@ -1,0 +1,41 @@
+"""One reader per annotation format; each turns a LOCAL source folder into
+:class:`~segkit.data.folder_writer.SourceImage` objects for :mod:`segkit.data.folder_writer`.
+
+Every reader module offers ``NAME``, ``detect(src_dir) -> str or None`` (the evidence it found,
+said to the user) and ``read(src_dir, log, options) -> ReadResult``. A remote source is
+materialised into a local folder first, then read the same way.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ImportOptions:
+    labels: list = None  # class names in category-id order (others reported and skipped), None: the source's
+    classes: list = None  # keep only these class names (e.g. one class of Open Images)
+    exclude: list = field(default_factory=list)  # folders not to read (the output folder inside the source)
+
+
+@dataclass
+class ReadResult:
+    """What a reader found: images (SourceImage), class names in id order (None: the labels found,
+    sorted), how many annotation files it looked at."""
+    images: list = field(default_factory=list)
+    categories: list = None
+    num_files: int = 0
+
+
+def keep_class(name, options):
+    """Whether annotations of class ``name`` are imported (``--classes`` / ``--labels``)."""
+    if options.classes is not None and name not in options.classes:
+        return False
+    return options.labels is None or name in options.labels
+
+
+def final_categories(found, options):
+    """Category names in id order: ``--labels``, else the source's order restricted to ``--classes``."""
+    if options.labels is not None:
+        return list(options.labels)
+    if found is None:
+        return None
+    return [c for c in found if options.classes is None or c in options.classes]

@@ -1,0 +1,144 @@
+"""``import_data.py``: any supported annotation export -> the data folder ``labelme2coco.py`` writes.
+
+    python import_data.py SRC [--format auto|coco|masks|voc|openimages|yolo|semantic|labelme]
+                          [--output data] [--labels FILE] [--classes NAME ...] [--val-fraction 0.2]
+                          [--seed 0] [--copy | --symlink] [--strict] [--resplit]
+
+Each format has one reader in :mod:`segkit.data.formats`; the data folder is written by
+:mod:`segkit.data.folder_writer` (same files, split rules and report as ``labelme2coco.py``).
+``--format auto`` asks every reader whether the folder looks like its format and says which one
+matched; when none or several match it stops with one line and asks for ``--format``.
+Splits the export already has are kept unless ``--resplit``. Exit status: 0; 1 when nothing usable
+remains or with ``--strict`` on any problem (nothing written); 2 on bad arguments or layout.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+from segkit.data.folder_writer import print_outcome, write_data_folder
+from segkit.data.formats import ImportOptions
+from segkit.data.labelme import ConversionLog, read_labels_file
+from segkit.data.remote import RemoteSourceError, is_remote, materialise, redact
+
+# In the order auto-detection reports them; each is a module of segkit.data.formats.
+FORMATS = ("coco", "yolo", "voc", "masks", "openimages", "semantic", "labelme")
+# Layouts that contain another format's evidence by construction (VOC has class PNGs, Pets has masks).
+_OUTRANKS = {"semantic": ("masks",), "voc": ("semantic", "masks")}
+
+
+class LayoutError(ValueError):
+    """The source folder's format cannot be told (none or several match); the message says why."""
+
+
+def reader(name):
+    return importlib.import_module(f"segkit.data.formats.{name}")
+
+
+def detect_format(src_dir):
+    """``(format name, evidence)`` of the one format the folder looks like; LayoutError otherwise."""
+    found = {}
+    for name in FORMATS:
+        try:
+            evidence = reader(name).detect(src_dir)
+        except ModuleNotFoundError:  # a format this checkout has no reader for
+            continue
+        if evidence:
+            found[name] = evidence
+    for name, beaten in _OUTRANKS.items():
+        if name in found:
+            for other in beaten:
+                found.pop(other, None)
+    if not found:
+        raise LayoutError(f"{src_dir}: no known annotation layout found (formats: {', '.join(FORMATS)}); pass --format")
+    if len(found) > 1:
+        what = "; ".join(f"{k}: {v}" for k, v in found.items())
+        raise LayoutError(f"{src_dir}: ambiguous layout ({what}); pass --format")
+    return next(iter(found.items()))
+
+
+def import_folder(src_dir, output_dir="data", fmt="auto", labels=None, classes=None, val_fraction=0.2, seed=0,
+                  mode="copy", strict=False, resplit=False, progress=True, echo=None, source=None):
+    """Read ``src_dir`` (a local folder) in format ``fmt`` and write the data folder; returns the
+    :class:`~segkit.data.folder_writer.ConversionResult` (``.format`` and ``.evidence`` added).
+    ``source``: what ``info["source"]`` records (default ``src_dir``; the URL of a remote source)."""
+    evidence = None
+    if fmt == "auto":
+        fmt, evidence = detect_format(src_dir)
+    log = ConversionLog(echo=echo)
+    options = ImportOptions(labels=labels, classes=classes, exclude=[os.path.abspath(output_dir)])
+    found = reader(fmt).read(src_dir, log, options)
+    result = write_data_folder(found.images, output_dir, log, categories=found.categories, source=source or src_dir,
+                               description=f"{fmt} annotations imported by segkit import_data",
+                               val_fraction=val_fraction, seed=seed, mode=mode, strict=strict, resplit=resplit,
+                               progress=progress, num_files=found.num_files)
+    result.format, result.evidence = fmt, evidence
+    return result
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="import_data.py",
+        description="Import annotations (COCO from Label Studio/CVAT/Roboflow, YOLO-seg, PASCAL VOC, binary masks, "
+                    "Open Images, semantic label folders, LabelMe) into a data folder: OUTPUT/trainval.json, "
+                    "train.json, val.json and OUTPUT/images/, as labelme2coco.py writes it.")
+    p.add_argument("src", metavar="SRC", help="folder of the export; or s3://, gs://, https:// "
+                                              "(downloaded into OUTPUT/.remote-source first)")
+    p.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
+                   help="format of SRC (default: detected from the folder's layout)")
+    p.add_argument("--output", default="data", help="output folder (default: data)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="class names, one per line, in category-id order; other classes are reported and skipped")
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="import only these classes (names as in the source)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of images in val.json when the source has no split or with --resplit (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
+    g.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images instead")
+    p.set_defaults(mode="copy")
+    p.add_argument("--resplit", action="store_true", help="ignore the source's splits and make ours")
+    p.add_argument("--strict", action="store_true", help="any reported problem fails the import (nothing written)")
+    p.add_argument("--no-report", action="store_true", help="skip the dataset report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    source = args.src
+    if is_remote(source):
+        try:
+            args.src = materialise(source, args.output, progress=not args.quiet)
+        except RemoteSourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    if not os.path.isdir(args.src):
+        parser.error(f"SRC {redact(source)!r} is not a folder")
+    if not 0 <= args.val_fraction < 1:
+        parser.error("--val-fraction must be in [0, 1)")
+    labels = None
+    if args.labels:
+        try:
+            labels = read_labels_file(args.labels)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            parser.error(f"--labels: {e}")
+        if not labels:
+            parser.error(f"--labels: no class names in {args.labels}")
+
+    from tqdm import tqdm
+
+    try:
+        result = import_folder(args.src, args.output, args.format, labels=labels, classes=args.classes,
+                               val_fraction=args.val_fraction, seed=args.seed, mode=args.mode, strict=args.strict,
+                               resplit=args.resplit, progress=not args.quiet,
+                               echo=lambda line: tqdm.write(line, file=sys.stderr), source=source)
+    except LayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    how = f"detected {result.format}: {result.evidence}" if result.evidence else f"format {result.format}"
+    split = "splits kept from the source" if result.split_from_source else "split made here (seeded)"
+    header = f"{redact(source)}: {how}\n{result.num_json} annotation file(s) read; {split}"
+    return print_outcome(result, args.output, header, report=not args.no_report)

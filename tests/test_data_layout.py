@@ -1,0 +1,50 @@
+"""The data folder layout lives in one detectron2-free module, so converting a folder stays light."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+from segkit.data import layout
+
+# Runs labelme2coco.py as __main__ in a fresh interpreter, then lists which heavy modules it imported.
+_PROBE = """
+import runpy, sys
+sys.argv = ["labelme2coco.py"] + sys.argv[1:]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print("HEAVY=" + ",".join(m for m in ("torch", "detectron2", "torchvision") if m in sys.modules))
+print("CODE=" + str(code))
+"""
+
+
+def test_labelme2coco_converts_without_torch_or_detectron2(tmp_path):
+    from segkit.data.sample import make_instance_sample
+
+    make_instance_sample(tmp_path / "labelme", num_images=3, size=(64, 64), seed=1)
+    probe = _PROBE.format(script=str(ROOT / "labelme2coco.py"))
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "labelme"), "--output", str(tmp_path / "data"),
+                           "--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "CODE=0" in proc.stdout, proc.stdout + proc.stderr
+    assert "HEAVY=\n" in proc.stdout, proc.stdout
+    for line in layout.config_lines(str(tmp_path / "data")):  # the config lines are still printed
+        assert line in proc.stdout
+    assert (tmp_path / "data" / layout.REPORT_JSON).is_file()
+    trainval = json.loads((tmp_path / "data" / "trainval.json").read_text())
+    assert len(trainval["images"]) == 3
+
+
+def test_registered_names_point_at_the_layout_files(tmp_path, sample_data):
+    from detectron2.data import MetadataCatalog
+
+    from segkit.data.catalog import register_data_dir
+
+    names = register_data_dir(str(sample_data), prefix="layouttest")
+    assert names == [layout.dataset_name(s, "layouttest") for s in layout.SPLITS]
+    for split, name in zip(layout.SPLITS, names):
+        meta = MetadataCatalog.get(name)
+        assert meta.json_file == layout.split_json(str(sample_data), split)
+        assert meta.image_root == layout.image_root(str(sample_data))

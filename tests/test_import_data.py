@@ -1,0 +1,294 @@
+"""import_data.py: one section per format, on fixtures written in the layout (and with the quirks) of
+the tool that makes them; then the bad-input rules and determinism."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+from segkit.data.importer import LayoutError, detect_format, import_folder, main
+
+W, H = 48, 36
+
+
+# ---------------------------------------------------------------- helpers
+
+def make_image(path, width=W, height=H, seed=0, fmt=None):
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, format=fmt)
+
+
+def box_mask(x, y, w, h, width=W, height=H):
+    m = np.zeros((height, width), dtype=bool)
+    m[y:y + h, x:x + w] = True
+    return m
+
+
+def rect_poly(x, y, w, h):
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def load(out, split="trainval"):
+    with open(os.path.join(out, f"{split}.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def masks_by_file(coco):
+    """file_name -> sorted [(class name, mask pixel count, iscrowd)]."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    images = {im["id"]: im for im in coco["images"]}
+    out = {im["file_name"]: [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        im = images[a["image_id"]]
+        seg = a["segmentation"]
+        rle = (mask_util.merge(mask_util.frPyObjects(seg, im["height"], im["width"])) if isinstance(seg, list)
+               else {"size": seg["size"], "counts": seg["counts"].encode()})
+        area = int(mask_util.area(rle))
+        assert a["area"] == area and a["bbox"] == [float(v) for v in mask_util.toBbox(rle)]
+        out[im["file_name"]].append((names[a["category_id"]], area, a["iscrowd"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def check_folder(out):
+    """The invariants of every data folder: ids 1.., same categories, splits partition trainval, files exist."""
+    trainval, train, val = load(out), load(out, "train"), load(out, "val")
+    assert train["categories"] == val["categories"] == trainval["categories"]
+    assert [c["id"] for c in trainval["categories"]] == list(range(1, len(trainval["categories"]) + 1))
+    assert [im["id"] for im in trainval["images"]] == list(range(1, len(trainval["images"]) + 1))
+    assert sorted(im["id"] for im in train["images"] + val["images"]) == [im["id"] for im in trainval["images"]]
+    for im in trainval["images"]:
+        path = os.path.join(out, "images", im["file_name"])
+        with Image.open(path) as pil:
+            assert pil.size == (im["width"], im["height"])
+        assert im["source_file"] and not os.path.isabs(im["source_file"])
+        assert os.path.isfile(os.path.join(trainval["info"]["source"], im["source_file"]))
+    return trainval
+
+
+def tree_digest(folder):
+    digest = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                digest[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+def run(src, out, **kwargs):
+    kwargs.setdefault("progress", False)
+    return import_folder(str(src), str(out), **kwargs)
+
+
+# ---------------------------------------------------------------- COCO
+
+def _coco_doc(images, annotations, categories):
+    return {"images": images, "annotations": annotations, "categories": categories, "info": {}}
+
+
+def make_label_studio(root):
+    """Label Studio 'COCO': result.json beside images/, ids from 0, Windows separators, hash prefixes,
+    an extra 'ignore' key, category 0 used by a real class."""
+    make_image(root / "images" / "1a2b3c4d-cat.jpg", seed=1)
+    make_image(root / "images" / "5e6f7a8b-two.jpg", seed=2)
+    make_image(root / "images" / "9c0d1e2f-empty.jpg", seed=3)
+    doc = _coco_doc(
+        [{"id": 0, "file_name": "images\\1a2b3c4d-cat.jpg", "width": W, "height": H},
+         {"id": 1, "file_name": "images\\5e6f7a8b-two.jpg", "width": W, "height": H},
+         {"id": 2, "file_name": "images\\9c0d1e2f-empty.jpg", "width": W, "height": H},
+         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H}],
+        [{"id": 0, "image_id": 0, "category_id": 0, "segmentation": [rect_poly(2, 2, 10, 8)], "bbox": [0, 0, 1, 1],
+          "ignore": 0, "iscrowd": 0, "area": 1.0},
+         {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(20, 10, 12, 12)], "bbox": [],
+          "ignore": 0, "iscrowd": 0},  # no area: recomputed
+         {"id": 2, "image_id": 1, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
+          "ignore": 0, "iscrowd": 0, "area": 25.0},
+         {"id": 3, "image_id": 3, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
+          "ignore": 0, "iscrowd": 0, "area": 25.0}],
+        [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}])
+    (root / "result.json").write_text(json.dumps(doc))
+
+
+def test_coco_label_studio(tmp_path):
+    src = tmp_path / "ls"
+    make_label_studio(src)
+    before = tree_digest(src)
+    assert detect_format(str(src))[0] == "coco"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert tree_digest(src) == before  # inputs never modified
+    assert result.written and not result.split_from_source
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]  # source order, ids now 1..K
+    got = masks_by_file(coco)
+    assert got == {"1a2b3c4d-cat.jpg": [("cat", 80, 0)], "5e6f7a8b-two.jpg": [("cat", 25, 0), ("dog", 144, 0)],
+                   "9c0d1e2f-empty.jpg": []}  # a negative stays
+    assert lines == ["result.json: image 'images\\\\deadbeef-gone.jpg' not found"]
+    assert {im["source_file"] for im in coco["images"]} == {"result.json"}
+    assert coco["info"]["source"] == str(src)
+
+
+def make_cvat(root, new_layout=False):
+    """CVAT 'COCO 1.0': annotations/instances_default.json + images/ (images/default/ in newer CVAT),
+    an attributes dict, a crowd mask as uncompressed RLE."""
+    image_dir = root / "images" / "default" if new_layout else root / "images"
+    make_image(image_dir / "frame_000000.png", seed=4)
+    make_image(image_dir / "frame_000001.png", seed=5)
+    crowd = mask_util.encode(np.asfortranarray(box_mask(30, 20, 10, 10).astype(np.uint8)))
+    crowd_counts = [int(v) for v in _uncompressed_counts(box_mask(30, 20, 10, 10))]
+    assert mask_util.area(mask_util.frPyObjects({"size": [H, W], "counts": crowd_counts}, H, W)) == mask_util.area(crowd)
+    doc = _coco_doc(
+        [{"id": 1, "file_name": "frame_000000.png", "width": W, "height": H, "license": 0, "flickr_url": "",
+          "coco_url": "", "date_captured": 0},
+         {"id": 2, "file_name": "frame_000001.png", "width": W, "height": H}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(4, 4, 10, 10)], "area": 100.0,
+          "bbox": [4.0, 4.0, 10.0, 10.0], "iscrowd": 0, "attributes": {"occluded": False}},
+         {"id": 2, "image_id": 1, "category_id": 1, "segmentation": {"size": [H, W], "counts": crowd_counts},
+          "area": 100.0, "bbox": [30.0, 20.0, 10.0, 10.0], "iscrowd": 1, "attributes": {"occluded": False}},
+         {"id": 3, "image_id": 2, "category_id": 2, "segmentation": [rect_poly(0, 0, 6, 6)], "area": 36.0,
+          "bbox": [0.0, 0.0, 6.0, 6.0], "iscrowd": 0, "attributes": {}},
+         {"id": 4, "image_id": 2, "category_id": 1, "segmentation": [rect_poly(20, 20, 8, 8)], "area": 64.0,
+          "bbox": [20.0, 20.0, 8.0, 8.0], "iscrowd": 0, "attributes": {}}],
+        [{"id": 1, "name": "car", "supercategory": ""}, {"id": 2, "name": "bike", "supercategory": ""}])
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_default.json").write_text(json.dumps(doc))
+
+
+def _uncompressed_counts(mask):
+    flat = mask.flatten(order="F").astype(np.uint8)
+    counts, current, run_length = [], 0, 0
+    for v in flat:
+        if v != current:
+            counts.append(run_length)
+            current, run_length = v, 0
+        run_length += 1
+    counts.append(run_length)
+    return counts
+
+
+@pytest.mark.parametrize("new_layout", [False, True])
+def test_coco_cvat(tmp_path, new_layout):
+    src = tmp_path / "cvat"
+    make_cvat(src, new_layout)
+    result = run(src, tmp_path / "data")
+    assert result.written and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["car", "bike"]
+    prefix = "default/" if new_layout else ""
+    assert masks_by_file(coco) == {f"{prefix}frame_000000.png": [("car", 100, 0), ("car", 100, 1)],
+                                   f"{prefix}frame_000001.png": [("bike", 36, 0), ("car", 64, 0)]}
+    crowd = next(a for a in coco["annotations"] if a["iscrowd"])
+    assert isinstance(crowd["segmentation"]["counts"], str)  # stored compressed
+
+
+def make_roboflow(root):
+    """Roboflow 'COCO Segmentation': train/ valid/ test/ with _annotations.coco.json beside the images,
+    category 0 an unused super-category, bbox as strings, ids restarting at 0, hashed names."""
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        images, anns = [], []
+        for i in range(n):
+            name = f"img{i}_jpg.rf.{hashlib.md5(f'{split}{i}'.encode()).hexdigest()}.jpg"
+            make_image(root / split / name, seed=hash((split, i)) % 1000)
+            images.append({"id": i, "license": 1, "file_name": name, "height": H, "width": W,
+                           "date_captured": "2026-11-01T10:00:00+00:00", "extra": {"name": f"img{i}.jpg"}})
+            anns.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": ["3", "3", "9", "9"],
+                         "area": "81", "segmentation": [rect_poly(3, 3, 9, 9)], "iscrowd": 0})
+        cats = [{"id": 0, "name": "shapes", "supercategory": "none"},
+                {"id": 1, "name": "circle", "supercategory": "shapes"},
+                {"id": 2, "name": "square", "supercategory": "shapes"}]
+        (root / split / "_annotations.coco.json").write_text(json.dumps(_coco_doc(images, anns, cats)))
+
+
+def test_coco_roboflow_keeps_splits_and_drops_the_super_category(tmp_path):
+    src = tmp_path / "rf"
+    make_roboflow(src)
+    result = run(src, tmp_path / "data")
+    assert result.written and result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["circle", "square"]
+    train, val = load(str(tmp_path / "data"), "train"), load(str(tmp_path / "data"), "val")
+    assert {im["file_name"].split("/")[0] for im in train["images"]} == {"train"}
+    assert {im["file_name"].split("/")[0] for im in val["images"]} == {"valid"}  # test left out: there is a valid split
+    assert len(train["images"]) == 3 and len(val["images"]) == 2
+    assert all(a["bbox"] == [3.0, 3.0, 9.0, 9.0] and a["area"] == 81.0 for a in coco["annotations"])
+    resplit = run(src, tmp_path / "data2", resplit=True, val_fraction=0.3)
+    assert not resplit.split_from_source and sum(resplit.images) == 6
+
+
+def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
+    src = tmp_path / "bad"
+    make_image(src / "images" / "ok.jpg", seed=1)
+    make_image(src / "images" / "small.jpg", width=20, height=20, seed=2)
+    (src / "images" / "broken.jpg").write_bytes(b"not an image")
+    make_image(src / "outside.jpg", seed=3)
+    doc = _coco_doc(
+        [{"id": 1, "file_name": "ok.jpg", "width": W, "height": H},
+         {"id": 2, "file_name": "small.jpg", "width": W, "height": H},  # wrong size in the JSON
+         {"id": 3, "file_name": "broken.jpg", "width": W, "height": H},
+         {"id": 4, "file_name": "../../etc/passwd", "width": W, "height": H}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(1, 1, 8, 8)], "iscrowd": 0},
+         {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [rect_poly(1, 1, 8, 8)], "iscrowd": 0},
+         {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 5]], "iscrowd": 0},
+         {"id": 4, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0}],
+        [{"id": 1, "name": "cat"}])
+    (src / "annotations.json").write_text(json.dumps(doc))
+    (src / "broken.json").write_text('{"images": [')
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append, fmt="coco")
+    assert all(line.count(": ") >= 1 and "\n" not in line for line in lines)
+    assert sorted(lines) == sorted([
+        "broken.json: unreadable JSON (Expecting value: line 1 column 13 (char 12))",
+        "annotations.json: image 'small.jpg': JSON says 48x36, image is 20x20 (after EXIF orientation), skipped",
+        "annotations.json: unreadable image (UnidentifiedImageError: cannot identify image file "
+        f"'{src / 'images' / 'broken.jpg'}')",
+        "annotations.json: image '../../etc/passwd' not found",
+        "annotations.json: annotation 2 of image 'ok.jpg': category_id 7 is not declared",
+        "annotations.json: annotation 3 of image 'ok.jpg': polygon with fewer than 3 points, skipped",
+        "annotations.json: annotation 4 of image 'ok.jpg': no segmentation (a box only), skipped",
+    ])
+    assert result.written and masks_by_file(load(str(tmp_path / "data"))) == {"ok.jpg": [("cat", 64, 0)]}
+    strict = run(src, tmp_path / "strict", fmt="coco", strict=True)
+    assert strict.exit_code == 1 and not os.path.exists(tmp_path / "strict")
+
+
+def test_same_input_gives_byte_identical_output(tmp_path):
+    src = tmp_path / "cvat"
+    make_cvat(src)
+    run(src, tmp_path / "a")
+    run(src, tmp_path / "b")
+    a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
+    assert a == b and "trainval.json" in a
+
+
+def test_ambiguous_and_unknown_layouts_are_refused_with_one_line(tmp_path, capsys):
+    src = tmp_path / "both"
+    make_cvat(src)
+    (src / "x.json").write_text(json.dumps({"shapes": [], "imagePath": "images/frame_000000.png"}))
+    with pytest.raises(LayoutError, match="ambiguous layout"):
+        detect_format(str(src))
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no known annotation layout" in err[0]
+    assert main([str(src), "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ambiguous layout (coco:" in err[0] and "labelme:" in err[0]
+
+
+def test_cli_says_what_it_detected(tmp_path):
+    src = tmp_path / "rf"
+    make_roboflow(src)
+    proc = subprocess.run([sys.executable, str(ROOT / "import_data.py"), str(src), "--output", str(tmp_path / "data"),
+                           "--quiet", "--no-report"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{src}: detected coco: COCO JSON (test/_annotations.coco.json" in proc.stdout
+    assert "splits kept from the source" in proc.stdout
+    assert 'DATASETS.TRAIN "(\'mydata_train\',)"' in proc.stdout
