@@ -135,7 +135,11 @@ def test_s3_errors_are_one_line(s3, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o" / "train.json")
 
 
-def test_redact_drops_tokens():
+def test_redact_drops_tokens(tmp_path):
+    url = "http://127.0.0.1:9/x.json?X-Amz-Signature=tok"  # nothing listens on port 9
+    with pytest.raises(RemoteSourceError) as failed:
+        materialise(url, str(tmp_path), progress=False)
+    assert str(failed.value).startswith("http://127.0.0.1:9/x.json: ") and "tok" not in str(failed.value)
     assert redact("https://user:pw@host:8443/a/b?X-Amz-Signature=abc#x") == "https://host:8443/a/b"
     assert redact("s3://bucket/prefix") == "s3://bucket/prefix"
 

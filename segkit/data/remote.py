@@ -14,11 +14,14 @@ import of the same files writes. A re-run downloads only files whose size change
 """
 
 import os
+import re
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
 STAGING_DIR = ".remote-source"  # inside the output folder
 _LOCAL_PROTOCOLS = ("file", "local")
+# "scheme://user:pw@host/path?query#frag" -> "scheme://host/path"
+_URL_SECRETS = re.compile(r"([a-z][a-z0-9+.-]*://)(?:[^\s/@]*@)?([^\s?#\"']*)(?:[?#][^\s\"']*)?", re.I)
 
 
 class RemoteSourceError(Exception):
@@ -50,6 +53,7 @@ def _reason(error):
     if isinstance(error, ValueError) and "Protocol not known" in str(error):
         return str(error)
     text = str(error).splitlines()[0] if str(error) else ""
+    text = _URL_SECRETS.sub(r"\1\2", text)  # backends quote URLs, signed ones carry tokens
     return f"cannot be read ({type(error).__name__}{': ' + text if text else ''})"
 
 

@@ -3,7 +3,7 @@ web-collected sets hold PNG and WEBP files named .jpg."""
 
 import os
 
-from segkit.data.labelme import image_size
+from segkit.data.image_files import image_size
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
