@@ -292,3 +292,70 @@ def test_cli_says_what_it_detected(tmp_path):
     assert f"{src}: detected coco: COCO JSON (test/_annotations.coco.json" in proc.stdout
     assert "splits kept from the source" in proc.stdout
     assert 'DATASETS.TRAIN "(\'mydata_train\',)"' in proc.stdout
+
+
+# ---------------------------------------------------------------- YOLO-seg
+
+def _yolo_line(cls, x, y, w, h, width=W, height=H):
+    pts = rect_poly(x, y, w, h)
+    return f"{cls} " + " ".join(f"{v / (width if i % 2 == 0 else height):.6f}" for i, v in enumerate(pts))
+
+
+@pytest.mark.parametrize("layout", ["images/train", "train/images"])
+def test_yolo_ultralytics_layouts(tmp_path, layout):
+    src = tmp_path / "yolo"
+    first, second = layout.split("/")
+    for split in ("train", "val"):
+        img_dir = src / (f"images/{split}" if first == "images" else f"{split}/images")
+        lbl_dir = src / (f"labels/{split}" if first == "images" else f"{split}/labels")
+        lbl_dir.mkdir(parents=True)
+        for i in range(2):
+            # a PNG file named .jpg, as web-scraped sets have
+            make_image(img_dir / f"{split}{i}.jpg", seed=i + 10 * (split == "val"), fmt="PNG")
+            (lbl_dir / f"{split}{i}.txt").write_text(_yolo_line(i, 4, 4, 10, 12) + "\n" + _yolo_line(1, 20, 10, 8, 8) + "\n")
+        (lbl_dir.parent / "labels.cache").write_bytes(b"\x80\x04 not a label file")
+    make_image(src / (f"images/train" if first == "images" else "train/images") / "negative.jpg", seed=99)
+    (src / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: person\n  1: bicycle\n")
+    assert detect_format(str(src))[0] == "yolo"
+    result = run(src, tmp_path / "data")
+    assert result.written and result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["person", "bicycle"]
+    got = masks_by_file(coco)
+    prefix = "train/" if first == "images" else "train/images/"
+    assert got[f"{prefix}train0.jpg"] == [("bicycle", 64, 0), ("person", 120, 0)]
+    assert got[f"{prefix}negative.jpg"] == []
+    assert len(load(str(tmp_path / "data"), "val")["images"]) == 2
+    im = next(i for i in coco["images"] if i["file_name"] == f"{prefix}train1.jpg")
+    assert im["source_file"] == ("labels/train/train1.txt" if first == "images" else "train/labels/train1.txt")
+
+
+def test_yolo_label_studio_flat_layout_and_bad_lines(tmp_path):
+    src = tmp_path / "ls_yolo"
+    (src / "labels").mkdir(parents=True)
+    for i in range(4):
+        make_image(src / "images" / f"img{i}.jpg", seed=i)
+        (src / "labels" / f"img{i}.txt").write_text(_yolo_line(i % 2, 2, 2, 12, 12) + "\n")
+    (src / "classes.txt").write_text("cat\ndog\n")
+    (src / "notes.json").write_text(json.dumps({"categories": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}],
+                                                "info": {"year": 2026}}))
+    (src / "labels" / "img0.txt").write_text("\n".join([
+        _yolo_line(0, 2, 2, 12, 12),
+        "0 0.1 0.1 0.5 0.1 0.5",          # odd number of coordinates
+        "1 0.1 0.1 1.5 0.1 0.5 0.5",      # outside 0..1
+        "7 0.1 0.1 0.5 0.1 0.5 0.5",      # class id out of range
+        "0 0.5 0.5 0.2 0.2",              # a detection box
+        "0 0.1 0.1",                      # 1 point
+    ]) + "\n")
+    assert detect_format(str(src))[0] == "yolo"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append, val_fraction=0.25)
+    assert lines == ["labels/img0.txt: line 2: odd number of coordinates (5), skipped",
+                     "labels/img0.txt: line 3: coordinates outside 0..1, skipped",
+                     "labels/img0.txt: line 4: class id 7 out of range (0..1), skipped",
+                     "labels/img0.txt: line 5: a box (detection label), not a polygon, skipped",
+                     "labels/img0.txt: line 6: polygon with fewer than 3 points, skipped"]
+    assert result.written and not result.split_from_source and result.images == [2, 2]  # each class in val
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
+    assert masks_by_file(coco)["img0.jpg"] == [("cat", 144, 0)]
