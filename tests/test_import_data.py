@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_train_net
 from PIL import Image
 
 from segkit.data.importer import LayoutError, detect_format, import_folder, main
@@ -292,3 +292,164 @@ def test_cli_says_what_it_detected(tmp_path):
     assert f"{src}: detected coco: COCO JSON (test/_annotations.coco.json" in proc.stdout
     assert "splits kept from the source" in proc.stdout
     assert 'DATASETS.TRAIN "(\'mydata_train\',)"' in proc.stdout
+
+
+# ---------------------------------------------------------------- YOLO-seg
+
+def _yolo_line(cls, x, y, w, h, width=W, height=H):
+    pts = rect_poly(x, y, w, h)
+    return f"{cls} " + " ".join(f"{v / (width if i % 2 == 0 else height):.6f}" for i, v in enumerate(pts))
+
+
+@pytest.mark.parametrize("layout", ["images/train", "train/images"])
+def test_yolo_ultralytics_layouts(tmp_path, layout):
+    src = tmp_path / "yolo"
+    first, second = layout.split("/")
+    for split in ("train", "val"):
+        img_dir = src / (f"images/{split}" if first == "images" else f"{split}/images")
+        lbl_dir = src / (f"labels/{split}" if first == "images" else f"{split}/labels")
+        lbl_dir.mkdir(parents=True)
+        for i in range(2):
+            # a PNG file named .jpg, as web-scraped sets have
+            make_image(img_dir / f"{split}{i}.jpg", seed=i + 10 * (split == "val"), fmt="PNG")
+            (lbl_dir / f"{split}{i}.txt").write_text(_yolo_line(i, 4, 4, 10, 12) + "\n" + _yolo_line(1, 20, 10, 8, 8) + "\n")
+        (lbl_dir.parent / "labels.cache").write_bytes(b"\x80\x04 not a label file")
+    make_image(src / (f"images/train" if first == "images" else "train/images") / "negative.jpg", seed=99)
+    (src / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: person\n  1: bicycle\n")
+    assert detect_format(str(src))[0] == "yolo"
+    result = run(src, tmp_path / "data")
+    assert result.written and result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["person", "bicycle"]
+    got = masks_by_file(coco)
+    prefix = "train/" if first == "images" else "train/images/"
+    assert got[f"{prefix}train0.jpg"] == [("bicycle", 64, 0), ("person", 120, 0)]
+    assert got[f"{prefix}negative.jpg"] == []
+    assert len(load(str(tmp_path / "data"), "val")["images"]) == 2
+    im = next(i for i in coco["images"] if i["file_name"] == f"{prefix}train1.jpg")
+    assert im["source_file"] == ("labels/train/train1.txt" if first == "images" else "train/labels/train1.txt")
+
+
+def test_yolo_label_studio_flat_layout_and_bad_lines(tmp_path):
+    src = tmp_path / "ls_yolo"
+    (src / "labels").mkdir(parents=True)
+    for i in range(4):
+        make_image(src / "images" / f"img{i}.jpg", seed=i)
+        (src / "labels" / f"img{i}.txt").write_text(_yolo_line(i % 2, 2, 2, 12, 12) + "\n")
+    (src / "classes.txt").write_text("cat\ndog\n")
+    (src / "notes.json").write_text(json.dumps({"categories": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}],
+                                                "info": {"year": 2026}}))
+    (src / "labels" / "img0.txt").write_text("\n".join([
+        _yolo_line(0, 2, 2, 12, 12),
+        "0 0.1 0.1 0.5 0.1 0.5",          # odd number of coordinates
+        "1 0.1 0.1 1.5 0.1 0.5 0.5",      # outside 0..1
+        "7 0.1 0.1 0.5 0.1 0.5 0.5",      # class id out of range
+        "0 0.5 0.5 0.2 0.2",              # a detection box
+        "0 0.1 0.1",                      # 1 point
+    ]) + "\n")
+    assert detect_format(str(src))[0] == "yolo"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append, val_fraction=0.25)
+    assert lines == ["labels/img0.txt: line 2: odd number of coordinates (5), skipped",
+                     "labels/img0.txt: line 3: coordinates outside 0..1, skipped",
+                     "labels/img0.txt: line 4: class id 7 out of range (0..1), skipped",
+                     "labels/img0.txt: line 5: a box (detection label), not a polygon, skipped",
+                     "labels/img0.txt: line 6: polygon with fewer than 3 points, skipped"]
+    assert result.written and not result.split_from_source and result.images == [2, 2]  # each class in val
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
+    assert masks_by_file(coco)["img0.jpg"] == [("cat", 144, 0)]
+
+
+# ---------------------------------------------------------------- semantic label folders (Oxford-IIIT Pets)
+
+PETS = [("Abyssinian_1", "trainval", 1), ("Abyssinian_2", "test", 1), ("beagle_1", "trainval", 2),
+        ("beagle_2", "trainval", 2), ("Bengal_1", "trainval", 1), ("boxer_1", "test", 2)]
+
+
+def make_pets(root, size=64):
+    """The Oxford-IIIT Pets layout: images/*.jpg, annotations/trimaps/*.png (1 pet, 2 background,
+    3 border), annotations/trainval.txt and test.txt ('Image CLASS-ID SPECIES BREED-ID'), plus the
+    macOS '._' files the real archive carries and an image listed nowhere."""
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    lists = {"trainval": [], "test": []}
+    for k, (stem, split, species) in enumerate(PETS + [("unlisted_1", None, 2)]):
+        rng = np.random.default_rng(k)
+        image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        x, y = 8 + 4 * k, 10 + 2 * k
+        image[y:y + 24, x:x + 24] = (200, 120, 40) if species == 1 else (40, 160, 220)
+        make_image(root / "images" / f"{stem}.jpg")
+        Image.fromarray(image).save(root / "images" / f"{stem}.jpg", quality=95)
+        trimap = np.full((size, size), 2, dtype=np.uint8)
+        trimap[y - 1:y + 25, x - 1:x + 25] = 3
+        trimap[y:y + 24, x:x + 24] = 1
+        Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{stem}.png")
+        (root / "annotations" / "trimaps" / f"._{stem}.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        if split:
+            lists[split].append(f"{stem} {k + 1} {species} {k + 1}")
+    for split, lines in lists.items():
+        (root / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_semantic_pets_layout(tmp_path):
+    src = tmp_path / "pets"
+    make_pets(src)
+    fmt, evidence = detect_format(str(src))
+    assert fmt == "semantic" and "Pets" in evidence
+    result = run(src, tmp_path / "data_pets")
+    assert result.written and result.split_from_source and result.problems == []
+    assert result.log.skipped["images in neither trainval.txt nor test.txt (left out)"] == 1
+    coco = check_folder(str(tmp_path / "data_pets"))
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
+    got = masks_by_file(coco)
+    # the pet (24x24) as its species; the 1 px border as a crowd region in every category
+    assert got["Abyssinian_1.jpg"] == [("cat", 100, 1), ("cat", 576, 0), ("dog", 100, 1)]
+    assert got["boxer_1.jpg"] == [("cat", 100, 1), ("dog", 100, 1), ("dog", 576, 0)]
+    val = load(str(tmp_path / "data_pets"), "val")
+    assert sorted(im["file_name"] for im in val["images"]) == ["Abyssinian_2.jpg", "boxer_1.jpg"]  # test.txt
+    assert {im["source_file"] for im in coco["images"]} == {f"annotations/trimaps/{s}.png" for s, _, _ in PETS}
+
+
+def test_semantic_generic_folder_with_mapping_and_bad_values(tmp_path):
+    src = tmp_path / "sem"
+    (src / "labels").mkdir(parents=True)
+    for k in range(3):
+        make_image(src / "images" / f"s{k}.png", seed=k)
+        label = np.zeros((H, W), dtype=np.uint8)
+        label[2:12, 2:12] = 1
+        label[20:30, 20:40] = 2
+        label[0, :] = 255
+        if k == 2:
+            label[33:36, 0:4] = 9  # not in the mapping
+        Image.fromarray(label).save(src / "labels" / f"s{k}.png")
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(src / "labels" / "s_small.png")
+    make_image(src / "images" / "s_small.png", seed=7)
+    (src / "classes.json").write_text(json.dumps({"0": "background", "1": "road", "2": "car", "255": "__ignore__"}))
+    assert detect_format(str(src))[0] == "semantic"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert lines == ["labels/s2.png: label value(s) [9] not in the mapping, ignored",
+                     "labels/s_small.png: label PNG is 10x10, image is 48x36, skipped"]
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["road", "car"]
+    assert masks_by_file(coco)["s2.png"] == [("car", 60, 1), ("car", 200, 0), ("road", 60, 1), ("road", 100, 0)]  # ignored: row 0 + the 9s
+
+
+# ---------------------------------------------------------------- an imported folder trains
+
+def test_imported_pets_folder_trains_the_unet_with_config_keys_only(tmp_path):
+    make_pets(tmp_path / "pets")
+    proc = subprocess.run([sys.executable, str(ROOT / "import_data.py"), "pets", "--output", "data_pets", "--quiet",
+                           "--no-report"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_train_net(
+        "--config-file", ROOT / "configs/unet_R18_mini.yaml", "DATASETS.DATA_DIR", "data_pets",
+        "OUTPUT_DIR", "run", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "model_final.pth").is_file()
+    classes = json.loads((tmp_path / "data_pets" / "train.json").read_text())["categories"]
+    assert [c["name"] for c in classes] == ["cat", "dog"]
+    assert "IoU-dog" in proc.stderr + proc.stdout  # evaluated on val with the imported classes

@@ -1,0 +1,158 @@
+"""Ultralytics YOLO-seg: one ``.txt`` per image, a line ``class x1 y1 x2 y2 ...`` per object with
+coordinates normalised to 0..1 (in the EXIF-upright frame, like Ultralytics reads images).
+
+Layouts: ``images/{train,val}/`` + ``labels/{train,val}/`` or ``train/images`` + ``train/labels``, or
+flat ``images/`` + ``labels/`` (Label Studio's YOLO export, with ``classes.txt``). The label file of
+an image is found as Ultralytics finds it: the last ``images`` folder of its path becomes ``labels``
+and the extension ``.txt``. An image without a label file is a negative. Class names come from
+``data.yaml`` (``names`` a list or a dict), else ``classes.txt``; the split from the folder names
+(``train``, ``val``/``valid``/``validation``, ``test``). ``labels.cache`` is Ultralytics' own cache.
+"""
+
+import glob
+import os
+
+from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
+from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats.annotation import polygon_annotation
+from segkit.data.formats.images import list_images, placed_name, posix_rel, sized_image
+
+NAME = "yolo"
+
+
+def _yaml_files(src_dir):
+    return sorted(glob.glob(os.path.join(src_dir, "*.yaml")) + glob.glob(os.path.join(src_dir, "*.yml")))
+
+
+def read_names(src_dir, log):
+    """Class names by id from data.yaml (or any top-level YAML with ``names``), else classes.txt; None."""
+    import yaml
+
+    for path in _yaml_files(src_dir):
+        rel = posix_rel(path, src_dir)
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            log.problem(rel, "unreadable YAML", f"unreadable YAML ({str(e).splitlines()[0]})")
+            continue
+        names = doc.get("names") if isinstance(doc, dict) else None
+        if isinstance(names, dict):
+            try:
+                return [str(names[k]) for k in sorted(names, key=int)], rel
+            except (TypeError, ValueError):
+                log.problem(rel, "bad names", "names: keys are not class ids")
+                continue
+        if isinstance(names, list):
+            return [str(n) for n in names], rel
+    path = os.path.join(src_dir, "classes.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()], "classes.txt"
+    return None, None
+
+
+def label_path(image_path, src_dir):
+    """Ultralytics' rule inside the source folder: the last ``images`` folder becomes ``labels``; None
+    when the image lies in no ``images`` folder."""
+    rel = "/" + posix_rel(image_path, src_dir)
+    head, sep, tail = rel.rpartition("/images/")
+    if not sep:
+        return None
+    return os.path.join(src_dir, *(head + "/labels/" + os.path.splitext(tail)[0] + ".txt").split("/"))
+
+
+def _label_files(src_dir):
+    return glob.glob(os.path.join(src_dir, "**", "labels", "**", "*.txt"), recursive=True)
+
+
+def detect(src_dir):
+    labels = _label_files(src_dir)
+    if not labels:
+        return None
+    yamls = [os.path.basename(p) for p in _yaml_files(src_dir)]
+    names = yamls[0] if yamls else ("classes.txt" if os.path.isfile(os.path.join(src_dir, "classes.txt")) else "no names file")
+    return f"YOLO label files ({len(labels)} in labels/ folders, {names})"
+
+
+def split_of(rel):
+    for part in rel.lower().split("/")[:-1]:
+        if part in SOURCE_SPLITS:
+            return SOURCE_SPLITS[part]
+    return None
+
+
+def _parse_line(line, k, num_classes):
+    """``(class id, flat normalised coordinates)`` or ``(None, reason)``."""
+    fields = line.split()
+    try:
+        cls = int(fields[0])
+        coords = [float(v) for v in fields[1:]]
+    except ValueError:
+        return None, f"line {k}: not numbers"
+    if num_classes is not None and not 0 <= cls < num_classes:
+        return None, f"line {k}: class id {cls} out of range (0..{num_classes - 1})"
+    if len(coords) == 4:
+        return None, f"line {k}: a box (detection label), not a polygon"
+    if len(coords) % 2:
+        return None, f"line {k}: odd number of coordinates ({len(coords)})"
+    if len(coords) < 6:
+        return None, f"line {k}: polygon with fewer than 3 points"
+    if any(not 0 <= v <= 1 for v in coords):
+        return None, f"line {k}: coordinates outside 0..1"
+    return cls, coords
+
+
+def read(src_dir, log, options):
+    src_dir = os.path.abspath(src_dir)
+    names, names_file = read_names(src_dir, log)
+    excluded = tuple(os.path.abspath(e) + os.sep for e in options.exclude)
+    image_paths = [p for p in list_images(src_dir) if label_path(p, src_dir) and not p.startswith(excluded)]
+    result = ReadResult()
+    images, used = [], set()
+    for path in image_paths:
+        rel = posix_rel(path, src_dir)
+        labels = label_path(path, src_dir)
+        source_file = posix_rel(labels, src_dir) if os.path.isfile(labels) else rel
+        size = sized_image(path, log, rel)
+        if size is None:
+            continue
+        width, height = size
+        annotations = []
+        if os.path.isfile(labels):
+            result.num_files += 1
+            try:
+                with open(labels, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                log.problem(source_file, "unreadable label file", f"unreadable label file ({e})")
+                continue
+            for k, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                cls, coords = _parse_line(line, k, len(names) if names is not None else None)
+                if cls is None:
+                    log.problem(source_file, coords.split(": ", 1)[1], f"{coords}, skipped")
+                    continue
+                name = names[cls] if names is not None else str(cls)
+                if not keep_class(name, options):
+                    if options.labels is not None and name not in options.labels:
+                        log.problem(source_file, "unknown label", f"line {k}: label {name!r} not in --labels, skipped")
+                    else:
+                        log.skip("annotations of classes not in --classes")
+                    continue
+                pixels = [v * (width if i % 2 == 0 else height) for i, v in enumerate(coords)]
+                ann = polygon_annotation(name, [pixels], width, height)
+                if ann is None:
+                    log.problem(source_file, "covers no pixel", f"line {k}: polygon covers no pixel, skipped")
+                    continue
+                used.add(name)
+                annotations.append(ann)
+        images.append(SourceImage(source_file=source_file, image_name=placed_name(rel), width=width, height=height,
+                                  image_file=path, annotations=annotations, split=split_of(rel)))
+    if names is None:
+        log.notes["no data.yaml or classes.txt: classes named by their ids"] += 1
+        names = sorted(used, key=int)
+    result.images = images
+    result.categories = final_categories([n for n in names if n in used] if options.labels is None else names, options)
+    return result
