@@ -227,3 +227,24 @@ def test_same_input_same_bytes(tmp_path, fmt):
             export_yolo(sources, image_root, str(tmp_path / run), progress=False)
         digests.append(_tree_digest(tmp_path / run))
     assert digests[0] == digests[1]
+
+
+def test_yolo_export_imports_back(tmp_path):
+    """export_data.py --to yolo, then import_data.py's YOLO reader: classes, splits and masks return."""
+    from segkit.data.importer import import_folder
+
+    src = tmp_path / "data"
+    original = _make_coco_folder(str(src))
+    sources, image_root = coco_sources(str(src))
+    export_yolo(sources, image_root, str(tmp_path / "yolo"), progress=False)
+    back = import_folder(str(tmp_path / "yolo"), str(tmp_path / "back"), fmt="yolo", progress=False)
+    assert back.exit_code == 0 and back.problems == [] and back.split_from_source
+    coco = back.coco["trainval"]
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog", "bird"]
+    assert sorted(os.path.basename(im["file_name"]) for im in back.coco["val"]["images"]) == ["img_4.png", "img_5.png"]
+    want, got = _masks_by_image(original), _masks_by_image(coco)
+    for name, anns in want.items():
+        things = [(c, binary_fill_holes(m)) for c, crowd, m in anns if not crowd]
+        assert [c for c, _ in things] == [c for c, _, _ in got[name]]
+        for (cls, mask), (_, _, back_mask) in zip(things, got[name]):
+            assert _iou(mask, back_mask) >= 0.97, (name, cls)
