@@ -44,7 +44,6 @@ from collections import Counter
 from pathlib import PureWindowsPath
 
 import numpy as np
-import pycocotools.mask as mask_util
 
 from segkit.data.atomic import place_file, write_text
 from segkit.data.coco_masks import segmentation_to_mask
@@ -149,9 +148,8 @@ def polygons_of_mask(mask, min_iou=POLYGON_MIN_IOU):
     polygons = mask_to_polygons(mask, epsilon=0.5, min_area=0)
     if not polygons:
         return None
-    h, w = mask.shape
-    rle = mask_util.merge(mask_util.frPyObjects([[c for pt in p for c in pt] for p in polygons], h, w))
-    return polygons if _mask_iou(mask_util.decode(rle).astype(bool), mask) >= min_iou else None
+    filled = segmentation_to_mask([[c for pt in p for c in pt] for p in polygons], *mask.shape)
+    return polygons if _mask_iou(filled, mask) >= min_iou else None
 
 
 def _image_annotations(coco):

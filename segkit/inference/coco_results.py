@@ -12,14 +12,8 @@ the results against.
 import os
 
 import numpy as np
-from pycocotools import mask as mask_util
 
-
-def encode_mask(mask):
-    """HxW bool/0-1 array -> compressed RLE dict with a str ``counts`` (JSON-ready)."""
-    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+from segkit.data.coco_masks import mask_to_rle
 
 
 def coco_results(prediction, image_id, file_name=None):
@@ -31,7 +25,7 @@ def coco_results(prediction, image_id, file_name=None):
     if prediction.is_semantic:
         cmap = prediction.class_map()
         return [{"image_id": int(image_id), "category_id": int(c) + 1,
-                 "segmentation": encode_mask(cmap == c), **extra}
+                 "segmentation": mask_to_rle(cmap == c), **extra}
                 for c in np.unique(cmap).tolist()]
     inst = prediction.instances
     out = []
@@ -43,7 +37,7 @@ def coco_results(prediction, image_id, file_name=None):
             x0, y0, x1, y1 = (float(v) for v in boxes[i])
             entry["bbox"] = [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)]
         if masks is not None:
-            entry["segmentation"] = encode_mask(masks[i])
+            entry["segmentation"] = mask_to_rle(masks[i])
         entry.update(extra)
         out.append(entry)
     return out
