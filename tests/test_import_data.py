@@ -453,3 +453,84 @@ def test_imported_pets_folder_trains_the_unet_with_config_keys_only(tmp_path):
     classes = json.loads((tmp_path / "data_pets" / "train.json").read_text())["categories"]
     assert [c["name"] for c in classes] == ["cat", "dog"]
     assert "IoU-dog" in proc.stderr + proc.stdout  # evaluated on val with the imported classes
+
+
+# ---------------------------------------------------------------- PASCAL VOC (and CVAT's mask export)
+
+def _voc_palette():
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _save_palette_png(array, path):
+    im = Image.fromarray(array.astype(np.uint8), mode="P")
+    im.putpalette(_voc_palette())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def make_voc(root):
+    """VOCdevkit/VOC2012 with palette PNGs: instance 1..N, 255 border; class indices of VOC."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    ids = ["2007_000032", "2007_000033", "2007_000039"]
+    for k, image_id in enumerate(ids):
+        make_image(voc / "JPEGImages" / f"{image_id}.jpg", seed=k)
+        obj = np.zeros((H, W), dtype=np.uint8)
+        cls = np.zeros((H, W), dtype=np.uint8)
+        obj[4:14, 4:14], cls[4:14, 4:14] = 1, 15       # a person
+        obj[20:30, 20:36], cls[20:30, 20:36] = 2, 12    # a dog
+        obj[3, 3:15] = cls[3, 3:15] = 255               # border band
+        _save_palette_png(obj, voc / "SegmentationObject" / f"{image_id}.png")
+        _save_palette_png(cls, voc / "SegmentationClass" / f"{image_id}.png")
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000032\n2007_000039\n")
+    (sets / "val.txt").write_text("2007_000033\n")
+    (sets / "trainval.txt").write_text("\n".join(ids) + "\n")
+    return voc
+
+
+def test_voc_palette_layout(tmp_path):
+    make_voc(tmp_path / "voc")
+    fmt, evidence = detect_format(str(tmp_path / "voc"))
+    assert fmt == "voc" and "VOCdevkit/VOC2012" in evidence
+    result = run(tmp_path / "voc", tmp_path / "data")
+    assert result.written and result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["dog", "person"]  # VOC's class order, used ones
+    assert masks_by_file(coco)["2007_000033.jpg"] == [("dog", 160, 0), ("person", 100, 0)]
+    assert [im["file_name"] for im in load(str(tmp_path / "data"), "val")["images"]] == ["2007_000033.jpg"]
+
+
+def test_voc_cvat_rgb_labelmap_variant(tmp_path):
+    src = tmp_path / "cvat_voc"
+    src.mkdir()
+    (src / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\n"
+                                      "car:250,50,83::\nperson:51,221,255::\n")
+    for k in range(2):
+        make_image(src / "JPEGImages" / f"frame_{k:06d}.png", seed=k, fmt="PNG")  # CVAT may keep PNGs
+        obj = np.zeros((H, W, 3), dtype=np.uint8)
+        cls = np.zeros((H, W, 3), dtype=np.uint8)
+        obj[2:10, 2:10], cls[2:10, 2:10] = (128, 0, 0), (250, 50, 83)
+        obj[12:20, 2:10], cls[12:20, 2:10] = (0, 128, 0), (250, 50, 83)      # a second car
+        obj[25:35, 30:40], cls[25:35, 30:40] = (128, 128, 0), (51, 221, 255)
+        for name, arr in (("SegmentationObject", obj), ("SegmentationClass", cls)):
+            (src / name).mkdir(exist_ok=True)
+            Image.fromarray(arr).save(src / name / f"frame_{k:06d}.png")
+    (src / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (src / "ImageSets" / "Segmentation" / "default.txt").write_text("frame_000000\nframe_000001\n")
+    assert detect_format(str(src))[0] == "voc"
+    result = run(src, tmp_path / "data", val_fraction=0.5)
+    assert result.written and not result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["car", "person"]
+    assert masks_by_file(coco)["frame_000001.png"] == [("car", 64, 0), ("car", 64, 0), ("person", 100, 0)]
