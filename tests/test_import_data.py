@@ -534,3 +534,47 @@ def test_voc_cvat_rgb_labelmap_variant(tmp_path):
     coco = check_folder(str(tmp_path / "data"))
     assert [c["name"] for c in coco["categories"]] == ["car", "person"]
     assert masks_by_file(coco)["frame_000001.png"] == [("car", 64, 0), ("car", 64, 0), ("person", 100, 0)]
+
+
+# ---------------------------------------------------------------- binary masks
+
+def test_masks_one_png_per_object_in_class_folders(tmp_path):
+    src = tmp_path / "bm"
+    for k in range(3):
+        make_image(src / "images" / f"photo{k}.jpg", seed=k)
+        (src / "masks" / "apple").mkdir(parents=True, exist_ok=True)
+        (src / "masks" / "pear").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(box_mask(2, 2, 10, 10).astype(np.uint8) * 255).save(src / "masks" / "apple" / f"photo{k}_0.png")
+        Image.fromarray(box_mask(20, 5, 6, 6).astype(np.uint8) * 255).save(src / "masks" / "apple" / f"photo{k}_1.png")
+        Image.fromarray(box_mask(30, 20, 8, 8).astype(np.uint8)).save(src / "masks" / "pear" / f"photo{k}_0.png")  # 0/1
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(src / "masks" / "pear" / "photo2_1.png")
+    Image.fromarray(box_mask(1, 1, 3, 3).astype(np.uint8) * 255).save(src / "masks" / "pear" / "nophoto_0.png")
+    fmt, evidence = detect_format(str(src))
+    assert fmt == "masks" and "one PNG per object" in evidence
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert sorted(lines) == ["masks/pear/nophoto_0.png: no image images/nophoto.* for this mask, skipped",
+                             "masks/pear/photo2_1.png: mask is 5x5, image is 48x36, skipped"]
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["apple", "pear"]
+    assert masks_by_file(coco)["photo1.jpg"] == [("apple", 36, 0), ("apple", 100, 0), ("pear", 64, 0)]
+
+
+def test_masks_instance_id_pngs_with_classes(tmp_path):
+    src = tmp_path / "inst"
+    (src / "instances").mkdir(parents=True)
+    for k in range(2):
+        make_image(src / "images" / f"im{k}.png", seed=k, fmt="PNG")
+        ids = np.zeros((H, W), dtype=np.uint8)
+        ids[2:12, 2:12] = 1
+        ids[20:30, 20:30] = 2
+        ids[30:32, 0:5] = 3
+        Image.fromarray(ids).save(src / "instances" / f"im{k}.png")
+        (src / "instances" / f"im{k}.json").write_text(json.dumps({"1": "cat", "2": "dog"}))
+    assert detect_format(str(src))[0] == "masks"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert lines == [f"instances/im{k}.png: instance id 3 has no class, skipped" for k in range(2)]
+    assert result.written
+    coco = check_folder(str(tmp_path / "data"))
+    assert masks_by_file(coco)["im0.png"] == [("cat", 100, 0), ("dog", 100, 0)]

@@ -23,8 +23,6 @@ from segkit.data.labelme import ConversionLog, read_labels_file
 
 # In the order auto-detection reports them; each is a module of segkit.data.formats.
 FORMATS = ("coco", "yolo", "voc", "masks", "openimages", "semantic", "labelme")
-# Layouts that contain another format's evidence by construction (VOC has class PNGs, Pets has masks).
-_OUTRANKS = {"semantic": ("masks",), "voc": ("semantic", "masks")}
 
 
 class LayoutError(ValueError):
@@ -45,10 +43,6 @@ def detect_format(src_dir):
             continue
         if evidence:
             found[name] = evidence
-    for name, beaten in _OUTRANKS.items():
-        if name in found:
-            for other in beaten:
-                found.pop(other, None)
     if not found:
         raise LayoutError(f"{src_dir}: no known annotation layout found (formats: {', '.join(FORMATS)}); pass --format")
     if len(found) > 1:
