@@ -578,3 +578,49 @@ def test_masks_instance_id_pngs_with_classes(tmp_path):
     assert result.written
     coco = check_folder(str(tmp_path / "data"))
     assert masks_by_file(coco)["im0.png"] == [("cat", 100, 0), ("dog", 100, 0)]
+
+
+# ---------------------------------------------------------------- Open Images V7
+
+def make_open_images(root):
+    """CSV per split, masks at half the image size in <split>-masks-<hex>/ folders, class descriptions."""
+    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+    (root / "masks").mkdir(parents=True)
+    (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n/m/0bt9lr,Dog\n/m/0k4j,Car\n")
+    rows = {"train": [], "validation": []}
+    for k, (image_id, split) in enumerate([("0a1b2c3d4e5f6071", "train"), ("1b2c3d4e5f607182", "train"),
+                                          ("2c3d4e5f60718293", "validation")]):
+        make_image(root / split / f"{image_id}.jpg", width=64, height=48, seed=k)
+        for label, box_id, (x, y, w, h) in (("/m/01yrx", "b1", (2, 2, 10, 8)), ("/m/0k4j", "b2", (16, 12, 8, 8))):
+            mask = np.zeros((24, 32), dtype=np.uint8)
+            mask[y:y + h, x:x + w] = 255
+            name = f"{image_id}_{label.split('/')[-1]}_{box_id}.png"
+            folder = root / f"{split}-masks-{image_id[0]}"
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(mask).save(folder / name)
+            rows[split].append(f"{name},{image_id},{label},{box_id},0.1,0.2,0.1,0.2,0.8,")
+    Image.fromarray(np.zeros((10, 40), dtype=np.uint8)).save(root / "train-masks-0" / "0a1b2c3d4e5f6071_0bt9lr_b3.png")
+    rows["train"].append("0a1b2c3d4e5f6071_0bt9lr_b3.png,0a1b2c3d4e5f6071,/m/0bt9lr,b3,0,1,0,1,0.5,")
+    rows["train"].append("gone.png,0a1b2c3d4e5f6071,/m/01yrx,b4,0,1,0,1,0.5,")
+    for split, lines in rows.items():
+        (root / f"{split}{'-annotations-object-segmentation.csv'}").write_text(header + "\n".join(lines) + "\n")
+
+
+def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
+    src = tmp_path / "oi"
+    make_open_images(src)
+    assert detect_format(str(src))[0] == "openimages"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert sorted(lines) == [
+        "train-annotations-object-segmentation.csv: line 7: mask 'gone.png' not found, skipped",
+        "train-masks-0/0a1b2c3d4e5f6071_0bt9lr_b3.png: mask is 40x10, image is 64x48: another aspect ratio, skipped"]
+    assert result.written and result.split_from_source
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["Car", "Cat"]
+    # masks of 32x24 scaled to 64x48: a 10x8 box becomes 20x16
+    assert masks_by_file(coco)["train/0a1b2c3d4e5f6071.jpg"] == [("Car", 256, 0), ("Cat", 320, 0)]
+    assert [im["file_name"] for im in load(str(tmp_path / "data"), "val")["images"]] == ["validation/2c3d4e5f60718293.jpg"]
+    cats_only = run(src, tmp_path / "cats", classes=["Cat"])
+    coco = check_folder(str(tmp_path / "cats"))
+    assert [c["name"] for c in coco["categories"]] == ["Cat"] and cats_only.images == [2, 1]
