@@ -228,12 +228,13 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
     make_image(src / "images" / "ok.jpg", seed=1)
     make_image(src / "images" / "small.jpg", width=20, height=20, seed=2)
     (src / "images" / "broken.jpg").write_bytes(b"not an image")
-    make_image(src / "outside.jpg", seed=3)
+    make_image(tmp_path / "outside.jpg", seed=3)
     doc = _coco_doc(
         [{"id": 1, "file_name": "ok.jpg", "width": W, "height": H},
          {"id": 2, "file_name": "small.jpg", "width": W, "height": H},  # wrong size in the JSON
          {"id": 3, "file_name": "broken.jpg", "width": W, "height": H},
-         {"id": 4, "file_name": "../../etc/passwd", "width": W, "height": H}],
+         {"id": 4, "file_name": "../outside.jpg", "width": W, "height": H},
+         {"id": 5, "file_name": "gone.jpg", "width": W, "height": H}],
         [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(1, 1, 8, 8)], "iscrowd": 0},
          {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [rect_poly(1, 1, 8, 8)], "iscrowd": 0},
          {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 5]], "iscrowd": 0},
@@ -249,7 +250,8 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
         "annotations.json: image 'small.jpg': JSON says 48x36, image is 20x20 (after EXIF orientation), skipped",
         "annotations.json: unreadable image (UnidentifiedImageError: cannot identify image file "
         f"'{src / 'images' / 'broken.jpg'}')",
-        "annotations.json: image '../../etc/passwd' not found",
+        "annotations.json: image '../outside.jpg' lies outside the source folder, skipped",
+        "annotations.json: image 'gone.jpg' not found",
         "annotations.json: annotation 2 of image 'ok.jpg': category_id 7 is not declared",
         "annotations.json: annotation 3 of image 'ok.jpg': polygon with fewer than 3 points, skipped",
         "annotations.json: annotation 4 of image 'ok.jpg': no segmentation (a box only), skipped",
