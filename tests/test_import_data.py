@@ -261,13 +261,6 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
     assert strict.exit_code == 1 and not os.path.exists(tmp_path / "strict")
 
 
-def test_same_input_gives_byte_identical_output(tmp_path):
-    src = tmp_path / "cvat"
-    make_cvat(src)
-    run(src, tmp_path / "a")
-    run(src, tmp_path / "b")
-    a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
-    assert a == b and "trainval.json" in a
 
 
 def test_ambiguous_and_unknown_layouts_are_refused_with_one_line(tmp_path, capsys):
@@ -626,3 +619,20 @@ def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
     cats_only = run(src, tmp_path / "cats", classes=["Cat"])
     coco = check_folder(str(tmp_path / "cats"))
     assert [c["name"] for c in coco["categories"]] == ["Cat"] and cats_only.images == [2, 1]
+
+
+# ---------------------------------------------------------------- every format: byte-identical output
+
+@pytest.mark.parametrize("make", [make_label_studio, make_cvat, make_roboflow, make_voc, make_pets, make_open_images],
+                         ids=lambda f: f.__name__)
+def test_same_input_gives_byte_identical_output(tmp_path, make):
+    src = tmp_path / "src"
+    src.mkdir()
+    make(src)
+    before = tree_digest(src)
+    first = run(src, tmp_path / "a")
+    run(src, tmp_path / "b")
+    assert first.written
+    a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
+    assert a == b and "trainval.json" in a
+    assert tree_digest(src) == before  # inputs never modified
