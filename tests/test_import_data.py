@@ -100,11 +100,16 @@ def make_label_studio(root):
     make_image(root / "images" / "1a2b3c4d-cat.jpg", seed=1)
     make_image(root / "images" / "5e6f7a8b-two.jpg", seed=2)
     make_image(root / "images" / "9c0d1e2f-empty.jpg", seed=3)
+    make_image(root / "images" / "77aa88bb-url.jpg", seed=4)
+    make_image(root / "images" / "0f0f0f0f-server.jpg", seed=5)
     doc = _coco_doc(
         [{"id": 0, "file_name": "images\\1a2b3c4d-cat.jpg", "width": W, "height": H},
          {"id": 1, "file_name": "images\\5e6f7a8b-two.jpg", "width": W, "height": H},
          {"id": 2, "file_name": "images\\9c0d1e2f-empty.jpg", "width": W, "height": H},
-         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H}],
+         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H},
+         {"id": 4, "file_name": "https://bucket.example.com/ls/77aa88bb-url.jpg?X-Amz-Signature=1", "width": W,
+          "height": H},
+         {"id": 5, "file_name": "/data/upload/3/0f0f0f0f-server.jpg", "width": W, "height": H}],
         [{"id": 0, "image_id": 0, "category_id": 0, "segmentation": [rect_poly(2, 2, 10, 8)], "bbox": [0, 0, 1, 1],
           "ignore": 0, "iscrowd": 0, "area": 1.0},
          {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(20, 10, 12, 12)], "bbox": [],
@@ -112,7 +117,9 @@ def make_label_studio(root):
          {"id": 2, "image_id": 1, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
           "ignore": 0, "iscrowd": 0, "area": 25.0},
          {"id": 3, "image_id": 3, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
-          "ignore": 0, "iscrowd": 0, "area": 25.0}],
+          "ignore": 0, "iscrowd": 0, "area": 25.0},
+         {"id": 4, "image_id": 4, "category_id": 1, "segmentation": [rect_poly(0, 0, 4, 4)], "bbox": [0, 0, 4, 4],
+          "ignore": 0, "iscrowd": 0, "area": 16.0}],
         [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}])
     (root / "result.json").write_text(json.dumps(doc))
 
@@ -130,7 +137,8 @@ def test_coco_label_studio(tmp_path):
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]  # source order, ids now 1..K
     got = masks_by_file(coco)
     assert got == {"1a2b3c4d-cat.jpg": [("cat", 80, 0)], "5e6f7a8b-two.jpg": [("cat", 25, 0), ("dog", 144, 0)],
-                   "9c0d1e2f-empty.jpg": []}  # a negative stays
+                   "9c0d1e2f-empty.jpg": [], "77aa88bb-url.jpg": [("dog", 16, 0)],  # a URL: found by name
+                   "0f0f0f0f-server.jpg": []}  # a negative stays; a server path: found by name
     assert lines == ["result.json: image 'images\\\\deadbeef-gone.jpg' not found"]
     assert {im["source_file"] for im in coco["images"]} == {"result.json"}
     assert coco["info"]["source"] == str(src)

@@ -37,7 +37,6 @@ from segkit.data.layout import WRITE_ORDER, has_rle_instances, image_root, split
 
 SOURCE_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-CROWD_IGNORE = "ignored regions (crowd)"
 
 
 @dataclass

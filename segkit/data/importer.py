@@ -37,10 +37,7 @@ def detect_format(src_dir):
     """``(format name, evidence)`` of the one format the folder looks like; LayoutError otherwise."""
     found = {}
     for name in FORMATS:
-        try:
-            evidence = reader(name).detect(src_dir)
-        except ModuleNotFoundError:  # a format this checkout has no reader for
-            continue
+        evidence = reader(name).detect(src_dir)
         if evidence:
             found[name] = evidence
     if not found:
