@@ -644,3 +644,20 @@ def test_same_input_gives_byte_identical_output(tmp_path, make):
     a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
     assert a == b and "trainval.json" in a
     assert tree_digest(src) == before  # inputs never modified
+
+
+def test_masks_flat_with_mapping_file_and_labels_option(tmp_path):
+    src = tmp_path / "flat"
+    (src / "masks").mkdir(parents=True)
+    for k in range(2):
+        make_image(src / "images" / f"p{k}.jpg", seed=k)
+        Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8) * 255).save(src / "masks" / f"p{k}_0.png")
+        Image.fromarray(box_mask(20, 20, 5, 5).astype(np.uint8) * 255).save(src / "masks" / f"p{k}_1.png")
+    (src / "classes.json").write_text(json.dumps({"p0_0.png": "leaf", "p0_1.png": "bug", "p1_0.png": "leaf",
+                                                  "p1_1.png": "bug"}))
+    assert detect_format(str(src))[0] == "masks"  # per-object names: not a semantic label folder
+    lines = []
+    result = run(src, tmp_path / "data", labels=["leaf"], echo=lines.append)
+    assert lines == [f"masks/p{k}_1.png: label 'bug' not in --labels, skipped" for k in range(2)]
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["leaf"] and result.instances == {"leaf": [1, 1]}
