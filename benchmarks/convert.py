@@ -1,9 +1,10 @@
-"""Benchmark of labelme2coco: files/s with --copy and with --symlink, and peak memory.
+"""Benchmark of labelme2coco (--copy and --symlink) and of import_data on a COCO export: files/s, peak memory.
 
     python benchmarks/convert.py [--num 5000] [--width 640] [--height 480] [--polygons 5]
 
 Generates NUM LabelMe files (JPEG images, ~POLYGONS polygons each, some grouped) in a temporary
-folder, then converts them in a fresh subprocess per mode (so the peak RSS is that of one
+folder and the same annotations as a Label Studio style COCO export (``result.json`` + ``images/``,
+images hard-linked), then converts each in a fresh subprocess (so the peak RSS is that of one
 conversion: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at its end; the RSS right after the
 imports is given as the baseline). Prints a table and writes ``benchmarks/results/convert.json``.
 """
@@ -33,10 +34,14 @@ NUM_BASE_IMAGES = 16  # distinct JPEGs; every file is its own copy on disk
 _WORKER = """
 import json, resource, sys, time
 from segkit.data.coco_convert import convert
-input_dir, output_dir, mode = sys.argv[1:4]
+from segkit.data.importer import import_folder
+input_dir, output_dir, mode, kind = sys.argv[1:5]
 base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-result = convert(input_dir, output_dir, mode=mode, progress=False)
+if kind == "labelme":
+    result = convert(input_dir, output_dir, mode=mode, progress=False)
+else:
+    result = import_folder(input_dir, output_dir, fmt=kind, mode=mode, progress=False)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "exit_code": result.exit_code, "problems": len(result.problems),
                   "images": sum(result.images), "instances": sum(sum(v) for v in result.instances.values()),
@@ -99,9 +104,32 @@ def generate(folder, num, width, height, polygons, seed=0):
     return total
 
 
-def run_mode(input_dir, output_dir, mode):
+def generate_coco(labelme_dir, coco_dir):
+    """The LabelMe files as a Label Studio COCO export: result.json + images/ (hard links)."""
+    images, annotations = [], []
+    os.makedirs(os.path.join(coco_dir, "images"), exist_ok=True)
+    cat_id = {name: i for i, name in enumerate(CLASSES)}  # Label Studio counts from 0
+    for sub in sorted(os.listdir(labelme_dir)):
+        for name in sorted(f for f in os.listdir(os.path.join(labelme_dir, sub)) if f.endswith(".json")):
+            with open(os.path.join(labelme_dir, sub, name)) as f:
+                doc = json.load(f)
+            image_name = f"{len(images):08x}-{doc['imagePath']}"
+            os.link(os.path.join(labelme_dir, sub, doc["imagePath"]), os.path.join(coco_dir, "images", image_name))
+            image_id = len(images)
+            images.append({"id": image_id, "file_name": "images\\" + image_name, "width": doc["imageWidth"],
+                           "height": doc["imageHeight"]})
+            for shape in doc["shapes"]:
+                flat = [v for pt in shape["points"] for v in pt]
+                annotations.append({"id": len(annotations), "image_id": image_id, "category_id": cat_id[shape["label"]],
+                                    "segmentation": [flat], "bbox": [], "ignore": 0, "iscrowd": 0, "area": 0})
+    with open(os.path.join(coco_dir, "result.json"), "w") as f:
+        json.dump({"images": images, "annotations": annotations,
+                   "categories": [{"id": i, "name": n} for n, i in cat_id.items()], "info": {}}, f)
+
+
+def run_mode(input_dir, output_dir, mode, kind="labelme"):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _WORKER, input_dir, output_dir, mode],
+    proc = subprocess.run([sys.executable, "-c", _WORKER, input_dir, output_dir, mode, kind],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{proc.stderr}")
@@ -122,12 +150,14 @@ def main(argv=None):
     try:
         t0 = time.perf_counter()
         image_bytes = generate(os.path.join(work, "in"), args.num, args.width, args.height, args.polygons, args.seed)
+        generate_coco(os.path.join(work, "in"), os.path.join(work, "coco"))
         gen_seconds = time.perf_counter() - t0
         runs = {}
-        for mode in ("copy", "symlink"):
-            runs[mode] = run_mode(os.path.join(work, "in"), os.path.join(work, f"out_{mode}"), mode)
-            runs[mode]["files_per_s"] = args.num / runs[mode]["seconds"]
-            assert runs[mode]["exit_code"] == 0 and runs[mode]["images"] == args.num, runs[mode]
+        for name, src, mode, kind in (("copy", "in", "copy", "labelme"), ("symlink", "in", "symlink", "labelme"),
+                                      ("coco copy", "coco", "copy", "coco")):
+            runs[name] = run_mode(os.path.join(work, src), os.path.join(work, f"out_{name.replace(' ', '_')}"), mode, kind)
+            runs[name]["files_per_s"] = args.num / runs[name]["seconds"]
+            assert runs[name]["exit_code"] == 0 and runs[name]["images"] == args.num, runs[name]
         json_mb = os.path.getsize(os.path.join(work, "out_copy", "trainval.json")) / 2 ** 20
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -141,9 +171,10 @@ def main(argv=None):
     }
     print(f"{args.num} LabelMe files, {args.width}x{args.height} JPEG ({result['image_mb']} MB), "
           f"{result['instances']} instances; trainval.json {result['trainval_json_mb']} MB")
-    print(f"{'mode':<10}{'seconds':>10}{'files/s':>10}{'peak RSS MB':>14}{'after imports MB':>18}")
+    print(f"{'run':<22}{'seconds':>10}{'files/s':>10}{'peak RSS MB':>14}{'after imports MB':>18}")
     for mode, r in runs.items():
-        print(f"{mode:<10}{r['seconds']:>10.1f}{r['files_per_s']:>10.0f}{r['peak_rss_mb']:>14.0f}{r['base_rss_mb']:>18.0f}")
+        label = {"copy": "labelme2coco --copy", "symlink": "labelme2coco --symlink", "coco copy": "import_data COCO"}[mode]
+        print(f"{label:<22}{r['seconds']:>10.1f}{r['files_per_s']:>10.0f}{r['peak_rss_mb']:>14.0f}{r['base_rss_mb']:>18.0f}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     sys.path.insert(0, ROOT)
     from segkit.data.atomic import write_json

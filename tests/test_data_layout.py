@@ -48,3 +48,19 @@ def test_registered_names_point_at_the_layout_files(tmp_path, sample_data):
         meta = MetadataCatalog.get(name)
         assert meta.json_file == layout.split_json(str(sample_data), split)
         assert meta.image_root == layout.image_root(str(sample_data))
+
+
+def test_import_data_imports_neither_torch_nor_detectron2(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "yolo" / "labels").mkdir(parents=True)
+    (tmp_path / "yolo" / "images").mkdir()
+    for k in range(2):
+        Image.new("RGB", (32, 32), (k * 80, 0, 0)).save(tmp_path / "yolo" / "images" / f"{k}.png")
+        (tmp_path / "yolo" / "labels" / f"{k}.txt").write_text("0 0.1 0.1 0.6 0.1 0.6 0.6\n")
+    (tmp_path / "yolo" / "classes.txt").write_text("thing\n")
+    probe = _PROBE.format(script=str(ROOT / "import_data.py")).replace('"labelme2coco.py"', '"import_data.py"')
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "yolo"), "--output", str(tmp_path / "data"),
+                           "--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "CODE=0" in proc.stdout and "detected yolo" in proc.stdout, proc.stdout + proc.stderr
+    assert "HEAVY=\n" in proc.stdout, proc.stdout

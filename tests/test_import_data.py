@@ -100,11 +100,16 @@ def make_label_studio(root):
     make_image(root / "images" / "1a2b3c4d-cat.jpg", seed=1)
     make_image(root / "images" / "5e6f7a8b-two.jpg", seed=2)
     make_image(root / "images" / "9c0d1e2f-empty.jpg", seed=3)
+    make_image(root / "images" / "77aa88bb-url.jpg", seed=4)
+    make_image(root / "images" / "0f0f0f0f-server.jpg", seed=5)
     doc = _coco_doc(
         [{"id": 0, "file_name": "images\\1a2b3c4d-cat.jpg", "width": W, "height": H},
          {"id": 1, "file_name": "images\\5e6f7a8b-two.jpg", "width": W, "height": H},
          {"id": 2, "file_name": "images\\9c0d1e2f-empty.jpg", "width": W, "height": H},
-         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H}],
+         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H},
+         {"id": 4, "file_name": "https://bucket.example.com/ls/77aa88bb-url.jpg?X-Amz-Signature=1", "width": W,
+          "height": H},
+         {"id": 5, "file_name": "/data/upload/3/0f0f0f0f-server.jpg", "width": W, "height": H}],
         [{"id": 0, "image_id": 0, "category_id": 0, "segmentation": [rect_poly(2, 2, 10, 8)], "bbox": [0, 0, 1, 1],
           "ignore": 0, "iscrowd": 0, "area": 1.0},
          {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(20, 10, 12, 12)], "bbox": [],
@@ -112,7 +117,9 @@ def make_label_studio(root):
          {"id": 2, "image_id": 1, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
           "ignore": 0, "iscrowd": 0, "area": 25.0},
          {"id": 3, "image_id": 3, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
-          "ignore": 0, "iscrowd": 0, "area": 25.0}],
+          "ignore": 0, "iscrowd": 0, "area": 25.0},
+         {"id": 4, "image_id": 4, "category_id": 1, "segmentation": [rect_poly(0, 0, 4, 4)], "bbox": [0, 0, 4, 4],
+          "ignore": 0, "iscrowd": 0, "area": 16.0}],
         [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}])
     (root / "result.json").write_text(json.dumps(doc))
 
@@ -130,7 +137,8 @@ def test_coco_label_studio(tmp_path):
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]  # source order, ids now 1..K
     got = masks_by_file(coco)
     assert got == {"1a2b3c4d-cat.jpg": [("cat", 80, 0)], "5e6f7a8b-two.jpg": [("cat", 25, 0), ("dog", 144, 0)],
-                   "9c0d1e2f-empty.jpg": []}  # a negative stays
+                   "9c0d1e2f-empty.jpg": [], "77aa88bb-url.jpg": [("dog", 16, 0)],  # a URL: found by name
+                   "0f0f0f0f-server.jpg": []}  # a negative stays; a server path: found by name
     assert lines == ["result.json: image 'images\\\\deadbeef-gone.jpg' not found"]
     assert {im["source_file"] for im in coco["images"]} == {"result.json"}
     assert coco["info"]["source"] == str(src)
@@ -228,12 +236,13 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
     make_image(src / "images" / "ok.jpg", seed=1)
     make_image(src / "images" / "small.jpg", width=20, height=20, seed=2)
     (src / "images" / "broken.jpg").write_bytes(b"not an image")
-    make_image(src / "outside.jpg", seed=3)
+    make_image(tmp_path / "outside.jpg", seed=3)
     doc = _coco_doc(
         [{"id": 1, "file_name": "ok.jpg", "width": W, "height": H},
          {"id": 2, "file_name": "small.jpg", "width": W, "height": H},  # wrong size in the JSON
          {"id": 3, "file_name": "broken.jpg", "width": W, "height": H},
-         {"id": 4, "file_name": "../../etc/passwd", "width": W, "height": H}],
+         {"id": 4, "file_name": "../outside.jpg", "width": W, "height": H},
+         {"id": 5, "file_name": "gone.jpg", "width": W, "height": H}],
         [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(1, 1, 8, 8)], "iscrowd": 0},
          {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [rect_poly(1, 1, 8, 8)], "iscrowd": 0},
          {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 5]], "iscrowd": 0},
@@ -249,7 +258,8 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
         "annotations.json: image 'small.jpg': JSON says 48x36, image is 20x20 (after EXIF orientation), skipped",
         "annotations.json: unreadable image (UnidentifiedImageError: cannot identify image file "
         f"'{src / 'images' / 'broken.jpg'}')",
-        "annotations.json: image '../../etc/passwd' not found",
+        "annotations.json: image '../outside.jpg' lies outside the source folder, skipped",
+        "annotations.json: image 'gone.jpg' not found",
         "annotations.json: annotation 2 of image 'ok.jpg': category_id 7 is not declared",
         "annotations.json: annotation 3 of image 'ok.jpg': polygon with fewer than 3 points, skipped",
         "annotations.json: annotation 4 of image 'ok.jpg': no segmentation (a box only), skipped",
@@ -259,13 +269,6 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
     assert strict.exit_code == 1 and not os.path.exists(tmp_path / "strict")
 
 
-def test_same_input_gives_byte_identical_output(tmp_path):
-    src = tmp_path / "cvat"
-    make_cvat(src)
-    run(src, tmp_path / "a")
-    run(src, tmp_path / "b")
-    a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
-    assert a == b and "trainval.json" in a
 
 
 def test_ambiguous_and_unknown_layouts_are_refused_with_one_line(tmp_path, capsys):
@@ -453,3 +456,208 @@ def test_imported_pets_folder_trains_the_unet_with_config_keys_only(tmp_path):
     classes = json.loads((tmp_path / "data_pets" / "train.json").read_text())["categories"]
     assert [c["name"] for c in classes] == ["cat", "dog"]
     assert "IoU-dog" in proc.stderr + proc.stdout  # evaluated on val with the imported classes
+
+
+# ---------------------------------------------------------------- PASCAL VOC (and CVAT's mask export)
+
+def _voc_palette():
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _save_palette_png(array, path):
+    im = Image.fromarray(array.astype(np.uint8), mode="P")
+    im.putpalette(_voc_palette())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def make_voc(root):
+    """VOCdevkit/VOC2012 with palette PNGs: instance 1..N, 255 border; class indices of VOC."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    ids = ["2007_000032", "2007_000033", "2007_000039"]
+    for k, image_id in enumerate(ids):
+        make_image(voc / "JPEGImages" / f"{image_id}.jpg", seed=k)
+        obj = np.zeros((H, W), dtype=np.uint8)
+        cls = np.zeros((H, W), dtype=np.uint8)
+        obj[4:14, 4:14], cls[4:14, 4:14] = 1, 15       # a person
+        obj[20:30, 20:36], cls[20:30, 20:36] = 2, 12    # a dog
+        obj[3, 3:15] = cls[3, 3:15] = 255               # border band
+        _save_palette_png(obj, voc / "SegmentationObject" / f"{image_id}.png")
+        _save_palette_png(cls, voc / "SegmentationClass" / f"{image_id}.png")
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000032\n2007_000039\n")
+    (sets / "val.txt").write_text("2007_000033\n")
+    (sets / "trainval.txt").write_text("\n".join(ids) + "\n")
+    return voc
+
+
+def test_voc_palette_layout(tmp_path):
+    make_voc(tmp_path / "voc")
+    fmt, evidence = detect_format(str(tmp_path / "voc"))
+    assert fmt == "voc" and "VOCdevkit/VOC2012" in evidence
+    result = run(tmp_path / "voc", tmp_path / "data")
+    assert result.written and result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["dog", "person"]  # VOC's class order, used ones
+    assert masks_by_file(coco)["2007_000033.jpg"] == [("dog", 160, 0), ("person", 100, 0)]
+    assert [im["file_name"] for im in load(str(tmp_path / "data"), "val")["images"]] == ["2007_000033.jpg"]
+
+
+def test_voc_cvat_rgb_labelmap_variant(tmp_path):
+    src = tmp_path / "cvat_voc"
+    src.mkdir()
+    (src / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\n"
+                                      "car:250,50,83::\nperson:51,221,255::\n")
+    for k in range(2):
+        make_image(src / "JPEGImages" / f"frame_{k:06d}.png", seed=k, fmt="PNG")  # CVAT may keep PNGs
+        obj = np.zeros((H, W, 3), dtype=np.uint8)
+        cls = np.zeros((H, W, 3), dtype=np.uint8)
+        obj[2:10, 2:10], cls[2:10, 2:10] = (128, 0, 0), (250, 50, 83)
+        obj[12:20, 2:10], cls[12:20, 2:10] = (0, 128, 0), (250, 50, 83)      # a second car
+        obj[25:35, 30:40], cls[25:35, 30:40] = (128, 128, 0), (51, 221, 255)
+        for name, arr in (("SegmentationObject", obj), ("SegmentationClass", cls)):
+            (src / name).mkdir(exist_ok=True)
+            Image.fromarray(arr).save(src / name / f"frame_{k:06d}.png")
+    (src / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (src / "ImageSets" / "Segmentation" / "default.txt").write_text("frame_000000\nframe_000001\n")
+    assert detect_format(str(src))[0] == "voc"
+    result = run(src, tmp_path / "data", val_fraction=0.5)
+    assert result.written and not result.split_from_source and result.problems == []
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["car", "person"]
+    assert masks_by_file(coco)["frame_000001.png"] == [("car", 64, 0), ("car", 64, 0), ("person", 100, 0)]
+
+
+# ---------------------------------------------------------------- binary masks
+
+def test_masks_one_png_per_object_in_class_folders(tmp_path):
+    src = tmp_path / "bm"
+    for k in range(3):
+        make_image(src / "images" / f"photo{k}.jpg", seed=k)
+        (src / "masks" / "apple").mkdir(parents=True, exist_ok=True)
+        (src / "masks" / "pear").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(box_mask(2, 2, 10, 10).astype(np.uint8) * 255).save(src / "masks" / "apple" / f"photo{k}_0.png")
+        Image.fromarray(box_mask(20, 5, 6, 6).astype(np.uint8) * 255).save(src / "masks" / "apple" / f"photo{k}_1.png")
+        Image.fromarray(box_mask(30, 20, 8, 8).astype(np.uint8)).save(src / "masks" / "pear" / f"photo{k}_0.png")  # 0/1
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(src / "masks" / "pear" / "photo2_1.png")
+    Image.fromarray(box_mask(1, 1, 3, 3).astype(np.uint8) * 255).save(src / "masks" / "pear" / "nophoto_0.png")
+    fmt, evidence = detect_format(str(src))
+    assert fmt == "masks" and "one PNG per object" in evidence
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert sorted(lines) == ["masks/pear/nophoto_0.png: no image images/nophoto.* for this mask, skipped",
+                             "masks/pear/photo2_1.png: mask is 5x5, image is 48x36, skipped"]
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["apple", "pear"]
+    assert masks_by_file(coco)["photo1.jpg"] == [("apple", 36, 0), ("apple", 100, 0), ("pear", 64, 0)]
+
+
+def test_masks_instance_id_pngs_with_classes(tmp_path):
+    src = tmp_path / "inst"
+    (src / "instances").mkdir(parents=True)
+    for k in range(2):
+        make_image(src / "images" / f"im{k}.png", seed=k, fmt="PNG")
+        ids = np.zeros((H, W), dtype=np.uint8)
+        ids[2:12, 2:12] = 1
+        ids[20:30, 20:30] = 2
+        ids[30:32, 0:5] = 3
+        Image.fromarray(ids).save(src / "instances" / f"im{k}.png")
+        (src / "instances" / f"im{k}.json").write_text(json.dumps({"1": "cat", "2": "dog"}))
+    assert detect_format(str(src))[0] == "masks"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert lines == [f"instances/im{k}.png: instance id 3 has no class, skipped" for k in range(2)]
+    assert result.written
+    coco = check_folder(str(tmp_path / "data"))
+    assert masks_by_file(coco)["im0.png"] == [("cat", 100, 0), ("dog", 100, 0)]
+
+
+# ---------------------------------------------------------------- Open Images V7
+
+def make_open_images(root):
+    """CSV per split, masks at half the image size in <split>-masks-<hex>/ folders, class descriptions."""
+    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+    (root / "masks").mkdir(parents=True)
+    (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n/m/0bt9lr,Dog\n/m/0k4j,Car\n")
+    rows = {"train": [], "validation": []}
+    for k, (image_id, split) in enumerate([("0a1b2c3d4e5f6071", "train"), ("1b2c3d4e5f607182", "train"),
+                                          ("2c3d4e5f60718293", "validation")]):
+        make_image(root / split / f"{image_id}.jpg", width=64, height=48, seed=k)
+        for label, box_id, (x, y, w, h) in (("/m/01yrx", "b1", (2, 2, 10, 8)), ("/m/0k4j", "b2", (16, 12, 8, 8))):
+            mask = np.zeros((24, 32), dtype=np.uint8)
+            mask[y:y + h, x:x + w] = 255
+            name = f"{image_id}_{label.split('/')[-1]}_{box_id}.png"
+            folder = root / f"{split}-masks-{image_id[0]}"
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(mask).save(folder / name)
+            rows[split].append(f"{name},{image_id},{label},{box_id},0.1,0.2,0.1,0.2,0.8,")
+    Image.fromarray(np.zeros((10, 40), dtype=np.uint8)).save(root / "train-masks-0" / "0a1b2c3d4e5f6071_0bt9lr_b3.png")
+    rows["train"].append("0a1b2c3d4e5f6071_0bt9lr_b3.png,0a1b2c3d4e5f6071,/m/0bt9lr,b3,0,1,0,1,0.5,")
+    rows["train"].append("gone.png,0a1b2c3d4e5f6071,/m/01yrx,b4,0,1,0,1,0.5,")
+    for split, lines in rows.items():
+        (root / f"{split}{'-annotations-object-segmentation.csv'}").write_text(header + "\n".join(lines) + "\n")
+
+
+def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
+    src = tmp_path / "oi"
+    make_open_images(src)
+    assert detect_format(str(src))[0] == "openimages"
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert sorted(lines) == [
+        "train-annotations-object-segmentation.csv: line 7: mask 'gone.png' not found, skipped",
+        "train-masks-0/0a1b2c3d4e5f6071_0bt9lr_b3.png: mask is 40x10, image is 64x48: another aspect ratio, skipped"]
+    assert result.written and result.split_from_source
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["Car", "Cat"]
+    # masks of 32x24 scaled to 64x48: a 10x8 box becomes 20x16
+    assert masks_by_file(coco)["train/0a1b2c3d4e5f6071.jpg"] == [("Car", 256, 0), ("Cat", 320, 0)]
+    assert [im["file_name"] for im in load(str(tmp_path / "data"), "val")["images"]] == ["validation/2c3d4e5f60718293.jpg"]
+    cats_only = run(src, tmp_path / "cats", classes=["Cat"])
+    coco = check_folder(str(tmp_path / "cats"))
+    assert [c["name"] for c in coco["categories"]] == ["Cat"] and cats_only.images == [2, 1]
+
+
+# ---------------------------------------------------------------- every format: byte-identical output
+
+@pytest.mark.parametrize("make", [make_label_studio, make_cvat, make_roboflow, make_voc, make_pets, make_open_images],
+                         ids=lambda f: f.__name__)
+def test_same_input_gives_byte_identical_output(tmp_path, make):
+    src = tmp_path / "src"
+    src.mkdir()
+    make(src)
+    before = tree_digest(src)
+    first = run(src, tmp_path / "a")
+    run(src, tmp_path / "b")
+    assert first.written
+    a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
+    assert a == b and "trainval.json" in a
+    assert tree_digest(src) == before  # inputs never modified
+
+
+def test_masks_flat_with_mapping_file_and_labels_option(tmp_path):
+    src = tmp_path / "flat"
+    (src / "masks").mkdir(parents=True)
+    for k in range(2):
+        make_image(src / "images" / f"p{k}.jpg", seed=k)
+        Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8) * 255).save(src / "masks" / f"p{k}_0.png")
+        Image.fromarray(box_mask(20, 20, 5, 5).astype(np.uint8) * 255).save(src / "masks" / f"p{k}_1.png")
+    (src / "classes.json").write_text(json.dumps({"p0_0.png": "leaf", "p0_1.png": "bug", "p1_0.png": "leaf",
+                                                  "p1_1.png": "bug"}))
+    assert detect_format(str(src))[0] == "masks"  # per-object names: not a semantic label folder
+    lines = []
+    result = run(src, tmp_path / "data", labels=["leaf"], echo=lines.append)
+    assert lines == [f"masks/p{k}_1.png: label 'bug' not in --labels, skipped" for k in range(2)]
+    coco = check_folder(str(tmp_path / "data"))
+    assert [c["name"] for c in coco["categories"]] == ["leaf"] and result.instances == {"leaf": [1, 1]}

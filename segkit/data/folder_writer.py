@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 from segkit.data.atomic import place_file, write_bytes, write_text
 from segkit.data.file_names import unique_name
-from segkit.data.layout import WRITE_ORDER, has_rle_instances, image_root, split_json
+from segkit.data.layout import WRITE_ORDER, config_lines, has_rle_instances, image_root, split_json
+from segkit.data.report import file_sha1, report_data_dir
 
 SOURCE_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-CROWD_IGNORE = "ignored regions (crowd)"
 
 
 @dataclass
@@ -51,15 +51,6 @@ class SourceImage:
     annotations: list = field(default_factory=list)  # dicts: label, iscrowd, segmentation, area, bbox
     split: str = None  # the source's split name, None when it has none
     extra: dict = field(default_factory=dict)  # more image fields (e.g. labelme_file)
-
-
-def file_sha1(path):
-    """SHA-1 of a file's bytes: what makes two image files exact duplicates."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _content_key(image):
@@ -295,8 +286,6 @@ def summary_lines(result):
 def print_outcome(result, output_dir, header, report=True):
     """What both CLIs print after a conversion: summary, files written, config lines, the report.
     Returns the exit status."""
-    from segkit.data.layout import config_lines
-
     print(header)
     print("\n".join(summary_lines(result)))
     if result.problems:
@@ -312,7 +301,5 @@ def print_outcome(result, output_dir, header, report=True):
     print("config lines (or pass them as KEY VALUE overrides):")
     print("\n".join("  " + line for line in lines))
     if report:
-        from segkit.data.report import report_data_dir
-
         report_data_dir(output_dir)
     return result.exit_code

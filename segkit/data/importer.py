@@ -24,8 +24,6 @@ from segkit.data.remote import RemoteSourceError, is_remote, materialise, redact
 
 # In the order auto-detection reports them; each is a module of segkit.data.formats.
 FORMATS = ("coco", "yolo", "voc", "masks", "openimages", "semantic", "labelme")
-# Layouts that contain another format's evidence by construction (VOC has class PNGs, Pets has masks).
-_OUTRANKS = {"semantic": ("masks",), "voc": ("semantic", "masks")}
 
 
 class LayoutError(ValueError):
@@ -40,16 +38,9 @@ def detect_format(src_dir):
     """``(format name, evidence)`` of the one format the folder looks like; LayoutError otherwise."""
     found = {}
     for name in FORMATS:
-        try:
-            evidence = reader(name).detect(src_dir)
-        except ModuleNotFoundError:  # a format this checkout has no reader for
-            continue
+        evidence = reader(name).detect(src_dir)
         if evidence:
             found[name] = evidence
-    for name, beaten in _OUTRANKS.items():
-        if name in found:
-            for other in beaten:
-                found.pop(other, None)
     if not found:
         raise LayoutError(f"{src_dir}: no known annotation layout found (formats: {', '.join(FORMATS)}); pass --format")
     if len(found) > 1:

@@ -15,6 +15,7 @@ The report is printed as aligned tables and written as ``DIR/report.json`` and `
 """
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -26,7 +27,6 @@ import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json
 from segkit.data.coco_masks import mask_geometry
-from segkit.data.folder_writer import file_sha1
 from segkit.data.layout import REPORT_JSON, REPORT_PNG, SPLITS, image_root, split_json
 
 TINY_AREA = 16  # px: masks smaller than this are reported
@@ -144,6 +144,15 @@ def _analyse_split(coco):
         stats["instances_per_class"][name] = per_class[name]  # annotations with unknown category ids
     instances_per_image = [per_image[im["id"]] for im in coco["images"]]
     return stats, negatives, areas, problems, instances_per_image
+
+
+def file_sha1(path):
+    """SHA-1 of a file's bytes: what makes two image files exact duplicates (here and in the split)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def build_report(data_dir):

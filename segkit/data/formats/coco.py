@@ -151,12 +151,14 @@ def read(src_dir, log, options):
             if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
                 log.problem(rel_json, "malformed image entry", f"images[{k}]: no id or file_name")
                 continue
-            found = next((p for p in _candidates(im["file_name"], json_dir, src_dir, split) if os.path.isfile(p)), None)
+            existing = [p for p in _candidates(im["file_name"], json_dir, src_dir, split) if os.path.isfile(p)]
+            found = next((p for p in existing if is_inside(p, src_dir)), None)
             if found is None:
-                log.problem(rel_json, "missing image", f"image {im['file_name']!r} not found")
-                continue
-            if not is_inside(found, src_dir):
-                log.problem(rel_json, "path escapes the folder", f"image {im['file_name']!r} lies outside the source folder")
+                if existing:
+                    log.problem(rel_json, "path escapes the folder",
+                                f"image {im['file_name']!r} lies outside the source folder, skipped")
+                else:
+                    log.problem(rel_json, "missing image", f"image {im['file_name']!r} not found")
                 continue
             real = os.path.realpath(found)
             if real in seen_files:

@@ -45,9 +45,11 @@ def _generic_dirs(src_dir):
     mapping = os.path.join(src_dir, "classes.json")
     if not (os.path.isdir(images) and os.path.isfile(mapping)):
         return None
-    for name in _LABEL_DIRS:
+    stems = {os.path.splitext(posix_rel(p, images))[0] for p in list_images(images)}
+    for name in _LABEL_DIRS:  # label PNGs carry the image's own stem (per-object masks add _<k>)
         labels = os.path.join(src_dir, name)
-        if os.path.isdir(labels):
+        if os.path.isdir(labels) and any(os.path.splitext(posix_rel(p, labels))[0] in stems
+                                         for p in list_images(labels) if p.lower().endswith(".png")):
             return labels, images, mapping
     return None
 
