@@ -11,6 +11,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from segkit.data.catalog import register_coco_dataset
+from segkit.engine.checkpoint import take_score_thresholds
 from segkit.evaluation.coco import (
     SegkitCOCOEvaluator,
     build_coco_evaluator,
@@ -153,6 +154,12 @@ def test_perfect_predictions_give_ap_100(dataset, capsys):
     assert best["cherry"]["threshold"] is None and best["cherry"]["num_gt"] == 0
     assert results["score_thresholds"] == {"apple": pytest.approx(0.4), "banana": pytest.approx(0.4)}
     assert results["score_threshold"] == pytest.approx(0.4)
+
+    # what the trainer does with them: out of the metrics EvalHook stores, into the checkpoint keys
+    taken = take_score_thresholds({name: results})
+    assert taken == {"score_thresholds": {"apple": pytest.approx(0.4), "banana": pytest.approx(0.4)},
+                     "score_threshold": pytest.approx(0.4)}
+    assert set(results) == {"bbox", "segm"}
     # Aligned: every row of the per-class table is as wide as its header.
     table = lines[lines.index(header) :]
     assert len({len(line.rstrip()) for line in table[:1] + table[2:5]}) == 1

@@ -145,3 +145,24 @@ def test_page_opens_from_disk_in_chromium(review, tmp_path):
             page.screenshot(path=str(shots / "review_page.png"))
         finally:
             browser.close()
+
+
+def test_review_of_a_training_run(trained_mini_checkpoint, tmp_path):
+    """From train_net.py's eval folder alone: split, data folder and thresholds found by itself."""
+    run = Path(trained_mini_checkpoint).parent
+    out = tmp_path / "review"
+    proc = subprocess.run(
+        [sys.executable, "-m", "segkit.evaluation.review", run / "eval", "-o", out, "--quiet"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best-F1 threshold from metrics_mydata_trainval.json" in proc.stdout
+    data = json.loads((out / "review.json").read_text())
+    metrics = json.loads((run / "eval/metrics_mydata_trainval.json").read_text())
+    assert data["summary"]["num_images"] == metrics["num_images"]
+    # the same matching at the same thresholds as the evaluator's confusion matrix
+    cm = np.array(metrics["confusion_matrix"]["matrix"])
+    totals = data["summary"]["totals"]
+    assert totals["tp"] + totals["confusions"] == cm[:-1, :-1].sum()
+    assert totals["tp"] == np.trace(cm[:-1, :-1])
+    assert totals["fp"] + totals["poor_masks"] == cm[-1].sum()

@@ -175,7 +175,7 @@ class Trainer(DefaultTrainer):
             # Inference draws no random numbers today; fork_rng keeps it that way for resume.
             with torch.random.fork_rng(devices=[]):
                 results = self.test(self.cfg, self.model)
-            self._store_score_thresholds(take_score_thresholds(results))
+            self._store_score_thresholds(take_score_thresholds(results), evaluated=bool(results))
             self._last_eval_results = results
             return results
 
@@ -198,14 +198,17 @@ class Trainer(DefaultTrainer):
             ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE))
         return ret
 
-    def _store_score_thresholds(self, thresholds):
-        """Later checkpoints (model_best, model_final) carry the thresholds of the model they hold.
+    def _store_score_thresholds(self, thresholds, evaluated):
+        """Later checkpoints (model_best, model_final) carry the thresholds of the model they hold
+        (none when its evaluation found none: an older model's would mislead).
 
         The final evaluation runs after PeriodicCheckpointer wrote model_final, so model_final is
         written again with them."""
-        if not thresholds or not comm.is_main_process():
-            return
+        if not evaluated or not comm.is_main_process():
+            return  # only the main process gets evaluation results
         self.checkpointer.score_thresholds = thresholds
+        if not thresholds:
+            return
         if self.iter >= self.max_iter - 1 and os.path.isfile(os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")):
             self.checkpointer.save("model_final", iteration=self.max_iter - 1)
 
