@@ -48,8 +48,10 @@ def get_parser():
     p.add_argument("--config-file", metavar="FILE", default=None,
                    help="config (default: the one stored in the checkpoint)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
-    p.add_argument("--confidence-threshold", type=float, default=0.5,
-                   help="minimum score of the instances kept (default 0.5)")
+    p.add_argument("--confidence-threshold", type=float, default=None,
+                   help="minimum score of the instances kept, for every class (default: each "
+                        "class's best-F1 threshold stored in the checkpoint by its evaluation, "
+                        "else 0.5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--color-mode", default="image", choices=["image", "segmentation", "bw"],
@@ -217,8 +219,8 @@ def run_images(args, predictor, paths):
     bar.close()
     writer.finish()
     where = f"; results in {args.output}" if args.output else ""
-    print(f"{image_id} image(s), {writer.num_instances} instance(s) at score >= "
-          f"{predictor.confidence_threshold:g}; {len(skipped)} skipped"
+    print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}); "
+          f"{len(skipped)} skipped"
           + (f"; {len(kept_json)} existing LabelMe file(s) kept" if kept_json else "") + where)
     return 0 if image_id else 1
 
@@ -299,7 +301,9 @@ def main(argv=None):
     predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
                                           device=args.device,
                                           confidence_threshold=args.confidence_threshold,
-                                          opts=args.opts)
+                                          opts=args.opts, use_checkpoint_thresholds=True)
+    if not predictor.semantic:
+        print(f"Using {predictor.threshold_note}.", file=sys.stderr)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     status = 0
