@@ -3,16 +3,21 @@
     python -m segkit.inference.suspects data --config-file configs/mask_rcnn_R_18_FPN_mini.yaml
     python -m segkit.inference.suspects data --split val --weights output/model_final.pth
 
-Four kinds, each with a score in [0, 1] (higher = more likely an error), ranked together:
+Each image's confident predictions (score >= ``--confidence``) are matched to its labels by
+``segkit.evaluation.matching.match_image`` (greedy by score, mask IoU >= 0.5, same class first,
+then another class, then a same-class box match). Four kinds of suspect come out of it, each with
+a score in [0, 1] (higher = more likely an error), ranked together:
 
-- ``missing_label``: a confident prediction that overlaps no label (mask IoU < 0.5 with every
-  one); score = prediction score x (1 - best IoU);
-- ``wrong_class``: a label overlapped (mask IoU >= 0.5) by a confident prediction of another
-  class; score = that prediction's score - the best score of its own class on it;
-- ``outline``: a label whose box a confident prediction of its class matches (box IoU >= 0.5) but
-  whose mask differs (mask IoU < 0.75); score = prediction score x min(1, (1 - mask IoU) / 0.5);
-- ``uncovered``: any other label no prediction covers (spurious, or very hard); score = 1 - max
-  over predictions of IoU x min(1, score / confidence), kept from 0.5.
+- ``missing_label``: a confident prediction matched to no label; score = its score x (1 - its
+  best mask IoU with any label);
+- ``wrong_class``: a label matched only by a confident prediction of another class; score = that
+  prediction's score - the best score of a same-class prediction on the label (IoU >= 0.5);
+- ``outline``: a label matched by a confident prediction of its class whose mask differs (mask IoU
+  < 0.75, or only the boxes match); score = prediction score x min(1, (1 - mask IoU) / 0.5);
+- ``uncovered``: a label no confident prediction matches (spurious, or very hard); score = 1 - the
+  best IoU x min(1, score / confidence) over all predictions down to score 0.05.
+
+Suspects scoring under 0.1 are left out.
 
 A model judges badly the images it was trained on (it has learned their labels, errors included),
 so for the train split (and trainval) ``--folds K`` (default 3) trains K models with the same
@@ -55,7 +60,7 @@ KIND_TEXT = {
     "uncovered": "no prediction covers it (spurious or very hard?)",
     "outline": "sloppy outline?",
 }
-MATCH_IOU = 0.5
+MATCH_IOU = 0.5  # as COCO AP50 and the error review
 OUTLINE_IOU = 0.75
 LOW_SCORE = 0.05  # predictions down to this score are kept: a weak "yes" still covers a label
 MIN_SUSPECT_SCORE = 0.1
@@ -69,17 +74,6 @@ def _rle(mask):
     return mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
 
 
-def _box_iou(a, b):
-    """IoU of XYXY boxes: a [N, 4], b [M, 4] -> [N, M]."""
-    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def _mask_box(mask):
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -87,73 +81,69 @@ def _mask_box(mask):
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
+def _xywh(box):
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
 def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE):
-    """Suspects of one image.
+    """Suspects of one image, from :func:`segkit.evaluation.matching.match_image` at the
+    confidence threshold (mask IoU 0.5) plus the predictions below it.
 
     ``labels``: dicts with ``id``, ``class``, ``mask`` (bool HxW) and ``iscrowd``;
     ``predictions``: dicts with ``class``, ``score``, ``mask`` (bool HxW), ``box`` (XYXY).
     Returns suspect dicts (``kind``, ``score``, ``annotation_id`` or None, ``label_class``,
     ``predicted_class``, ``prediction_score``, ``iou``, ``prediction_index``), unsorted.
     """
+    from segkit.evaluation.matching import match_image
+
     preds = [p for p in predictions if p["score"] >= LOW_SCORE]
-    objects = [g for g in labels if not g.get("iscrowd")]
-    crowds = [g for g in labels if g.get("iscrowd")]
-    if preds:
-        p_rles = [_rle(p["mask"]) for p in preds]
-        p_scores = np.array([p["score"] for p in preds])
-        p_classes = [p["class"] for p in preds]
-    iou = np.zeros((len(objects), len(preds)))
-    if objects and preds:
-        iou = np.asarray(mask_util.iou(p_rles, [_rle(g["mask"]) for g in objects], [0] * len(objects))).T
-    in_crowd = np.zeros(len(preds), dtype=bool)
-    if crowds and preds:
-        # iscrowd=1: intersection over the prediction's area - inside an ignore region is no error
-        covered = np.asarray(mask_util.iou(p_rles, [_rle(g["mask"]) for g in crowds], [1] * len(crowds)))
-        in_crowd = covered.max(axis=1) >= MATCH_IOU
+    if labels:
+        h, w = labels[0]["mask"].shape
+    elif preds:
+        h, w = preds[0]["mask"].shape
+    else:
+        return []
+    gt_rles = [_rle(g["mask"]) for g in labels]
+    p_rles = [_rle(p["mask"]) for p in preds]
+    gts = [{"category_id": g["class"], "bbox": _xywh(_mask_box(g["mask"])), "segmentation": r,
+            "iscrowd": int(bool(g.get("iscrowd")))} for g, r in zip(labels, gt_rles)]
+    dts = [{"category_id": p["class"], "bbox": _xywh(p["box"]), "segmentation": r, "score": float(p["score"])}
+           for p, r in zip(preds, p_rles)]
+    match = match_image(gts, dts, h, w, iou=MATCH_IOU, iou_type="segm", score_thresholds=confidence)
+    objects = np.array([not g["iscrowd"] for g in gts], dtype=bool)
+    iou = np.zeros((len(preds), len(labels)))
+    if preds and labels:
+        iou = np.asarray(mask_util.iou(p_rles, gt_rles, [0] * len(labels))).reshape(len(preds), len(labels))
+        iou[:, ~objects] = 0.0
+    scores = np.array([p["score"] for p in preds])
     out = []
 
-    def suspect(kind, score, label=None, j=None, **extra):
+    def suspect(kind, score, g=None, j=None, pair_iou=None):
+        label = None if g is None else labels[g]
         out.append({
             "kind": kind, "score": round(float(min(max(score, 0.0), 1.0)), 4),
             "annotation_id": None if label is None else label["id"],
             "label_class": None if label is None else label["class"],
-            "predicted_class": None if j is None else p_classes[j],
-            "prediction_score": None if j is None else round(float(p_scores[j]), 4),
-            "prediction_index": j, **extra,
+            "predicted_class": None if j is None else preds[j]["class"],
+            "prediction_score": None if j is None else round(float(scores[j]), 4),
+            "iou": None if pair_iou is None else round(float(pair_iou), 4),
+            "prediction_index": j,
         })
 
-    for j, p in enumerate(preds):
-        if p["score"] < confidence or in_crowd[j]:
-            continue
-        best = float(iou[:, j].max()) if objects else 0.0
-        if best < MATCH_IOU:
-            suspect("missing_label", p["score"] * (1 - best), j=j, iou=round(best, 4))
-
-    gt_boxes = [_mask_box(g["mask"]) for g in objects]
-    box_iou = _box_iou(gt_boxes, [p["box"] for p in preds]) if objects and preds else iou
-    for i, g in enumerate(objects):
-        if not preds:
-            suspect("uncovered", 1.0, label=g, iou=0.0)
-            continue
-        same = np.array([c == g["class"] for c in p_classes])
-        overlapping = iou[i] >= MATCH_IOU
-        own = float((p_scores * (same & overlapping)).max())
-        other = np.where(~same & overlapping & (p_scores >= confidence))[0]
-        if len(other):
-            j = int(other[np.argmax(p_scores[other])])
-            if p_scores[j] - own >= MIN_SUSPECT_SCORE:
-                suspect("wrong_class", p_scores[j] - own, label=g, j=j, iou=round(float(iou[i, j]), 4))
-                continue
-        matched = np.where(same & (p_scores >= confidence) & (box_iou[i] >= MATCH_IOU))[0]
-        if len(matched):
-            j = int(matched[np.argmax(iou[i, matched])])
-            if iou[i, j] < OUTLINE_IOU:
-                suspect("outline", p_scores[j] * min(1.0, (1 - iou[i, j]) / 0.5), label=g, j=j,
-                        iou=round(float(iou[i, j]), 4))
-            continue
-        coverage = iou[i] * np.minimum(1.0, p_scores / confidence)
-        if 1 - coverage.max() >= 0.5:
-            suspect("uncovered", 1 - coverage.max(), label=g, iou=round(float(iou[i].max()), 4))
+    for j in match.fp:
+        best = float(iou[j].max()) if labels else 0.0
+        suspect("missing_label", scores[j] * (1 - best), j=j, pair_iou=best)
+    for j, g, pair_iou in match.confusions:
+        own = [scores[k] for k in range(len(preds))
+               if preds[k]["class"] == labels[g]["class"] and iou[k, g] >= MATCH_IOU]
+        suspect("wrong_class", scores[j] - max(own, default=0.0), g=g, j=j, pair_iou=pair_iou)
+    outlines = [(j, g, m) for j, g, m, _ in match.poor_masks] + [t for t in match.tp if t[2] < OUTLINE_IOU]
+    for j, g, pair_iou in outlines:
+        suspect("outline", scores[j] * min(1.0, (1 - pair_iou) / 0.5), g=g, j=j, pair_iou=pair_iou)
+    for g in match.missed:
+        coverage = iou[:, g] * np.minimum(1.0, scores / confidence) if preds else np.zeros(1)
+        suspect("uncovered", 1 - float(coverage.max()), g=g, pair_iou=float(iou[:, g].max()) if preds else 0.0)
     return [s for s in out if s["score"] >= MIN_SUSPECT_SCORE]
 
 
