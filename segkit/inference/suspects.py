@@ -93,7 +93,8 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE):
     ``labels``: dicts with ``id``, ``class``, ``mask`` (bool HxW) and ``iscrowd``;
     ``predictions``: dicts with ``class``, ``score``, ``mask`` (bool HxW), ``box`` (XYXY).
     Returns suspect dicts (``kind``, ``score``, ``annotation_id`` or None, ``label_class``,
-    ``predicted_class``, ``prediction_score``, ``iou``, ``prediction_index``), unsorted.
+    ``predicted_class``, ``prediction_score``, ``iou``, ``prediction_index``, ``box`` XYXY of the
+    label, else of the prediction), unsorted.
     """
     from segkit.evaluation.matching import match_image
 
@@ -129,6 +130,7 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE):
             "prediction_score": None if j is None else round(float(scores[j]), 4),
             "iou": None if pair_iou is None else round(float(pair_iou), 4),
             "prediction_index": j,
+            "box": [round(v, 1) for v in (_mask_box(label["mask"]) if label is not None else map(float, preds[j]["box"]))],
         })
 
     for j in match.fp:
@@ -227,6 +229,16 @@ def fold_schedule(cfg, iters):
             "TEST.VAL_LOSS_PERIOD", "0"]
 
 
+def default_iters(config_file, opts=()):
+    """Half the config's schedule: each fold model is a means to judge, not the model to ship."""
+    from segkit.modeling.config import get_segkit_cfg
+
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return max(1, cfg.SOLVER.MAX_ITER // 2)
+
+
 def train_fold(config_file, fold_dir, coco_subset, iters, opts=(), num_gpus=1):
     """Train one fold model with train_net's setup and our Trainer; returns model_final.pth.
 
@@ -292,7 +304,7 @@ def checkpoint_confidence(weights):
 # ---- outputs --------------------------------------------------------------------------------------
 
 CSV_FIELDS = ["rank", "score", "kind", "file_name", "image_id", "annotation_id", "label_class",
-              "predicted_class", "prediction_score", "iou", "fold", "source_file", "review_json"]
+              "predicted_class", "prediction_score", "iou", "box", "fold", "source_file", "review_json"]
 COLORS = {"label": (40, 200, 40), "suspect": (230, 30, 30), "prediction": (250, 200, 0)}
 
 
@@ -478,14 +490,7 @@ def run(args):
             raise SystemExit(f"{args.weights}: no checkpoint; train one first or use --folds K.")
         plan.append((None, None, images))
 
-    iters = args.iters
-    if folds and iters is None:
-        from segkit.modeling.config import get_segkit_cfg
-
-        cfg = get_segkit_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(list(args.opts))
-        iters = max(1, cfg.SOLVER.MAX_ITER // 2)
+    iters = args.iters or (default_iters(args.config_file, args.opts) if folds else None)
     judged = []
     for fold, train_ids, held in plan:
         if fold is None:
