@@ -222,7 +222,8 @@ def _subset(coco, keep_ids, data_dir):
 def fold_schedule(cfg, iters):
     """KEY VALUE overrides that shrink the config's schedule to ``iters`` iterations."""
     scale = iters / max(cfg.SOLVER.MAX_ITER, 1)
-    steps = tuple(sorted({max(1, int(round(s * scale))) for s in cfg.SOLVER.STEPS if s * scale < iters})) or (iters + 1,)
+    steps = tuple(sorted({k for k in (max(1, int(round(s * scale))) for s in cfg.SOLVER.STEPS) if k < iters}))
+    steps = steps or (iters + 1,)  # no LR step (detectron2 drops steps beyond MAX_ITER)
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps),
             "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, max(1, iters // 5))),
             "SOLVER.CHECKPOINT_PERIOD", str(iters + 1), "TEST.EVAL_PERIOD", "0",
