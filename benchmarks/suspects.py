@@ -116,15 +116,11 @@ def found_by(error, suspect, file_of):
 
 def score(records, errors, file_of, num_labels, draws=2000, seed=0):
     n = len(errors)
-    top = records[:2 * n]
-    hits = [any(found_by(e, s, file_of) for s in top) for e in errors]
-    anywhere = [any(found_by(e, s, file_of) for s in records) for e in errors]
+    found = np.array([[found_by(e, s, file_of) for s in records] for e in errors], dtype=bool).reshape(n, len(records))
+    hits = found[:, :2 * n].any(axis=1)
+    anywhere = found.any(axis=1)
     rng = np.random.default_rng(seed)
-    random_found = []
-    for _ in range(draws):
-        order = rng.permutation(len(records))[:2 * n]
-        pick = [records[i] for i in order]
-        random_found.append(sum(any(found_by(e, s, file_of) for s in pick) for e in errors) / n)
+    random_found = [found[:, rng.permutation(len(records))[:2 * n]].any(axis=1).mean() for _ in range(draws)]
     # a reviewer checking 2N labels at random finds a label error when its label is among them
     label_errors = sum(e["type"] != "drop" for e in errors)
     random_labels = min(1.0, 2 * n / max(num_labels, 1)) * label_errors / n
@@ -134,8 +130,8 @@ def score(records, errors, file_of, num_labels, draws=2000, seed=0):
         t["planted"] += 1
         t["in_top_2n"] += int(h)
         t["anywhere"] += int(a)
-    return {"planted": n, "suspects": len(records), "top_2n_found": sum(hits), "top_2n_share": sum(hits) / n,
-            "anywhere_share": sum(anywhere) / n, "random_ranking_share": float(np.mean(random_found)),
+    return {"planted": n, "suspects": len(records), "top_2n_found": int(hits.sum()), "top_2n_share": float(hits.mean()),
+            "anywhere_share": float(anywhere.mean()), "random_ranking_share": float(np.mean(random_found)),
             "random_labels_share": random_labels, "by_type": by_type}
 
 
