@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The main job end to end on the bundled sample data: set-up, sample -> LabelMe -> COCO, dataset
-# report, train the mini Mask R-CNN from scratch on the CPU, evaluate it, render predictions.
+# report, train the mini Mask R-CNN from scratch on the CPU, evaluate it, review its errors,
+# render predictions.
 # Re-running reuses what is there (delete data/ or output/mini/ to start over).
 source "$(dirname "$0")/env.sh"
 set -euo pipefail
 OUT=output/mini
 
-echo "== 1/5 sample data: data/sample (LabelMe files)"
+echo "== 1/6 sample data: data/sample (LabelMe files)"
 [ -f data/sample/labels.txt ] || python -m segkit.data.sample --out data/sample --num-images 40 --seed 0
 
-echo "== 2/5 LabelMe -> COCO: data/trainval.json, train.json, val.json, images/ (+ dataset report)"
+echo "== 2/6 LabelMe -> COCO: data/trainval.json, train.json, val.json, images/ (+ dataset report)"
 python labelme2coco.py data/sample --output data
 
-echo "== 3/5 train the mini Mask R-CNN (ResNet-18 GN, from scratch) -> $OUT"
+echo "== 3/6 train the mini Mask R-CNN (ResNet-18 GN, from scratch) -> $OUT"
 if [ -f "$OUT/model_final.pth" ]; then
   echo "$OUT/model_final.pth exists: evaluating it (rm -r $OUT to train again)"
   python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml --eval-only MODEL.WEIGHTS "$OUT/model_final.pth"
@@ -20,10 +21,13 @@ else
   python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml --num-gpus 1
 fi
 
-echo "== 4/5 evaluation on the val split: $OUT/eval/ (metrics JSON, PR curves)"
+echo "== 4/6 evaluation on the val split: $OUT/eval/ (metrics JSON, PR curves, confusion matrix, best thresholds)"
 python -m segkit.evaluation.coco "$OUT/eval/metrics_mydata_val.json"
 
-echo "== 5/5 predictions on the val images -> $OUT/predictions/"
+echo "== 5/6 error review of the val split -> $OUT/review/index.html"
+python -m segkit.evaluation.review "$OUT/eval" --quiet
+
+echo "== 6/6 predictions on the val images -> $OUT/predictions/"
 python predict.py --weights "$OUT/model_final.pth" --input $(python -c "
 import json; print(' '.join('data/images/' + i['file_name'] for i in json.load(open('data/val.json'))['images']))") \
   --output "$OUT/predictions" --quiet
@@ -33,7 +37,10 @@ cat <<MSG
 Done. Look at:
   data/report.png                 dataset report
   $OUT/loss_curves.png     training and validation losses
+  $OUT/train_batch_0.png   augmented training images with their labels
   $OUT/eval/pr_segm.png    precision-recall curves
+  $OUT/eval/confusion_matrix_mydata_val.png, f1_mydata_val.png   confusion matrix, F1 vs threshold
+  $OUT/review/index.html   error review, worst images first, with their LabelMe files
   $OUT/predictions/        overlays, masks, results.json
 Open the app:   ./scripts/app.sh --weights $OUT/model_final.pth   then browse to http://127.0.0.1:7860
 MSG

@@ -169,6 +169,18 @@ def test_redraw_uses_the_cached_prediction(app, images):
     assert model.calls == calls  # no model run for either redraw
 
 
+def test_slider_starts_at_the_checkpoint_threshold(app, run_dir):
+    blocks, _ = app
+    model = blocks.segkit_model
+    stored = model.predictor.stored_thresholds["score_threshold"]
+    assert model.default_score == pytest.approx(round(stored, 2))
+    assert "best-F1 threshold of the checkpoint's evaluation" in model.score_note
+    slider = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "confidence")
+    assert slider.value == pytest.approx(model.default_score) and model.score_note in slider.info
+    if list((run_dir / "eval").glob("metrics_*.json")):
+        assert "| best thr | P | R | F1 |" in model.info_markdown()
+
+
 def test_large_image_is_resized_for_display(app, images, tmp_path):
     blocks, _ = app
     big = tmp_path / "big.png"

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from segkit.data.catalog import register_coco_dataset
+from segkit.engine.checkpoint import take_score_thresholds
 from segkit.evaluation.coco import (
     SegkitCOCOEvaluator,
     build_coco_evaluator,
@@ -134,11 +135,31 @@ def test_perfect_predictions_give_ap_100(dataset, capsys):
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     cherry = next(line for line in lines if line.startswith("cherry"))
-    assert cherry.split()[1:] == ["n/a", "n/a"]
+    assert cherry.split()[1:] == ["n/a"] * 6
     apple = next(line for line in lines if line.startswith("apple"))
-    assert apple.split()[1:] == ["100.0", "100.0"]
+    # bbox AP, segm AP, best threshold (halfway below the lowest score, 0.8), P, R, F1
+    assert apple.split()[1:] == ["100.0", "100.0", "0.40", "100.0", "100.0", "100.0"]
     header = next(line for line in lines if line.startswith("class"))
-    assert "bbox AP" in header and "segm AP" in header
+    assert "bbox AP" in header and "segm AP" in header and "best thr" in header and "F1" in header
+    assert "One threshold for all classes: score > 0.40" in printed
+
+    # every object found at mask IoU >= 0.5: the confusion matrix is diagonal
+    assert metrics["confusion_matrix"]["labels"] == CLASSES + ["background"]
+    assert metrics["confusion_matrix"]["matrix"] == [[3, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert json.loads((out / f"confusion_matrix_{name}.json").read_text())["matrix"] == metrics["confusion_matrix"]["matrix"]
+    assert (out / f"confusion_matrix_{name}.png").stat().st_size > 5000
+    assert (out / f"f1_{name}.png").stat().st_size > 5000
+    best = metrics["thresholds"]["per_class"]
+    assert best["apple"]["threshold"] == pytest.approx(0.4) and best["apple"]["f1"] == pytest.approx(1.0)
+    assert best["cherry"]["threshold"] is None and best["cherry"]["num_gt"] == 0
+    assert results["score_thresholds"] == {"apple": pytest.approx(0.4), "banana": pytest.approx(0.4)}
+    assert results["score_threshold"] == pytest.approx(0.4)
+
+    # what the trainer does with them: out of the metrics EvalHook stores, into the checkpoint keys
+    taken = take_score_thresholds({name: results})
+    assert taken == {"score_thresholds": {"apple": pytest.approx(0.4), "banana": pytest.approx(0.4)},
+                     "score_threshold": pytest.approx(0.4)}
+    assert set(results) == {"bbox", "segm"}
     # Aligned: every row of the per-class table is as wide as its header.
     table = lines[lines.index(header) :]
     assert len({len(line.rstrip()) for line in table[:1] + table[2:5]}) == 1
@@ -189,6 +210,22 @@ def test_false_positive_of_class_without_gt(dataset):
     assert np.isnan(results["segm"]["AP-cherry"])
     metrics = json.loads((out / f"metrics_{name}.json").read_text())
     assert metrics["bbox"]["per_class"]["cherry"]["AP"] is None
+    # cherry has no ground truth, hence no threshold of its own: the all-classes one (0.4) keeps
+    # its detection (0.8), a false detection in the background row
+    cm = metrics["confusion_matrix"]["matrix"]
+    assert cm[3] == [0, 0, 1, 0] and cm[0][0] == 3 and cm[1][1] == 2
+    assert metrics["thresholds"]["all_classes"]["precision"] == pytest.approx(5 / 6)
+
+
+def test_shifted_masks_lower_recall_and_f1(dataset):
+    name, json_file, out = dataset
+    evaluator = build_coco_evaluator(_cfg(pr_curves=False), name, str(out))
+    results = _evaluate(evaluator, _gt_predictions(json_file, shift=12))
+    metrics = json.loads((out / f"metrics_{name}.json").read_text())
+    per_class = metrics["thresholds"]["per_class"]
+    # the small apple (15 px) shifted by 12 px no longer overlaps enough: not every object is found
+    assert per_class["apple"]["recall"] < 1.0
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) > 5  # misses and false detections
 
 
 def test_box_only_and_single_class(tmp_path):
@@ -200,7 +237,8 @@ def test_box_only_and_single_class(tmp_path):
     cfg.MODEL.MASK_ON = False
     evaluator = build_coco_evaluator(cfg, name, str(tmp_path / "eval"))
     results = _evaluate(evaluator, _gt_predictions(json_file))
-    assert list(results) == ["bbox"]
+    assert [k for k in results if k in ("bbox", "segm")] == ["bbox"]
+    assert results["score_thresholds"] == {"thing": pytest.approx(0.45)}  # judged on boxes
     assert results["bbox"]["AP-thing"] == pytest.approx(100.0)  # detectron2 omits it for one class
     metrics = json.loads((tmp_path / "eval" / f"metrics_{name}.json").read_text())
     assert "segm" not in metrics and metrics["bbox"]["per_class"]["thing"]["AP"] == pytest.approx(100.0)

@@ -194,3 +194,29 @@ def test_unet_checkpoint(images, tmp_path):
     assert sorted(a["category_id"] - 1 for a in anns) == sorted(np.unique(cmap).tolist())
     for a in anns:
         assert np.array_equal(res.annToMask(a) > 0, cmap == a["category_id"] - 1)
+
+
+def test_default_threshold_comes_from_the_checkpoint(trained_mini_checkpoint, images, tmp_path):
+    from segkit.inference.predictor import Predictor
+
+    stored = Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", use_checkpoint_thresholds=True)
+    per_class = stored.stored_thresholds["score_thresholds"]
+    assert per_class and "each class's best F1" in stored.threshold_note
+    low = Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", confidence_threshold=0.05)
+    kept = dropped = 0
+    for path in images[:3]:
+        a, b = stored(path), low(path)
+        for rec in a.records():
+            assert rec["score"] > per_class.get(rec["class"], stored.stored_thresholds["score_threshold"])
+        kept += len(a)
+        dropped += len(b) - len(a)
+        assert all(r in b.records() for r in a.records())  # a subset: same model, higher bar
+    assert kept > 0
+
+    out = tmp_path / "out"
+    proc = run("predict.py", "--input", images[0], "--output", out, "--weights", trained_mini_checkpoint, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Using score thresholds from the checkpoint's evaluation" in proc.stderr
+    proc = run("predict.py", "--input", images[0], "--output", out, "--weights", trained_mini_checkpoint,
+               "--quiet", "--confidence-threshold", "0.7")
+    assert "Using score threshold 0.7 for every class, as asked" in proc.stderr

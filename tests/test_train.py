@@ -4,6 +4,7 @@ CPU, stops cleanly on NaN, and writes checkpoints that inference can use on thei
 import json
 import os
 
+import numpy as np
 import torch
 from conftest import ROOT, TINY_OVERRIDES, run_train_net
 
@@ -43,6 +44,13 @@ def test_checkpoint_is_self_contained_and_weights_only_loadable(trained_mini_che
     cfg, names = load_inference_config(str(trained_mini_checkpoint))
     assert names == ckpt["class_names"] and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
 
+    # The final evaluation's best-F1 thresholds went into model_final (written again after it).
+    metrics = json.loads((trained_mini_checkpoint.parent / "eval/metrics_mydata_trainval.json").read_text())
+    best = {n: v["threshold"] for n, v in metrics["thresholds"]["per_class"].items() if v["threshold"] is not None}
+    assert best and ckpt["score_thresholds"] == best
+    assert ckpt["score_threshold"] == metrics["thresholds"]["score_threshold"]
+    assert all(0 < t < 1 for t in best.values())
+
 
 def test_eval_only_writes_metrics(trained_mini_checkpoint, sample_data, tmp_path):
     proc = run_train_net(
@@ -77,6 +85,24 @@ def test_resume_is_bit_identical(sample_data, tmp_path):
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     assert any(not torch.equal(a[k], mid[k]) for k in a), "the resumed run did not train"
+
+
+def test_training_batch_pictures_leave_training_unchanged(sample_data, tmp_path):
+    import cv2
+
+    with_pictures = _short_run(sample_data, tmp_path / "with", 2, "INPUT.AUG.PREVIEW_BATCHES", "2")
+    assert with_pictures.returncode == 0, with_pictures.stderr[-3000:]
+    without = _short_run(sample_data, tmp_path / "without", 2, "INPUT.AUG.PREVIEW_BATCHES", "0")
+    assert without.returncode == 0, without.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "with").glob("train_batch_*.png"))
+    assert written == ["train_batch_0.png", "train_batch_1.png"]
+    assert not list((tmp_path / "without").glob("train_batch_*.png"))
+    sheet = cv2.imread(str(tmp_path / "with/train_batch_0.png"))
+    assert sheet.shape[1] >= 2 * 192  # IMS_PER_BATCH (2) images of 192 px side by side
+    # the ground truth is drawn: Visualizer's label boxes and mask fills change many pixels
+    assert len(np.unique(sheet.reshape(-1, 3), axis=0)) > 1000
+    a, b = _weights(tmp_path / "with/model_final.pth"), _weights(tmp_path / "without/model_final.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a), "drawing the batches changed the training's random stream"
 
 
 def test_ddp_two_cpu_processes(sample_data, tmp_path):

@@ -100,6 +100,16 @@ class AppModel:
                     self.error = f"Could not load `{self.weights}`: {e.__class__.__name__}: {e}"
         self.lock = threading.Lock()
         self.calls = 0  # model runs (not redraws)
+        self.default_score, self.score_note = self._default_score()
+
+    def _default_score(self):
+        """The slider's start and the one line saying why: the checkpoint's best-F1 threshold
+        for all classes when its evaluation stored one, else 0.5."""
+        stored = getattr(self.predictor, "stored_thresholds", {}).get("score_threshold") if self.ready else None
+        if stored is None:
+            return 0.5, "starts at 0.5 (default: the checkpoint carries no evaluated threshold)"
+        value = min(max(round(float(stored), 2), MIN_SCORE), 1.0)
+        return value, f"starts at {value:.2f}, the best-F1 threshold of the checkpoint's evaluation"
 
     @property
     def ready(self):
@@ -201,11 +211,16 @@ def eval_markdown(files):
                 if any(m in data[t] for t in tasks):
                     lines.append(f"| {m} | " + " | ".join(_fmt(data[t].get(m)) for t in tasks) + " |")
             per_class = data.get("segm", {}).get("per_class") or data.get("bbox", {}).get("per_class")
+            best = (data.get("thresholds") or {}).get("per_class") or {}
             if isinstance(per_class, dict) and per_class:
-                lines += ["", "| class | AP | AP50 |", "|---|---|---|"]
+                # best thr / P / R / F1: at the score threshold that maximises the class's F1
+                lines += ["", "| class | AP | AP50 | best thr | P | R | F1 |", "|---|---|---|---|---|---|---|"]
                 for cname, v in per_class.items():
                     if isinstance(v, dict):
-                        lines.append(f"| {cname} | {_fmt(v.get('AP'))} | {_fmt(v.get('AP50'))} |")
+                        b = best.get(cname) if isinstance(best.get(cname), dict) else {}
+                        thr = f"{b['threshold']:.2f}" if _num(b.get("threshold")) else "n/a"
+                        lines.append(f"| {cname} | {_fmt(v.get('AP'))} | {_fmt(v.get('AP50'))} | {thr} | "
+                                     + " | ".join(_fmt(b.get(k), 100) for k in ("precision", "recall", "f1")) + " |")
             continue
         if any(k in data for k in ("mIoU", "mDice")):
             lines += ["", f"**Evaluation on `{name}`**: mIoU {_fmt(data.get('mIoU'), 100)}, "
@@ -406,8 +421,10 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
                 message = gr.Markdown("Upload an image (or pick an example)." if model.ready else
                                       "No model loaded: see the top of the page.", elem_id="message")
                 with gr.Row():
-                    min_score = gr.Slider(MIN_SCORE, 1.0, value=0.5, step=0.01, label="Confidence",
-                                          info="instances below this score are hidden (no re-run)",
+                    min_score = gr.Slider(MIN_SCORE, 1.0, value=model.default_score, step=0.01,
+                                          label="Confidence",
+                                          info=f"instances below this score are hidden (no re-run); "
+                                               f"{model.score_note}",
                                           elem_id="confidence")
                     classes = gr.CheckboxGroup(choices=names, value=names, label="Classes",
                                                elem_id="classes")

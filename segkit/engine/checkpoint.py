@@ -2,7 +2,9 @@
 
 - atomic writes (a crash mid-save leaves the previous checkpoint intact);
 - every checkpoint carries what inference needs: ``config`` (the full YAML), ``class_names``,
-  ``meta_architecture`` and ``iteration``, so ``model_final.pth`` alone is deployable;
+  ``meta_architecture`` and ``iteration``, so ``model_final.pth`` alone is deployable; after an
+  evaluation also ``score_thresholds`` ({class: F1-maximising score threshold}) and
+  ``score_threshold`` (one for all classes), which predict.py and the app start from;
 - ``torchvision://resnet18`` (..50, 101) as MODEL.WEIGHTS, converted on load the way detectron2's
   ``tools/convert-torchvision-to-d2.py`` does;
 - an offline download fails with one sentence saying where to put the file.
@@ -84,12 +86,15 @@ class SegkitCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.cfg = cfg
         self.class_names = list(class_names)
+        self.score_thresholds = None  # set by the trainer after each evaluation, see take_score_thresholds
 
     def inference_metadata(self):
         meta = {"class_names": self.class_names}
         if self.cfg is not None:
             meta["config"] = self.cfg.dump()
             meta["meta_architecture"] = self.cfg.MODEL.META_ARCHITECTURE
+        if self.score_thresholds:
+            meta.update(self.score_thresholds)
         return meta
 
     def save(self, name, **kwargs):
@@ -139,13 +144,38 @@ class SegkitCheckpointer(DetectionCheckpointer):
         return {}
 
 
+SCORE_THRESHOLD_KEYS = ("score_thresholds", "score_threshold")
+
+
+def take_score_thresholds(results):
+    """Remove the evaluator's best-F1 thresholds from evaluation ``results`` (one dataset's, or
+    ``{dataset: results}``: the first dataset that has them) and return them as the checkpoint
+    keys ``{"score_thresholds": {class: t}, "score_threshold": t}``, or None.
+
+    They travel in the results because that is what DefaultTrainer.test hands back to the
+    trainer; EvalHook wants only metrics there."""
+    if not isinstance(results, dict):
+        return None
+    found = None
+    for holder in [results] + [v for v in results.values() if isinstance(v, dict)]:
+        if any(k in holder for k in SCORE_THRESHOLD_KEYS):
+            taken = {k: holder.pop(k) for k in SCORE_THRESHOLD_KEYS if k in holder}
+            if found is None:
+                found = {
+                    "score_thresholds": {str(c): float(t) for c, t in dict(taken.get("score_thresholds") or {}).items()},
+                    "score_threshold": float(taken["score_threshold"]) if taken.get("score_threshold") is not None else None,
+                }
+    return found
+
+
 def read_checkpoint(path):
     """The dict stored in one of our checkpoints, loaded safely (tensors and plain types only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_inference_config(weights_path, config_file=None):
-    """(cfg, class_names) for running ``weights_path``.
+def load_inference_config(weights_path, config_file=None, with_thresholds=False):
+    """(cfg, class_names) for running ``weights_path``; with ``with_thresholds`` also the
+    checkpoint's ``{"score_thresholds": ..., "score_threshold": ...}`` (empty when it has none).
 
     The config comes from ``config_file`` when given, else from the checkpoint itself, else from the
     ``config.yaml`` detectron2 saves next to it. MODEL.WEIGHTS points at ``weights_path``.
@@ -170,4 +200,6 @@ def load_inference_config(weights_path, config_file=None):
     if not class_names:
         n = cfg.MODEL.ROI_HEADS.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE != "UNet" else cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         class_names = [f"class_{i}" for i in range(max(n, 0))]
+    if with_thresholds:
+        return cfg, class_names, {k: checkpoint[k] for k in SCORE_THRESHOLD_KEYS if checkpoint.get(k) is not None}
     return cfg, class_names

@@ -1,10 +1,13 @@
 """Training hooks detectron2 does not ship: validation loss, live loss curves, a per-iteration
-progress bar with ETA, early stopping, and a checkpoint on Ctrl-C."""
+progress bar with ETA, early stopping, pictures of augmented training batches, and a checkpoint on
+Ctrl-C."""
 
+import contextlib
 import json
 import logging
 import math
 import os
+import random
 
 import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
@@ -209,3 +212,111 @@ class EarlyStopping(HookBase):
 
     def load_state_dict(self, state):
         self._best, self._bad = state["best"], state["bad"]
+
+
+@contextlib.contextmanager
+def _untouched_rng():
+    """Run a block that draws random numbers without moving the training's RNG streams, so a
+    run with pictures trains exactly like one without (and resume stays bit-identical)."""
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def draw_training_sample(mapped, class_names, input_format="BGR"):
+    """RGB uint8 picture of one mapped training dict (DatasetMapper output): the augmented image
+    with its ground-truth boxes, masks and class names, or its class map (detectron2 Visualizer)."""
+    import numpy as np
+    from detectron2.data.detection_utils import convert_image_to_rgb
+    from detectron2.utils.visualizer import Visualizer
+
+    from detectron2.data.catalog import Metadata
+
+    image = convert_image_to_rgb(mapped["image"].permute(1, 2, 0).numpy(), input_format)
+    vis = Visualizer(image, metadata=Metadata(stuff_classes=list(class_names)))
+    if "sem_seg" in mapped:  # U-Net: the class map (ignored pixels, 255, stay undrawn)
+        vis.draw_sem_seg(mapped["sem_seg"].numpy(), alpha=0.4)
+    inst = mapped.get("instances")
+    if inst is not None and len(inst):
+        classes = inst.gt_classes.tolist()
+        masks = None
+        if inst.has("gt_masks"):
+            m = inst.gt_masks
+            masks = list(m.polygons) if hasattr(m, "polygons") else [x.numpy() for x in m.tensor]
+        vis.overlay_instances(
+            boxes=inst.gt_boxes.tensor.numpy(),
+            masks=masks,
+            labels=[class_names[c] if 0 <= c < len(class_names) else str(c) for c in classes],
+            alpha=0.4,
+        )
+    out = vis.output.get_image()
+    return np.ascontiguousarray(out[: image.shape[0], : image.shape[1]])
+
+
+def _tile(pictures, columns=None, gap=4):
+    import numpy as np
+
+    columns = columns or min(len(pictures), 4)
+    rows = math.ceil(len(pictures) / columns)
+    h = max(p.shape[0] for p in pictures)
+    w = max(p.shape[1] for p in pictures)
+    sheet = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, p in enumerate(pictures):
+        r, c = divmod(i, columns)
+        sheet[r * (h + gap): r * (h + gap) + p.shape[0], c * (w + gap): c * (w + gap) + p.shape[1]] = p
+    return sheet
+
+
+class TrainingBatchPictures(HookBase):
+    """Writes OUTPUT_DIR/train_batch_<i>.png before training: ``num_batches`` batches of
+    IMS_PER_BATCH training images after the training mapper's augmentation, ground truth drawn,
+    so augmentation and labels can be checked before waiting for a model.
+
+    The images are drawn at random from the training set through the same mapper, with the RNG
+    state restored afterwards: the training stream itself is not consumed. Main process only."""
+
+    def __init__(self, cfg, mapper, dataset_dicts, class_names, num_batches=3):
+        self._cfg = cfg
+        self._mapper = mapper
+        self._dicts = dataset_dicts
+        self._class_names = list(class_names)
+        self._num_batches = num_batches
+
+    def write(self):
+        import cv2
+
+        per_batch = max(1, self._cfg.SOLVER.IMS_PER_BATCH)
+        paths = []
+        with _untouched_rng():
+            rng = random.Random(self._cfg.SEED if self._cfg.SEED >= 0 else 0)
+            for b in range(self._num_batches):
+                chosen = [rng.randrange(len(self._dicts)) for _ in range(per_batch)] if self._dicts else []
+                pictures = []
+                for i in chosen:
+                    mapped = self._mapper(dict(self._dicts[i]))
+                    if mapped is not None:
+                        pictures.append(draw_training_sample(mapped, self._class_names, self._cfg.INPUT.FORMAT))
+                if not pictures:
+                    continue
+                path = os.path.join(self._cfg.OUTPUT_DIR, f"train_batch_{b}.png")
+                ok, data = cv2.imencode(".png", cv2.cvtColor(_tile(pictures), cv2.COLOR_RGB2BGR))
+                if ok:
+                    with atomic_path(path) as tmp:
+                        with open(tmp, "wb") as f:
+                            f.write(data.tobytes())
+                    paths.append(path)
+        if paths:
+            logger.info(f"Wrote {len(paths)} picture(s) of augmented training batches: {paths[0]} ...")
+        return paths
+
+    def before_train(self):
+        try:
+            self.write()
+        except Exception as e:  # a picture must never stop a training
+            logger.warning(f"Could not draw training batches ({e.__class__.__name__}: {e}).")

@@ -15,9 +15,16 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from segkit.data.loader import build_resumable_train_loader
-from segkit.engine.checkpoint import SegkitCheckpointer
+from segkit.engine.checkpoint import SegkitCheckpointer, take_score_thresholds
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
-from segkit.engine.hooks import EarlyStopping, LossCurvePlot, ProgressBar, StopTraining, ValidationLoss
+from segkit.engine.hooks import (
+    EarlyStopping,
+    LossCurvePlot,
+    ProgressBar,
+    StopTraining,
+    TrainingBatchPictures,
+    ValidationLoss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +127,15 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         return cls.build_resumable_train_loader(cfg, cfg.SEED if cfg.SEED >= 0 else 0)[0]
 
+    @classmethod
+    def build_batch_pictures(cls, cfg):
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, min_keypoints=0, proposal_files=None
+        )
+        return TrainingBatchPictures(
+            cfg, cls.build_train_mapper(cfg), dicts, class_names_of(cfg), cfg.INPUT.AUG.PREVIEW_BATCHES
+        )
+
     # ---- model and solver ---------------------------------------------------------------------
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -158,10 +174,14 @@ class Trainer(DefaultTrainer):
         def test_and_save_results():
             # Inference draws no random numbers today; fork_rng keeps it that way for resume.
             with torch.random.fork_rng(devices=[]):
-                self._last_eval_results = self.test(self.cfg, self.model)
-            return self._last_eval_results
+                results = self.test(self.cfg, self.model)
+            self._store_score_thresholds(take_score_thresholds(results), evaluated=bool(results))
+            self._last_eval_results = results
+            return results
 
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if main and cfg.INPUT.AUG.PREVIEW_BATCHES > 0:
+            ret.append(self.build_batch_pictures(cfg))
         if main:
             ret.append(ProgressBar(self.max_iter))
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -177,6 +197,20 @@ class Trainer(DefaultTrainer):
         if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
             ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE))
         return ret
+
+    def _store_score_thresholds(self, thresholds, evaluated):
+        """Later checkpoints (model_best, model_final) carry the thresholds of the model they hold
+        (none when its evaluation found none: an older model's would mislead).
+
+        The final evaluation runs after PeriodicCheckpointer wrote model_final, so model_final is
+        written again with them."""
+        if not evaluated or not comm.is_main_process():
+            return  # only the main process gets evaluation results
+        self.checkpointer.score_thresholds = thresholds
+        if not thresholds:
+            return
+        if self.iter >= self.max_iter - 1 and os.path.isfile(os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")):
+            self.checkpointer.save("model_final", iteration=self.max_iter - 1)
 
     # ---- state: what detectron2's checkpoints lack for a bit-identical resume ------------------
     def state_dict(self):

@@ -8,10 +8,19 @@ gathering) the evaluator built here, on the main process only:
   without ground truth in the split, no small objects, ...);
 - writes precision-recall curves (cfg.TEST.PR_CURVES): ``pr_<task>_<class>.png`` per class with
   ground truth and ``pr_<task>.png`` with every class;
-- prints an aligned table (metric / class, bbox AP, segm AP), "n/a" where there is no number.
+- matches predictions to ground truth (mask IoU >= 0.5, or box IoU without masks; greedy by
+  score, :mod:`segkit.evaluation.matching`) and writes, per class, precision / recall / F1 at the
+  score threshold that maximises F1 (``thresholds`` in the metrics JSON, ``f1_<dataset>.png``)
+  and the instance confusion matrix at those thresholds (``confusion_matrix_<dataset>.png/json``,
+  background row and column);
+- prints an aligned table (metric / class, bbox AP, segm AP, best threshold, P, R, F1), "n/a"
+  where there is no number.
 
-What it returns is still COCOEvaluator's ``{"bbox": {...}, "segm": {...}}`` of floats (NaN where
-undefined), which detectron2's EvalHook and BestCheckpointer consume unchanged.
+What it returns is COCOEvaluator's ``{"bbox": {...}, "segm": {...}}`` of floats (NaN where
+undefined), which detectron2's EvalHook and BestCheckpointer consume unchanged, plus
+``"score_thresholds"`` ({class: best-F1 threshold}) and ``"score_threshold"`` (the best single
+threshold for all classes) when there is one: the trainer takes them out and stores them in the
+checkpoints it writes (predict.py and the app start from them).
 """
 
 import logging
@@ -27,7 +36,8 @@ from tabulate import tabulate
 
 from segkit.data.atomic import write_json
 from segkit.data.file_names import safe_filename
-from segkit.evaluation.plots import write_pr_plots
+from segkit.evaluation.analysis import CURVE_THRESHOLDS, analyse_detections, group_by_image
+from segkit.evaluation.plots import write_confusion_matrix_plot, write_f1_plot, write_pr_plots
 
 __all__ = ["SegkitCOCOEvaluator", "build_coco_evaluator", "format_results_table", "print_results_table"]
 
@@ -63,6 +73,8 @@ class SegkitCOCOEvaluator(COCOEvaluator):
         self._dataset_name = dataset_name
         self._pr_curves = pr_curves
         self._accumulated = {}
+        self._coco_results = None
+        self._image_ids = None
         self._ensure_category_mapping()
 
     def _ensure_category_mapping(self):
@@ -83,6 +95,26 @@ class SegkitCOCOEvaluator(COCOEvaluator):
     def reset(self):
         super().reset()
         self._accumulated = {}
+        self._coco_results = None
+        self._image_ids = None
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        super()._eval_predictions(predictions, img_ids=img_ids)
+        # The gathered predictions of every process, their category ids mapped back to the
+        # dataset's by COCOEvaluator: what the matching needs, kept for evaluate().
+        self._coco_results = [r for p in predictions for r in p.get("instances", [])]
+        self._image_ids = list(dict.fromkeys(p["image_id"] for p in predictions))
+
+    def analyse(self):
+        """Best-F1 thresholds, confusion matrix and per-image matches of the last evaluation
+        (None before one, or without predictions)."""
+        if self._coco_results is None:
+            return None
+        category_ids = sorted(self._metadata.thing_dataset_id_to_contiguous_id, key=self._metadata.thing_dataset_id_to_contiguous_id.get)
+        data = self._coco_api.dataset
+        grouped = group_by_image(data.get("images", []), data.get("annotations", []), self._coco_results, self._image_ids)
+        iou_type = "segm" if "segm" in self._tasks else "bbox"
+        return analyse_detections(grouped, category_ids, self._class_names(), iou_type=iou_type)
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
@@ -107,8 +139,17 @@ class SegkitCOCOEvaluator(COCOEvaluator):
         if not comm.is_main_process() or not self._do_evaluation:
             return results
         report = self.report(results)
+        analysis = self.analyse()
+        if analysis is not None:
+            report["thresholds"] = analysis.thresholds_json()
+            report["confusion_matrix"] = analysis.confusion_json()
+            if analysis.score_threshold is not None:
+                results["score_thresholds"] = dict(analysis.score_thresholds())
+                results["score_threshold"] = analysis.score_threshold
         if self._output_dir:
             name = safe_filename(self._dataset_name)
+            if analysis is not None:
+                self._write_analysis(analysis, name)
             path = os.path.join(self._output_dir, f"metrics_{name}.json")
             write_json(path, report)
             logger.info("Wrote %s", path)
@@ -121,10 +162,29 @@ class SegkitCOCOEvaluator(COCOEvaluator):
                     write_pr_plots(
                         acc["precision"], acc["iou_thrs"], acc["rec_thrs"], self._class_names(), task, self._output_dir
                     )
-        print_results_table(
-            {task: report[task] for task in self._tasks}, title=f"COCO evaluation on {self._dataset_name}"
-        )
+        table = {task: report[task] for task in self._tasks}
+        if "thresholds" in report:
+            table["thresholds"] = report["thresholds"]
+        print_results_table(table, title=f"COCO evaluation on {self._dataset_name}")
         return results
+
+    def _write_analysis(self, analysis, name):
+        path = os.path.join(self._output_dir, f"confusion_matrix_{name}.json")
+        write_json(path, analysis.confusion_json())
+        write_confusion_matrix_plot(
+            analysis.confusion,
+            analysis.confusion_json()["labels"],
+            os.path.join(self._output_dir, f"confusion_matrix_{name}.png"),
+            title=f"{self._dataset_name}: instances, {analysis.iou_type} IoU >= {analysis.iou:g}, best-F1 thresholds",
+        )
+        write_f1_plot(
+            CURVE_THRESHOLDS,
+            analysis.curves,
+            analysis.per_class,
+            os.path.join(self._output_dir, f"f1_{name}.png"),
+            title=f"{self._dataset_name}: F1 vs score threshold ({analysis.iou_type} IoU >= {analysis.iou:g})",
+        )
+        logger.info("Wrote %s and the confusion matrix / F1 plots", path)
 
     def report(self, results):
         """The JSON-able summary: per task, the summary metrics and per-class AP, AP50 and number
@@ -211,11 +271,33 @@ def format_results_table(results):
     text = tabulate(summary, headers=headers, floatfmt=".1f", missingval="n/a", numalign="right")
     per_class = {t: _per_class(results[t]) for t in tasks}
     names = list(OrderedDict.fromkeys(n for t in tasks for n in per_class[t]))
+    thresholds = results.get("thresholds") if isinstance(results.get("thresholds"), dict) else {}
+    best = thresholds.get("per_class") or {}
     if names:
         rows = [[n] + [_number(per_class[t].get(n)) for t in tasks] for n in names]
         headers = ["class"] + headers[1:]
-        text += "\n\n" + tabulate(rows, headers=headers, floatfmt=".1f", missingval="n/a", numalign="right")
+        floatfmt = [".1f"] * len(headers)
+        if best:
+            # Precision, recall and F1 (%) at the class's F1-maximising score threshold.
+            headers += ["best thr", "P", "R", "F1"]
+            floatfmt += [".2f", ".1f", ".1f", ".1f"]
+            for row, n in zip(rows, names):
+                b = best.get(n) or {}
+                row += [_number(b.get("threshold"))] + [_percent(b.get(k)) for k in ("precision", "recall", "f1")]
+        text += "\n\n" + tabulate(rows, headers=headers, floatfmt=floatfmt, missingval="n/a", numalign="right")
+    overall = thresholds.get("all_classes") or {}
+    if _number(overall.get("threshold")) is not None:
+        text += (
+            f"\n\nOne threshold for all classes: score > {overall['threshold']:.2f} gives precision "
+            f"{100 * overall['precision']:.1f}, recall {100 * overall['recall']:.1f}, F1 {100 * overall['f1']:.1f} "
+            f"({thresholds.get('iou_type', 'segm')} IoU >= {thresholds.get('iou', 0.5):g})."
+        )
     return text
+
+
+def _percent(value):
+    value = _number(value)
+    return None if value is None else 100 * value
 
 
 def print_results_table(results, title=None, file=None):

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from segkit.data.atomic import atomic_path
 from segkit.data.file_names import safe_filename, unique_name
 
-__all__ = ["pr_curves", "write_pr_plots"]
+__all__ = ["pr_curves", "write_confusion_matrix_plot", "write_f1_plot", "write_pr_plots"]
 
 
 def pr_curves(precision, iou_thrs, class_index):
@@ -85,3 +85,55 @@ def write_pr_plots(precision, iou_thrs, rec_thrs, class_names, task, output_dir)
     _save(fig, path)
     paths.append(path)
     return paths
+
+
+def write_confusion_matrix_plot(matrix, labels, path, title="instance confusion matrix"):
+    """The (K+1) x (K+1) counts (rows ground truth, columns prediction, last = background) as a
+    heat map, each row also shaded by its share so that rare classes stay readable."""
+    m = np.asarray(matrix, dtype=float)
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    size = 2.5 + 0.55 * n
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for r in range(n):
+        for c in range(n):
+            if m[r, c]:
+                ax.text(c, r, f"{int(m[r, c])}", ha="center", va="center", fontsize=8,
+                        color="white" if share[r, c] > 0.5 else "black")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def write_f1_plot(thresholds, curves, best, path, title="F1 vs score threshold"):
+    """F1 against the score threshold per class (``curves``: name -> (precision, recall, f1)),
+    each class's best threshold marked (``best``: name -> {"threshold", "f1"})."""
+    fig = Figure(figsize=(6.5, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (_, _, f1) in curves.items():
+        b = best.get(name) or {}
+        label = name if b.get("threshold") is None else f"{name} (F1 {b['f1']:.2f} at {b['threshold']:.2f})"
+        (line,) = ax.plot(thresholds, f1, lw=1.5, label=label)
+        if b.get("threshold") is not None:
+            ax.plot([b["threshold"]], [b["f1"]], "o", color=line.get_color())
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("score threshold")
+    ax.set_ylabel("F1")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="lower left", fontsize=7, ncol=1 + len(curves) // 12)
+    fig.tight_layout()
+    _save(fig, path)
+    return path

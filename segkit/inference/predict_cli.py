@@ -49,8 +49,10 @@ def get_parser():
     p.add_argument("--config-file", metavar="FILE", default=None,
                    help="config (default: the one stored in the checkpoint)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
-    p.add_argument("--confidence-threshold", type=float, default=0.5,
-                   help="minimum score of the instances kept (default 0.5)")
+    p.add_argument("--confidence-threshold", type=float, default=None,
+                   help="minimum score of the instances kept, for every class (default: each "
+                        "class's best-F1 threshold stored in the checkpoint by its evaluation, "
+                        "else 0.5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--color-mode", default="image", choices=["image", "segmentation", "bw"],
@@ -64,6 +66,13 @@ def get_parser():
                    help="write a LabelMe JSON next to each input image (model-assisted labelling)")
     p.add_argument("--overwrite", action="store_true",
                    help="with --labelme: replace existing LabelMe JSON files (default: keep them)")
+    p.add_argument("--rank", choices=["uncertainty"], default=None,
+                   help="rank the input images by model uncertainty (what to label next; see "
+                        "segkit/inference/uncertainty.py), write ranking_uncertainty.csv into --output "
+                        "(default: the current folder), and predict only the --top K")
+    p.add_argument("--top", type=int, default=None, metavar="K",
+                   help="with --rank: how many of the most uncertain images to predict / pre-label "
+                        "(default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides as KEY VALUE pairs (last on the line)")
@@ -211,8 +220,8 @@ def run_images(args, predictor, paths):
     bar.close()
     writer.finish()
     where = f"; results in {args.output}" if args.output else ""
-    print(f"{image_id} image(s), {writer.num_instances} instance(s) at score >= "
-          f"{predictor.confidence_threshold:g}; {len(skipped)} skipped"
+    print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}); "
+          f"{len(skipped)} skipped"
           + (f"; {len(kept_json)} existing LabelMe file(s) kept" if kept_json else "") + where)
     return 0 if image_id else 1
 
@@ -259,13 +268,58 @@ def run_video(args, predictor):
     return 0 if n else 1
 
 
+RANKING_FIELDS = ["rank", "uncertainty", "file", "instances", "confident_instances", "max_instance_uncertainty"]
+
+
+def rank_by_uncertainty(args, predictor, paths):
+    """Write the uncertainty ranking of ``paths`` as CSV; returns the top ``args.top`` paths."""
+    import csv
+    import io
+
+    from segkit.data.atomic import write_text
+    from segkit.inference.predictor import Predictor
+    from segkit.inference.uncertainty import LOW_SCORE, image_uncertainty
+
+    # The ranking needs the doubtful instances too: a second predictor keeps them down to LOW_SCORE.
+    low = Predictor.from_checkpoint(args.weights, config_file=args.config_file, device=args.device,
+                                    confidence_threshold=LOW_SCORE, opts=args.opts)
+    thresholds = [predictor.class_thresholds.get(n, predictor.confidence_threshold) for n in predictor.class_names]
+    rows, bar = [], _progress(len(paths), args.quiet, "img")
+    for path in paths:
+        try:
+            value, details = image_uncertainty(low, path, thresholds)
+        except ImageLoadError as e:
+            print(f"{path}: {e.reason}", file=sys.stderr)
+        else:
+            rows.append({"uncertainty": round(value, 4), "file": path, **details})
+        bar.update(1)
+    bar.close()
+    rows.sort(key=lambda r: (-r["uncertainty"], r["file"]))
+    for k, r in enumerate(rows, start=1):
+        r["rank"] = k
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RANKING_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = os.path.join(args.output or ".", "ranking_uncertainty.csv")
+    write_text(csv_path, buf.getvalue())
+    top = args.top if args.top is not None else 10
+    print(f"ranked {len(rows)} image(s) by uncertainty: {csv_path}; predicting the top {min(top, len(rows))}",
+          file=sys.stderr)
+    return [r["file"] for r in rows[:top]]
+
+
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     if not args.input and not args.video_input:
         parser.error("give --input PATHS... or --video-input FILE")
-    if not args.output and not args.labelme:
+    if not args.output and not args.labelme and not args.rank:
         parser.error("give --output DIR (or --labelme to write only LabelMe files)")
+    if args.top is not None and not args.rank:
+        parser.error("--top only applies to --rank")
+    if args.rank and args.video_input:
+        parser.error("--rank works on --input images, not on a video")
     if args.video_input and not args.output:
         parser.error("--video-input needs --output DIR")
     if args.overwrite and not args.labelme:
@@ -293,10 +347,14 @@ def main(argv=None):
     predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
                                           device=args.device,
                                           confidence_threshold=args.confidence_threshold,
-                                          opts=args.opts)
+                                          opts=args.opts, use_checkpoint_thresholds=True)
+    if not predictor.semantic:
+        print(f"Using {predictor.threshold_note}.", file=sys.stderr)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     status = 0
+    if paths and args.rank:
+        paths = rank_by_uncertainty(args, predictor, paths)
     if paths:
         status = run_images(args, predictor, paths)
     if args.video_input:

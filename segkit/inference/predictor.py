@@ -10,7 +10,10 @@ model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultP
 - ``predict_batch`` runs several images as ONE forward pass, under ``torch.inference_mode``;
 - results come back as a :class:`Prediction` on the CPU, at the input size, with the class names
   (and a MetadataCatalog entry carrying them, so detectron2's Visualizer prints names);
-- U-Net checkpoints (META_ARCHITECTURE "UNet") give ``sem_seg`` ([C, H, W] scores) instead.
+- U-Net checkpoints (META_ARCHITECTURE "UNet") give ``sem_seg`` ([C, H, W] scores) instead;
+- ``use_checkpoint_thresholds=True`` keeps, per class, the instances above the F1-maximising score
+  threshold the evaluation stored in the checkpoint (``threshold_note`` says which threshold is
+  used and why).
 """
 
 import hashlib
@@ -165,7 +168,9 @@ class Predictor:
     -> list of them from one forward pass.
     """
 
-    def __init__(self, cfg, class_names, device=None):
+    def __init__(self, cfg, class_names, device=None, class_thresholds=None):
+        """``class_thresholds``: {class name: minimum score} applied after the model's own
+        SCORE_THRESH_TEST (classes not in it keep that one)."""
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.DEVICE = device or default_device()
@@ -180,19 +185,46 @@ class Predictor:
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.metadata = metadata_for(self.class_names, semantic=self.semantic)
         self.weights = cfg.MODEL.WEIGHTS
+        self.class_thresholds = dict(class_thresholds or {})
+        self.stored_thresholds = {}  # what the checkpoint carries, see from_checkpoint
+        self.threshold_note = f"score threshold {self.confidence_threshold:g} (MODEL.ROI_HEADS.SCORE_THRESH_TEST)"
 
     @classmethod
     def from_checkpoint(cls, path, config_file=None, device=None, confidence_threshold=None,
-                        opts=None):
+                        opts=None, use_checkpoint_thresholds=False, default_threshold=0.5):
         """Predictor for ``path`` (one of our checkpoints, or a plain detectron2 one with a
         config.yaml beside it or ``config_file``). ``opts``: ``["KEY", "VALUE", ...]`` overrides.
-        ``confidence_threshold`` sets the score threshold of every detectron2 head."""
-        cfg, class_names = load_inference_config(str(path), config_file)
+        ``confidence_threshold`` sets the score threshold of every detectron2 head.
+
+        With ``use_checkpoint_thresholds`` and no ``confidence_threshold``, each class keeps the
+        instances above its best-F1 threshold stored in the checkpoint (the all-classes one for a
+        class without its own), or above ``default_threshold`` when the checkpoint has none."""
+        cfg, class_names, stored = load_inference_config(str(path), config_file, with_thresholds=True)
         if opts:
             cfg.merge_from_list(list(opts))
+        per_class, note = None, None
         if confidence_threshold is not None:
             set_confidence_threshold(cfg, confidence_threshold)
-        return cls(cfg, class_names, device=device)
+            if use_checkpoint_thresholds:
+                note = f"score threshold {float(confidence_threshold):g} for every class, as asked"
+        elif use_checkpoint_thresholds:
+            overall = stored.get("score_threshold")
+            per_class = {n: stored.get("score_thresholds", {}).get(n, overall) for n in class_names}
+            per_class = {n: float(t) for n, t in per_class.items() if t is not None}
+            if per_class:
+                set_confidence_threshold(cfg, min(per_class.values()))
+                note = ("score thresholds from the checkpoint's evaluation (each class's best F1): "
+                        + ", ".join(f"{n} {t:.2f}" for n, t in per_class.items()))
+            else:
+                per_class = None
+                set_confidence_threshold(cfg, default_threshold)
+                note = (f"score threshold {default_threshold:g}, the default: the checkpoint carries "
+                        f"no evaluated threshold")
+        predictor = cls(cfg, class_names, device=device, class_thresholds=per_class)
+        predictor.stored_thresholds = stored
+        if note:
+            predictor.threshold_note = note
+        return predictor
 
     @property
     def confidence_threshold(self):
@@ -233,6 +265,9 @@ class Predictor:
             inst = out["instances"].to("cpu")
             if inst.has("pred_masks"):
                 inst.pred_masks = inst.pred_masks.bool()
+            if self.class_thresholds and len(inst):
+                minimum = torch.tensor([self.class_thresholds.get(n, 0.0) for n in self.class_names])
+                inst = inst[inst.scores > minimum[inst.pred_classes]]
             return Prediction(self.class_names, instances=inst, image=image_rgb, file_name=file_name)
         if "sem_seg" in out:
             return Prediction(self.class_names, sem_seg=out["sem_seg"].float().cpu(),

@@ -24,6 +24,9 @@ def add_segkit_config(cfg):
     cfg.INPUT.AUG.ALBUMENTATIONS.JPEG_QUALITY = (60, 100)
     cfg.INPUT.AUG.ALBUMENTATIONS.NOISE_STD = (0.01, 0.05)  # fraction of the intensity range
     cfg.INPUT.AUG.ALBUMENTATIONS.COLOR_JITTER = 0.2
+    # OUTPUT_DIR/train_batch_<i>.png at the start of training: this many batches after
+    # augmentation with their ground truth drawn; 0 turns it off.
+    cfg.INPUT.AUG.PREVIEW_BATCHES = 3
 
     cfg.SOLVER.OPTIMIZER = "SGD"  # "SGD", "ADAM" or "ADAMW"
     # Metric that picks model_best.pth, e.g. "segm/AP" (Mask R-CNN) or "sem_seg/mIoU" (U-Net).

@@ -1,0 +1,137 @@
+"""Suspect labels: the four kinds on hand-made masks, planted errors found by a trained model,
+and the cross-validated command end to end (fold models trained through train_net's machinery)."""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_OVERRIDES
+from segkit.inference.suspects import judge_image, make_folds
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+
+
+def box(x0, y0, x1, y1, shape=(100, 200)):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def pred(cls, score, mask):
+    ys, xs = np.nonzero(mask)
+    return {"class": cls, "score": score, "mask": mask, "box": [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]}
+
+
+def test_each_kind_is_found_and_agreement_is_not():
+    labels = [
+        {"id": 1, "class": "disc", "mask": box(0, 0, 20, 20), "iscrowd": 0},        # agreed
+        {"id": 2, "class": "square", "mask": box(30, 0, 50, 20), "iscrowd": 0},     # model: triangle
+        {"id": 3, "class": "disc", "mask": box(60, 0, 80, 20), "iscrowd": 0},       # nothing there
+        {"id": 4, "class": "disc", "mask": box(0, 40, 40, 50), "iscrowd": 0},       # half the object
+        {"id": 5, "class": "disc", "mask": box(150, 50, 200, 100), "iscrowd": 1},   # ignore region
+    ]
+    preds = [
+        pred("disc", 0.95, box(0, 0, 20, 20)),
+        pred("triangle", 0.9, box(30, 0, 50, 20)),
+        pred("square", 0.8, box(100, 0, 130, 30)),      # no label: missing?
+        pred("disc", 0.9, box(0, 40, 40, 60)),
+        pred("square", 0.9, box(160, 60, 190, 90)),     # inside the ignore region
+        pred("square", 0.3, box(100, 60, 120, 80)),     # not confident: no suspect
+    ]
+    found = {(s["kind"], s["annotation_id"]): s for s in judge_image(labels, preds, confidence=0.5)}
+    assert set(found) == {("wrong_class", 2), ("uncovered", 3), ("outline", 4), ("missing_label", None)}
+    assert found[("wrong_class", 2)]["predicted_class"] == "triangle"
+    assert found[("uncovered", 3)]["score"] == 1.0
+    assert found[("missing_label", None)]["score"] == pytest.approx(0.8)
+    assert found[("outline", 4)]["iou"] == pytest.approx(0.5)
+    # the same label with its own class predicted more confidently than the other: no suspect
+    preds[1:1] = [pred("square", 0.95, box(30, 0, 50, 20))]
+    kinds = {(s["kind"], s["annotation_id"]) for s in judge_image(labels, preds, confidence=0.5)}
+    assert ("wrong_class", 2) not in kinds
+
+
+def test_folds_are_disjoint_and_cover_everything():
+    folds = make_folds(range(1, 11), 3, seed=1)
+    assert sorted(i for f in folds for i in f) == list(range(1, 11))
+    assert sorted(len(f) for f in folds) == [3, 3, 4]
+    assert make_folds(range(1, 11), 3, seed=1) == folds
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def run_suspects(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_planted_errors_rank_first(trained_mini_checkpoint, sample_data, tmp_path):
+    """A model that fits the sample judges a copy where one label changed class and one was
+    removed: both errors come out on top, and nothing in the data folder changes."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_data, data)
+    coco = json.loads((data / "trainval.json").read_text())
+    anns = coco["annotations"]
+    areas = sorted((a for a in anns if not a["iscrowd"]), key=lambda a: -a["area"])
+    changed, dropped = areas[0], areas[1]
+    other = next(c["id"] for c in coco["categories"] if c["id"] != changed["category_id"])
+    changed["category_id"] = other
+    coco["annotations"] = [a for a in anns if a["id"] != dropped["id"]]
+    (data / "trainval.json").write_text(json.dumps(coco))
+    before = _digest(data)
+
+    out = tmp_path / "suspects"
+    proc = run_suspects(data, "--split", "trainval", "--folds", "0", "--weights", trained_mini_checkpoint,
+                        "--output", out, "--opts", *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _digest(data) == before
+    records = json.loads((out / "suspects.json").read_text())["suspects"]
+    top = records[:4]
+    assert any(s["kind"] == "wrong_class" and s["annotation_id"] == changed["id"] for s in top), records[:6]
+    dropped_image = next(im for im in coco["images"] if im["id"] == dropped["image_id"])
+    assert any(s["kind"] == "missing_label" and s["file_name"] == dropped_image["file_name"] for s in top), records[:6]
+    assert [s["rank"] for s in records] == list(range(1, len(records) + 1))
+    assert all(a["score"] >= b["score"] for a, b in zip(records, records[1:]))
+    with open(out / "suspects.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(records)
+
+    # the review file of the changed label's image: the label flagged, the image reachable
+    image = next(im for im in coco["images"] if im["id"] == changed["image_id"])
+    entry = next(s for s in records if s["annotation_id"] == changed["id"])
+    review = out / entry["review_json"]
+    doc = json.loads(review.read_text())
+    assert (review.parent / doc["imagePath"]).resolve() == (data / "images" / image["file_name"]).resolve()
+    flagged = [s for s in doc["shapes"] if s["flags"].get("suspect_wrong_class")]
+    assert flagged and "wrong class?" in flagged[0]["description"]
+    page = (out / "index.html").read_text()
+    assert image["file_name"] in page and (out / entry["picture"]).is_file()
+
+
+def test_cross_validated_run_trains_one_model_per_fold(sample_data, tmp_path):
+    out = tmp_path / "cv"
+    args = [sample_data, "--split", "trainval", "--folds", "2", "--iters", "6", "--output", out,
+            "--opts", *TINY_OVERRIDES, "SOLVER.BASE_LR", "0.002"]
+    proc = run_suspects(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for fold in (0, 1):
+        assert (out / "folds" / f"fold{fold}" / "model" / "model_final.pth").is_file()
+    fold_images = [json.loads((out / "folds" / f"fold{f}" / "data" / "train.json").read_text())["images"]
+                   for f in (0, 1)]
+    names = [{os.path.basename(im["file_name"]) for im in imgs} for imgs in fold_images]
+    assert not names[0] & names[1]  # each image trains exactly one of the two models
+    records = json.loads((out / "suspects.json").read_text())["suspects"]
+    for s in records:  # each image judged by the model that did not see it
+        assert s["file_name"] not in names[s["fold"]]
+    again = run_suspects(*args)
+    assert again.returncode == 0 and again.stderr.count("reusing its model") == 2
