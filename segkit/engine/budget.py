@@ -214,6 +214,10 @@ class TimeBudget(HookBase):
                 h._period = plan["eval_period"]
             elif type(h).__name__ == "ValidationLoss" and not cfg.TEST.VAL_LOSS_PERIOD:
                 h._period = plan["eval_period"]
+            elif isinstance(h, hooks.PeriodicWriter):
+                for writer in h._writers:
+                    if hasattr(writer, "_max_iter"):
+                        writer._max_iter = plan["max_iter"]  # CommonMetricPrinter's ETA
         self._rebuild_scheduler(cfg)
         self._replan_at = plan["replan_at"]
         self._plan = plan

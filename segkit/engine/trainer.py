@@ -204,8 +204,9 @@ class Trainer(DefaultTrainer):
 
     # ---- the loop -----------------------------------------------------------------------------
     def after_step(self):
-        super().after_step()
+        # Before the hooks: a hook that ends training (StopTraining) does so after a completed step.
         self._last_completed_iter = self.iter
+        super().after_step()
 
     def train(self):
         if any(isinstance(h, TimeBudget) for h in self._hooks):
