@@ -45,8 +45,15 @@ def test_command_line_keys_win_over_epochs(sample_data):
     cfg = _cfg(sample_data, "SOLVER.EPOCHS", "50", "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "(5,)")
     apply_epochs(cfg, ["SOLVER.EPOCHS", "50", "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "(5,)"])
     assert cfg.TEST.EVAL_PERIOD == 0 and cfg.SOLVER.STEPS == (5,) and cfg.SOLVER.MAX_ITER > 7
+    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "0")
+    assert apply_epochs(cfg, ["SOLVER.EPOCHS", "0"]) is None and cfg.SOLVER.MAX_ITER == 600  # off
+
+
+def test_our_configs_default_to_epochs(sample_data):
     cfg = _cfg(sample_data)
-    assert apply_epochs(cfg, []) is None or cfg.SOLVER.EPOCHS > 0  # 0 = off keeps MAX_ITER
+    apply_epochs(cfg, [])
+    assert cfg.SOLVER.EPOCHS > 0
+    assert cfg.SOLVER.MAX_ITER == math.ceil(cfg.SOLVER.EPOCHS * count_train_images(cfg) / cfg.SOLVER.IMS_PER_BATCH)
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400)])
@@ -96,3 +103,14 @@ def test_time_budget_ends_in_time_with_final_checkpoint_and_evaluation(sample_da
     assert (tmp_path / "eval/metrics_mydata_val.json").is_file()  # the final evaluation ran
     # Behaviour, not a speed target: a generous margin for a loaded machine.
     assert wall < 1.5 * budget, (wall, log[-2000:])
+
+    # --resume counts the time already spent: the budget is used up, so it ends almost at once.
+    proc = run_train_net(
+        "--resume", "--config-file", MINI, "--time-budget", f"{budget}s", "DATASETS.DATA_DIR", sample_data,
+        "OUTPUT_DIR", tmp_path, "SOLVER.MAX_ITER", "100000", *TINY_OVERRIDES,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "used by earlier runs" in log
+    resumed = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert planned <= resumed["iteration"] <= planned + 1

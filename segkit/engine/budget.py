@@ -103,7 +103,8 @@ class TimeBudget(HookBase):
             self._apply(self._plan, announce=False)  # a resumed run keeps its plan until it re-plans
         else:
             self._apply(self._cfg_plan(self._cfg), announce=False)
-        self._replan_at = start + 1 + self.WARMUP_ITERS
+        # A resumed run whose budget is used up trains one iteration, then ends as usual.
+        self._replan_at = start + 1 + (self.WARMUP_ITERS if self.spent() < self.budget_s else 0)
         self._last = time.perf_counter()
         if comm.is_main_process():
             spent = f", {self._spent_before:.0f} s of it used by earlier runs" if self._spent_before else ""
