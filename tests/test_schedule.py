@@ -113,4 +113,4 @@ def test_time_budget_ends_in_time_with_final_checkpoint_and_evaluation(sample_da
     log = (tmp_path / "log.txt").read_text()
     assert "used by earlier runs" in log
     resumed = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
-    assert planned <= resumed["iteration"] <= planned + 1
+    assert planned <= resumed["iteration"] <= planned + 7  # at most a warm-up more

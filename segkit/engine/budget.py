@@ -84,6 +84,7 @@ class TimeBudget(HookBase):
         self._step_s = []  # wall seconds of steps without an evaluation
         self._eval_s = []  # extra seconds of steps with one
         self._last = None
+        self._first_step_s = 0.0
 
     # ---- time ---------------------------------------------------------------------------------
     def spent(self):
@@ -103,19 +104,24 @@ class TimeBudget(HookBase):
             self._apply(self._plan, announce=False)  # a resumed run keeps its plan until it re-plans
         else:
             self._apply(self._cfg_plan(self._cfg), announce=False)
-        # A resumed run whose budget is used up trains one iteration, then ends as usual.
-        self._replan_at = start + 1 + (self.WARMUP_ITERS if self.spent() < self.budget_s else 0)
+        # A resumed run with little of its budget left plans after one iteration, without a warm-up.
+        # Decided on rank 0: every rank must plan at the same iteration.
+        little_left = broadcast_from_main(self.spent() > 0.75 * self.budget_s)
+        warmup = 0 if little_left else self.WARMUP_ITERS
+        self._replan_at = start + 1 + warmup
         self._last = time.perf_counter()
         if comm.is_main_process():
             spent = f", {self._spent_before:.0f} s of it used by earlier runs" if self._spent_before else ""
-            logger.info(f"Time budget {self.budget_s:.0f} s{spent}: measuring {self.WARMUP_ITERS + 1} "
-                        f"iterations before choosing the schedule.")
+            logger.info(f"Time budget {self.budget_s:.0f} s{spent}: measuring {warmup + 1} "
+                        f"iteration(s) before choosing the schedule.")
 
     def after_step(self):
         now = time.perf_counter()
         duration, self._last = now - self._last, now
         it = self.trainer.iter
-        if it > self.trainer.start_iter:  # the first step pays for start-up
+        if it == self.trainer.start_iter:
+            self._first_step_s = duration
+        else:  # the first step pays for start-up: timed, but only used when nothing else is
             period = self._plan["eval_period"] if self._plan else 0
             if period and (it + 1) % period == 0 and it + 1 != self.trainer.max_iter:
                 self._eval_s.append(max(duration - self._typical_step(), 0.0))
@@ -133,7 +139,7 @@ class TimeBudget(HookBase):
 
     # ---- planning -----------------------------------------------------------------------------
     def _typical_step(self):
-        return statistics.mean(self._step_s[-50:]) if self._step_s else 0.0
+        return statistics.mean(self._step_s[-50:]) if self._step_s else self._first_step_s
 
     def _estimated_eval_s(self):
         if self._eval_s:
