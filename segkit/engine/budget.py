@@ -183,7 +183,7 @@ class TimeBudget(HookBase):
         cfg.defrost()
         place_schedule(cfg, max_iter, keep={"TEST.EVAL_PERIOD"})
         cfg.TEST.EVAL_PERIOD = math.ceil(max_iter / (evals + 1)) if evals else 0
-        cfg.SOLVER.CHECKPOINT_PERIOD = cfg.TEST.EVAL_PERIOD or max_iter
+        cfg.SOLVER.CHECKPOINT_PERIOD = cfg.TEST.EVAL_PERIOD or LOOP_LIMIT  # model_final.pth is written anyway
         old = self._plan
         if old and old["steps"] and it + 1 >= min(old["steps"]):
             cfg.SOLVER.STEPS = tuple(s for s in old["steps"] if s < max_iter)  # the LR already dropped
