@@ -21,7 +21,9 @@ Variants (CPU):
   threads=1        inference_mode on one intra-op thread (the others use all cores)
   torchscript      the traced model (export_model.py) + our numpy post-processing
   onnxruntime      the ONNX model (opset 17) on onnxruntime + the same post-processing
-On a GPU: eager, inference_mode, channels_last and fp16 autocast.
+On a GPU: eager, inference_mode, channels_last and fp16 autocast, with peak GPU memory
+(torch.cuda.max_memory_allocated); size 800 is detectron2's own test size (800, max 1333), the one
+the model zoo's 0.043 s/image (V100) was measured at.
 
 Latency: median of ``--iters`` timed runs after ``--warmup`` untimed ones; images/s = 1 / latency
 (one image at a time). Prints a table and writes benchmarks/results/infer.json.
@@ -173,6 +175,8 @@ def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
                     model.to(memory_format=torch.channels_last)
                 torch.set_num_threads(threads or default_threads)
                 try:
+                    if device.startswith("cuda"):
+                        torch.cuda.reset_peak_memory_stats()
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         latency, out = timed(fn, args.warmup, args.iters, sync)
@@ -180,6 +184,8 @@ def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
                            "threads": threads if variant != "onnxruntime" else ncpu,
                            "median_ms": round(latency * 1000, 1), "images_per_s": round(1 / latency, 2),
                            "detections": count(out)}
+                    if device.startswith("cuda"):
+                        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
                 except Exception as e:  # one variant failing must not lose the others
                     row = {"model": name, "size": size, "device": device, "variant": variant,
                            "error": f"{e.__class__.__name__}: {e}"[:300]}
@@ -195,10 +201,11 @@ def format_row(r):
     if "error" in r:
         return f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<16}  error: {r['error']}"
     return (f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<16}{str(r['threads']):>7}"
-            f"{r['median_ms']:>11.1f}{r['images_per_s']:>8.2f}{r['detections']:>6}")
+            f"{r['median_ms']:>11.1f}{r['images_per_s']:>8.2f}{r['detections']:>6}"
+            + (f"{r['peak_gpu_mb']:>13}" if r.get("peak_gpu_mb") is not None else ""))
 
 
-HEADER = f"{'model':<14}{'size':>5}  {'dev':<5}{'variant':<16}{'threads':>7}{'median ms':>11}{'img/s':>8}{'det':>6}"
+HEADER = f"{'model':<14}{'size':>5}  {'dev':<5}{'variant':<16}{'threads':>7}{'median ms':>11}{'img/s':>8}{'det':>6}{'peak GPU MB':>13}"
 
 
 def main(argv=None):

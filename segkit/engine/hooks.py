@@ -148,8 +148,10 @@ class ProgressBar(HookBase):
 
     detectron2's console writer prints every 20 iterations, which on a CPU can be minutes apart."""
 
-    def __init__(self, max_iter):
+    def __init__(self, max_iter, images_per_epoch=0, images_per_iter=1):
         self._max_iter = max_iter
+        self._images_per_epoch = images_per_epoch
+        self._images_per_iter = images_per_iter
         self._bar = None
 
     def before_train(self):
@@ -167,6 +169,10 @@ class ProgressBar(HookBase):
     def after_step(self):
         storage = self.trainer.storage
         postfix = {}
+        if self._bar.total != self.trainer.max_iter:  # a time budget chose the length
+            self._bar.total = self.trainer.max_iter
+        if self._images_per_epoch:
+            postfix["epoch"] = f"{(self.trainer.iter + 1) * self._images_per_iter / self._images_per_epoch:.1f}"
         for key in ("total_loss", "lr"):
             if key in storage.histories():
                 value = storage.history(key).latest()

@@ -1,8 +1,10 @@
 """``train_net.py``'s body, in the shape of detectron2's tools/train_net.py: setup, main, launch."""
 
 import logging
+import math
 import os
 import sys
+import time
 
 import torch
 from detectron2.data import MetadataCatalog
@@ -12,7 +14,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from segkit.data.catalog import coco_has_rle_instances, register_data_dir
+from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
 from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
+from segkit.engine.schedule import apply_epochs
 from segkit.engine.trainer import Trainer, TrainingDiverged, dataset_classes
 from segkit.modeling.config import get_segkit_cfg
 
@@ -27,6 +31,11 @@ def build_argument_parser():
         "--num-gpus 1 SOLVER.MAX_ITER 200"
     )
     parser.set_defaults(config_file=DEFAULT_CONFIG)
+    parser.add_argument(
+        "--time-budget", type=parse_duration, default=None, metavar="DURATION",
+        help="wall-clock budget of the whole run, e.g. 90s, 10m, 1.5h (sets SOLVER.TIME_BUDGET); "
+        "the trainer measures a short warm-up and picks MAX_ITER to end in time, evaluation included",
+    )
     return parser
 
 
@@ -81,6 +90,8 @@ def setup(args):
     cfg = get_segkit_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if getattr(args, "time_budget", None):
+        cfg.SOLVER.TIME_BUDGET = int(math.ceil(args.time_budget))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         if comm.is_main_process():
@@ -88,10 +99,13 @@ def setup(args):
     register_datasets(cfg)
     resolve_num_classes(cfg)
     use_bitmask_if_needed(cfg)
+    schedule = apply_epochs(cfg, args.opts) if not args.eval_only else None
     cfg.freeze()
     # Only rank 0 writes files: the other ranks get no log file (detectron2 would write log.txt.rankN).
     default_setup(cfg if comm.is_main_process() else _without_output(cfg), args)
     setup_logger(cfg.OUTPUT_DIR if comm.is_main_process() else None, distributed_rank=comm.get_rank(), name="segkit")
+    if schedule and comm.is_main_process():
+        logger.info(schedule)
     return cfg
 
 
@@ -127,6 +141,9 @@ def _main_with_clean_errors(args, trainer_class):
 
 def run(trainer_class=Trainer, argv=None):
     args = build_argument_parser().parse_args(argv)
+    # The time budget counts from the start of this process (imports included); spawned DDP
+    # workers inherit the environment.
+    os.environ[PROCESS_START_ENV] = repr(time.time() - seconds_since_process_start())
     if args.num_gpus > 1 and not torch.cuda.is_available():
         print(f"No CUDA GPU found: running {args.num_gpus} CPU processes with the gloo backend.", file=sys.stderr)
     launch(

@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from segkit.data.loader import build_resumable_train_loader
+from segkit.engine.budget import LOOP_LIMIT, TimeBudget
 from segkit.engine.checkpoint import SegkitCheckpointer, take_score_thresholds
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import (
@@ -183,7 +184,8 @@ class Trainer(DefaultTrainer):
         if main and cfg.INPUT.AUG.PREVIEW_BATCHES > 0:
             ret.append(self.build_batch_pictures(cfg))
         if main:
-            ret.append(ProgressBar(self.max_iter))
+            ret.append(ProgressBar(self.max_iter, images_per_epoch=len(self._batch_sampler.stream.dataset_dicts),
+                                   images_per_iter=cfg.SOLVER.IMS_PER_BATCH))
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         if val_period > 0 and cfg.DATASETS.TEST:
             ret.append(ValidationLoss(cfg, val_period, cfg.DATASETS.TEST, cfg.TEST.VAL_LOSS_MAX_IMAGES))
@@ -196,6 +198,8 @@ class Trainer(DefaultTrainer):
             ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
         if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
             ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE))
+        if cfg.SOLVER.TIME_BUDGET > 0:
+            ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg))  # last: it times the other hooks too
         return ret
 
     def _store_score_thresholds(self, thresholds, evaluated):
@@ -234,10 +238,13 @@ class Trainer(DefaultTrainer):
 
     # ---- the loop -----------------------------------------------------------------------------
     def after_step(self):
-        super().after_step()
+        # Before the hooks: a hook that ends training (StopTraining) does so after a completed step.
         self._last_completed_iter = self.iter
+        super().after_step()
 
     def train(self):
+        if any(isinstance(h, TimeBudget) for h in self._hooks):
+            self.max_iter = LOOP_LIMIT  # detectron2's loop range is fixed at the start; TimeBudget ends it
         try:
             return super().train()
         except StopTraining:

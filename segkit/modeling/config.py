@@ -33,6 +33,13 @@ def add_segkit_config(cfg):
     cfg.SOLVER.BEST_METRIC = "segm/AP"
     # Stop after this many evaluations without improvement of BEST_METRIC; 0 turns it off.
     cfg.SOLVER.EARLY_STOP_PATIENCE = 0
+    # Training length in epochs (passes over the training images); > 0 sets MAX_ITER, STEPS,
+    # WARMUP_ITERS, EVAL_PERIOD and CHECKPOINT_PERIOD from it (engine/schedule.py), so the schedule
+    # scales with the dataset. 0 keeps MAX_ITER. SOLVER.MAX_ITER on the command line wins.
+    cfg.SOLVER.EPOCHS = 0
+    # Wall-clock budget in seconds for the whole run (train_net.py --time-budget 10m); > 0 lets the
+    # trainer choose MAX_ITER after a measured warm-up (engine/budget.py). 0 turns it off.
+    cfg.SOLVER.TIME_BUDGET = 0
 
     # Validation loss on DATASETS.TEST every N iterations; 0 means "with TEST.EVAL_PERIOD".
     cfg.TEST.VAL_LOSS_PERIOD = 0

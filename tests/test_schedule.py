@@ -1,0 +1,116 @@
+"""Training length in the user's units: SOLVER.EPOCHS and a wall-clock budget (--time-budget)."""
+
+import math
+import time
+
+import pytest
+import torch
+from conftest import ROOT, TINY_OVERRIDES, run_train_net
+
+from segkit.engine.budget import parse_duration
+from segkit.engine.schedule import apply_epochs, count_train_images
+from segkit.modeling.config import get_segkit_cfg
+
+MINI = ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml"
+
+
+def _cfg(sample_data, *opts):
+    from segkit.data.catalog import register_data_dir
+
+    register_data_dir(str(sample_data))
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(MINI))
+    cfg.merge_from_list(["DATASETS.DATA_DIR", str(sample_data), *opts])
+    return cfg
+
+
+def test_epochs_set_iterations_and_place_the_schedule_as_fractions(sample_data):
+    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "50", "SOLVER.IMS_PER_BATCH", "3")
+    n = count_train_images(cfg)
+    assert n > 0
+    words = apply_epochs(cfg, ["SOLVER.EPOCHS", "50", "SOLVER.IMS_PER_BATCH", "3"])
+    max_iter = math.ceil(50 * n / 3)
+    assert cfg.SOLVER.MAX_ITER == max_iter
+    assert cfg.SOLVER.STEPS == (round(0.8 * max_iter), round(14 / 15 * max_iter))
+    assert cfg.TEST.EVAL_PERIOD == cfg.SOLVER.CHECKPOINT_PERIOD == round(0.1 * max_iter)
+    assert cfg.SOLVER.WARMUP_ITERS <= round(0.05 * max_iter)
+    assert words.startswith(f"50 epochs of {n} images at batch 3 = {max_iter} iterations; LR drops at ")
+    assert f"evaluation every {cfg.TEST.EVAL_PERIOD}" in words
+
+
+def test_command_line_keys_win_over_epochs(sample_data):
+    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "50", "SOLVER.MAX_ITER", "7")
+    words = apply_epochs(cfg, ["SOLVER.EPOCHS", "50", "SOLVER.MAX_ITER", "7"])
+    assert cfg.SOLVER.MAX_ITER == 7 and "ignored" in words
+    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "50", "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "(5,)")
+    apply_epochs(cfg, ["SOLVER.EPOCHS", "50", "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "(5,)"])
+    assert cfg.TEST.EVAL_PERIOD == 0 and cfg.SOLVER.STEPS == (5,) and cfg.SOLVER.MAX_ITER > 7
+    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "0")
+    assert apply_epochs(cfg, ["SOLVER.EPOCHS", "0"]) is None and cfg.SOLVER.MAX_ITER == 600  # off
+
+
+def test_our_configs_default_to_epochs(sample_data):
+    cfg = _cfg(sample_data)
+    apply_epochs(cfg, [])
+    assert cfg.SOLVER.EPOCHS > 0
+    assert cfg.SOLVER.MAX_ITER == math.ceil(cfg.SOLVER.EPOCHS * count_train_images(cfg) / cfg.SOLVER.IMS_PER_BATCH)
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10x", "0s", "-5m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def _train(data, out, *extra, flags=()):
+    return run_train_net(
+        *flags, "--config-file", MINI, "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out,
+        "DATASETS.TEST", "()", *TINY_OVERRIDES, *extra,
+    )
+
+
+def test_training_by_epochs_runs_that_many_iterations(sample_data, tmp_path):
+    cfg = _cfg(sample_data)
+    n = count_train_images(cfg)
+    proc = _train(sample_data, tmp_path, "SOLVER.EPOCHS", "2", "SOLVER.IMS_PER_BATCH", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    iters = math.ceil(2 * n / 2)
+    assert f"2 epochs of {n} images at batch 2 = {iters} iterations" in (tmp_path / "log.txt").read_text()
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == iters - 1
+    assert f"MAX_ITER: {iters}" in ckpt["config"]
+
+
+def test_time_budget_ends_in_time_with_final_checkpoint_and_evaluation(sample_data, tmp_path):
+    budget = 25
+    t0 = time.monotonic()
+    proc = run_train_net(
+        "--config-file", MINI, "--time-budget", f"{budget}s", "DATASETS.DATA_DIR", sample_data,
+        "OUTPUT_DIR", tmp_path, "SOLVER.MAX_ITER", "100000", *TINY_OVERRIDES,
+    )
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "training to iteration" in log
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    planned = int(ckpt["config"].split("MAX_ITER: ")[1].split()[0])
+    assert ckpt["iteration"] == planned - 1 and planned > 6  # ended at its plan, not at 100000
+    assert (tmp_path / "eval/metrics_mydata_val.json").is_file()  # the final evaluation ran
+    # Behaviour, not a speed target: a generous margin for a loaded machine.
+    assert wall < 1.5 * budget, (wall, log[-2000:])
+
+    # --resume counts the time already spent: the budget is used up, so it ends almost at once.
+    proc = run_train_net(
+        "--resume", "--config-file", MINI, "--time-budget", f"{budget}s", "DATASETS.DATA_DIR", sample_data,
+        "OUTPUT_DIR", tmp_path, "SOLVER.MAX_ITER", "100000", *TINY_OVERRIDES,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "used by earlier runs" in log
+    resumed = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert planned <= resumed["iteration"] <= planned + 7  # at most a warm-up more
