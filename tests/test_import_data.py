@@ -661,3 +661,19 @@ def test_masks_flat_with_mapping_file_and_labels_option(tmp_path):
     assert lines == [f"masks/p{k}_1.png: label 'bug' not in --labels, skipped" for k in range(2)]
     coco = check_folder(str(tmp_path / "data"))
     assert [c["name"] for c in coco["categories"]] == ["leaf"] and result.instances == {"leaf": [1, 1]}
+
+
+def test_imported_voc_folder_trains_mask_rcnn(tmp_path):
+    """RLE instances (VOC masks) and config keys only: train_net switches to bitmask by itself."""
+    make_voc(tmp_path / "voc")
+    result = run(tmp_path / "voc", tmp_path / "data")
+    assert result.written and result.needs_bitmask
+    proc = run_train_net(
+        "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "DATASETS.DATA_DIR", tmp_path / "data",
+        "OUTPUT_DIR", tmp_path / "run", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "96", "DATALOADER.NUM_WORKERS", "0", "TEST.VAL_LOSS_MAX_IMAGES", "2", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "using INPUT.MASK_FORMAT bitmask" in proc.stderr
+    assert (tmp_path / "run" / "model_final.pth").is_file()
