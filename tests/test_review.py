@@ -89,7 +89,9 @@ def test_counts_ranking_and_source_files(review):
     assert rows[0]["file_name"] == by_id_name(coco, ids[2])  # the worst first
     assert all(r["errors"] == "0" and r["fp"] == "0" for r in rows[3:])
     for r in rows:
-        assert r["annotation_file"] == by_id[r["file_name"]]["labelme_file"]  # recorded by the converter
+        image = by_id[r["file_name"]]  # recorded by the converter: info.source + source_file
+        assert r["annotation_file"] == os.path.join(coco["info"]["source"], image["source_file"])
+        assert image["source_file"] == image["labelme_file"]
         assert (out / r["picture"]).stat().st_size > 1000
     data = json.loads((out / "review.json").read_text())
     assert data["summary"]["totals"] == {"tp": sum(int(r["tp"]) for r in rows), "fp": 1, "missed": 1,

@@ -186,17 +186,6 @@ def image_path(data_dir, image):
     return os.path.join(data_dir, "images", image["file_name"])
 
 
-def source_file(coco, image):
-    """Where the image's annotations came from (contract: info.source + source_file, else the
-    labelme_file relative to the converted folder's source), or None."""
-    rel = image.get("source_file") or image.get("labelme_file")
-    if not rel:
-        return None
-    source = (coco.get("info") or {}).get("source")
-    return os.path.join(source, rel) if source and "://" not in source else (
-        f"{source.rstrip('/')}/{rel}" if source else rel)
-
-
 def make_folds(image_ids, k, seed=0):
     """K disjoint, nearly equal folds of ``image_ids`` (shuffled with ``seed``)."""
     ids = sorted(image_ids)
@@ -402,6 +391,7 @@ the suspect label red (with its rank), the model's prediction yellow. Fix them i
 def write_outputs(out_dir, data_dir, coco, judged, title):
     """Rank ``judged`` ([(image, labels, predictions, suspects, fold)]) and write every output;
     returns the ranked suspect records."""
+    from segkit.evaluation.review import annotation_source
     from segkit.inference.image_io import read_image_rgb
 
     ranked = sorted(((s, i) for i, (_, _, _, sus, _) in enumerate(judged) for s in sus),
@@ -423,7 +413,7 @@ def write_outputs(out_dir, data_dir, coco, judged, title):
         write_bytes(os.path.join(out_dir, picture), cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))[1].tobytes())
         for s in sus:
             s.update(file_name=image["file_name"], image_id=image["id"], fold=fold,
-                     source_file=source_file(coco, image),
+                     source_file=annotation_source(coco, image),
                      review_json=os.path.relpath(review_json, out_dir).replace(os.sep, "/"),
                      picture=picture.replace(os.sep, "/"))
     records = [s for s, _ in ranked]
