@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
-from segkit.inference.suspects import judge_image, make_folds
+from segkit.inference.suspects import calibrate, judge_image, make_folds
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 
@@ -56,6 +56,18 @@ def test_each_kind_is_found_and_agreement_is_not():
     preds[1:1] = [pred("square", 0.95, box(30, 0, 50, 20))]
     kinds = {(s["kind"], s["annotation_id"]) for s in judge_image(labels, preds, confidence=0.5)}
     assert ("wrong_class", 2) not in kinds
+
+
+def test_calibration_puts_the_threshold_where_the_model_agrees_with_the_labels():
+    labels = [{"id": 1, "class": "disc", "mask": box(0, 0, 20, 20), "iscrowd": 0},
+              {"id": 2, "class": "disc", "mask": box(40, 0, 60, 20), "iscrowd": 0}]
+    preds = [pred("disc", 0.3, box(0, 0, 20, 20)), pred("disc", 0.25, box(40, 0, 60, 20)),
+             pred("disc", 0.1, box(100, 0, 120, 20))]  # a weak model: right at 0.25-0.3 only
+    thresholds, recall = calibrate([(labels, preds)])
+    assert 0.1 < thresholds["disc"] < 0.25 and recall["disc"] == 1.0
+    # at 0.5 every label would look uncovered; at the calibrated threshold none does
+    assert {s["kind"] for s in judge_image(labels, preds, 0.5)} == {"uncovered"}
+    assert judge_image(labels, preds, thresholds, recall) == []
 
 
 def test_folds_are_disjoint_and_cover_everything():

@@ -3,7 +3,10 @@
     python -m segkit.inference.suspects data --config-file configs/mask_rcnn_R_18_FPN_mini.yaml
     python -m segkit.inference.suspects data --split val --weights output/model_final.pth
 
-Each image's confident predictions (score >= ``--confidence``) are matched to its labels by
+Confidence: each model's per-class best-F1 score threshold, measured on the images it judges
+against their labels (most labels are right, so the threshold is where the model agrees with them
+best); ``--confidence T`` sets one for all, and with ``--weights`` a threshold stored in the
+checkpoint by its evaluation is used. Each image's confident predictions are matched to its labels by
 ``segkit.evaluation.matching.match_image`` (greedy by score, mask IoU >= 0.5, same class first,
 then another class, then a same-class box match). Four kinds of suspect come out of it, each with
 a score in [0, 1] (higher = more likely an error), ranked together:
@@ -14,8 +17,9 @@ a score in [0, 1] (higher = more likely an error), ranked together:
   prediction's score - the best score of a same-class prediction on the label (IoU >= 0.5);
 - ``outline``: a label matched by a confident prediction of its class whose mask differs (mask IoU
   < 0.75, or only the boxes match); score = prediction score x min(1, (1 - mask IoU) / 0.5);
-- ``uncovered``: a label no confident prediction matches (spurious, or very hard); score = 1 - the
-  best IoU x min(1, score / confidence) over all predictions down to score 0.05.
+- ``uncovered``: a label no confident prediction matches (spurious, or very hard); score = (1 - the
+  best IoU x min(1, score / threshold) over all predictions down to score 0.05) x the model's
+  recall of that class at its threshold (a miss means little from a model that misses most).
 
 Suspects scoring under 0.1 are left out.
 
@@ -87,7 +91,52 @@ def _xywh(box):
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE):
+def _as_coco(labels, preds):
+    """The image's labels and predictions as match_image takes them, their RLEs, and (h, w)."""
+    if labels:
+        h, w = labels[0]["mask"].shape
+    elif preds:
+        h, w = preds[0]["mask"].shape
+    else:
+        h, w = 0, 0
+    gt_rles = [_rle(g["mask"]) for g in labels]
+    p_rles = [_rle(p["mask"]) for p in preds]
+    gts = [{"category_id": g["class"], "bbox": _xywh(_mask_box(g["mask"])), "segmentation": r,
+            "iscrowd": int(bool(g.get("iscrowd")))} for g, r in zip(labels, gt_rles)]
+    dts = [{"category_id": p["class"], "bbox": _xywh(p["box"]), "segmentation": r, "score": float(p["score"])}
+           for p, r in zip(preds, p_rles)]
+    return gts, dts, gt_rles, p_rles, (h, w)
+
+
+def calibrate(images):
+    """Per-class confidence thresholds and recalls of one model from the images it judges
+    (``[(labels, predictions)]``): each class's best-F1 threshold against these labels (errors
+    included; most labels are right), and the share of the class's labels it then finds."""
+    from segkit.evaluation.matching import best_f1, match_image
+
+    scores, is_tp, num_gt = {}, {}, {}
+    for labels, preds in images:
+        preds = [p for p in preds if p["score"] >= LOW_SCORE]
+        gts, dts, _, _, (h, w) = _as_coco(labels, preds)
+        if not h:
+            continue
+        match = match_image(gts, dts, h, w, iou=MATCH_IOU, iou_type="segm")
+        tp = {j for j, _, _ in match.tp}
+        for g in labels:
+            if not g.get("iscrowd"):
+                num_gt[g["class"]] = num_gt.get(g["class"], 0) + 1
+        for j, p in enumerate(preds):
+            scores.setdefault(p["class"], []).append(p["score"])
+            is_tp.setdefault(p["class"], []).append(j in tp)
+    thresholds, recall = {}, {}
+    for cls, n in num_gt.items():
+        best = best_f1(scores.get(cls, []), is_tp.get(cls, []), n)
+        thresholds[cls] = best["threshold"] if best else DEFAULT_CONFIDENCE
+        recall[cls] = best["recall"] if best else 0.0
+    return thresholds, recall
+
+
+def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None):
     """Suspects of one image, from :func:`segkit.evaluation.matching.match_image` at the
     confidence threshold (mask IoU 0.5) plus the predictions below it.
 
@@ -97,21 +146,15 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE):
     ``predicted_class``, ``prediction_score``, ``iou``, ``prediction_index``, ``box`` XYXY of the
     label, else of the prediction), unsorted.
     """
-    from segkit.evaluation.matching import match_image
+    from segkit.evaluation.matching import match_image, score_threshold_of
 
     preds = [p for p in predictions if p["score"] >= LOW_SCORE]
-    if labels:
-        h, w = labels[0]["mask"].shape
-    elif preds:
-        h, w = preds[0]["mask"].shape
-    else:
+    gts, dts, gt_rles, p_rles, (h, w) = _as_coco(labels, preds)
+    if not h:
         return []
-    gt_rles = [_rle(g["mask"]) for g in labels]
-    p_rles = [_rle(p["mask"]) for p in preds]
-    gts = [{"category_id": g["class"], "bbox": _xywh(_mask_box(g["mask"])), "segmentation": r,
-            "iscrowd": int(bool(g.get("iscrowd")))} for g, r in zip(labels, gt_rles)]
-    dts = [{"category_id": p["class"], "bbox": _xywh(p["box"]), "segmentation": r, "score": float(p["score"])}
-           for p, r in zip(preds, p_rles)]
+    if isinstance(confidence, dict):
+        confidence = dict(confidence)
+        confidence.setdefault(None, DEFAULT_CONFIDENCE)
     match = match_image(gts, dts, h, w, iou=MATCH_IOU, iou_type="segm", score_thresholds=confidence)
     objects = np.array([not g["iscrowd"] for g in gts], dtype=bool)
     iou = np.zeros((len(preds), len(labels)))
@@ -145,8 +188,12 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE):
     for j, g, pair_iou in outlines:
         suspect("outline", scores[j] * min(1.0, (1 - pair_iou) / 0.5), g=g, j=j, pair_iou=pair_iou)
     for g in match.missed:
-        coverage = iou[:, g] * np.minimum(1.0, scores / confidence) if preds else np.zeros(1)
-        suspect("uncovered", 1 - float(coverage.max()), g=g, pair_iou=float(iou[:, g].max()) if preds else 0.0)
+        t = np.array([score_threshold_of(confidence, p["class"]) for p in preds])
+        coverage = iou[:, g] * np.minimum(1.0, scores / np.maximum(t, 1e-6)) if preds else np.zeros(1)
+        # a miss says little about a label when the model misses most labels of its class
+        weight = 1.0 if recall is None else recall.get(labels[g]["class"], 0.0)
+        suspect("uncovered", (1 - float(coverage.max())) * weight, g=g,
+                pair_iou=float(iou[:, g].max()) if preds else 0.0)
     return [s for s in out if s["score"] >= MIN_SUSPECT_SCORE]
 
 
@@ -446,8 +493,9 @@ def get_parser():
     p.add_argument("--weights", default=os.path.join("output", "model_final.pth"),
                    help="with --folds 0: the checkpoint that judges (default output/model_final.pth)")
     p.add_argument("--confidence", type=float, default=None,
-                   help="score from which a prediction counts as confident (default: the checkpoint's "
-                        f"best-F1 threshold if it has one, else {DEFAULT_CONFIDENCE})")
+                   help="score from which a prediction counts as confident, for every class (default: "
+                        "each class's best-F1 threshold on the judged images; with --weights the "
+                        "checkpoint's stored one when it has one)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
     p.add_argument("--output", default=None, help="output folder (default <data>/../suspects_<split>)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per fold training (default 1)")
@@ -486,13 +534,14 @@ def run(args):
                   f"judging {len(held)}", file=sys.stderr)
             weights = train_fold(args.config_file, os.path.join(out_dir, "folds", f"fold{fold}"),
                                  _subset(coco, train_ids, args.data), iters, args.opts, args.num_gpus)
-        confidence = args.confidence
-        if confidence is None:
-            confidence = checkpoint_confidence(weights) or DEFAULT_CONFIDENCE
         predictions = predict_images(weights, [image_path(args.data, im) for im in held])
-        for im, preds in zip(held, predictions):
-            labels = coco_labels(coco, im)
-            judged.append((im, labels, preds, judge_image(labels, preds, confidence), fold))
+        labels = [coco_labels(coco, im) for im in held]
+        thresholds, recall = calibrate(list(zip(labels, predictions)))
+        confidence = args.confidence or (checkpoint_confidence(weights) if fold is None else None) or thresholds
+        print(f"confidence: {confidence if not isinstance(confidence, dict) else ', '.join(f'{c} {t:.2f}' for c, t in sorted(confidence.items()))}; "
+              f"recall there: {', '.join(f'{c} {r:.2f}' for c, r in sorted(recall.items()))}", file=sys.stderr)
+        for im, lab, preds in zip(held, labels, predictions):
+            judged.append((im, lab, preds, judge_image(lab, preds, confidence, recall), fold))
     judged.sort(key=lambda t: t[0]["id"])
     how = f"{folds}-fold cross-validation, {iters} iterations per fold" if folds else f"judged by {args.weights}"
     records = write_outputs(out_dir, args.data, coco, judged, f"Suspect labels: {args.data} {args.split} ({how})")
