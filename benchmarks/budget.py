@@ -72,7 +72,9 @@ def one_run(name, data, work):
         metrics = json.load(f)
     rows = read_metrics(os.path.join(out, "metrics.json"))
     train_images = len(json.load(open(os.path.join(data, "train.json")))["images"])
-    evals = [{"iteration": r["iteration"] + 1, "segm_AP": r["segm/AP"], "bbox_AP": r["bbox/AP"]}
+    # The final evaluation is stored at iteration MAX_ITER (after the loop), the others at N - 1.
+    evals = [{"iteration": min(r["iteration"] + 1, ckpt["iteration"] + 1), "segm_AP": r["segm/AP"],
+              "bbox_AP": r["bbox/AP"]}
              for r in rows if "segm/AP" in r]
     with open(os.path.join(out, "log.txt")) as f:
         plan_lines = [line.split("INFO: ", 1)[-1].strip() for line in f if "segkit.engine.budget" in line]
