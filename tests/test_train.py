@@ -91,6 +91,20 @@ def test_ddp_two_cpu_processes(sample_data, tmp_path):
     assert ckpt["iteration"] == 1
 
 
+def test_early_stopping_under_ddp_stops_every_rank(sample_data, tmp_path):
+    """Only rank 0 has the metric; its decision reaches rank 1, so both stop at the same iteration
+    and exit cleanly (before: rank 1 died in the next all-reduce)."""
+    proc = _short_run(
+        sample_data, tmp_path, 40, "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "('mydata_val',)",
+        "TEST.EVAL_PERIOD", "2", "SOLVER.EARLY_STOP_PATIENCE", "1", "SOLVER.BEST_METRIC", "bbox/AP50",
+        "TEST.PR_CURVES", "False", flags=("--num-gpus", "2"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Early stop at iteration" in proc.stdout, proc.stdout[-3000:]
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] < 39 and (ckpt["iteration"] + 1) % 2 == 0, ckpt["iteration"]
+
+
 def test_nan_loss_stops_with_one_sentence_and_keeps_last_good_checkpoint(sample_data, tmp_path):
     proc = _short_run(
         sample_data, tmp_path, 30, "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.BASE_LR", "1e6",

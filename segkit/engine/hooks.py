@@ -13,6 +13,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from segkit.data.atomic import atomic_path
+from segkit.engine.distributed import broadcast_from_main
 
 logger = logging.getLogger(__name__)
 
@@ -177,31 +178,44 @@ class ProgressBar(HookBase):
 
 
 class EarlyStopping(HookBase):
-    """Stops when ``metric`` has not improved for ``patience`` evaluations. Register after EvalHook."""
+    """Stops when ``metric`` has not improved for ``patience`` evaluations. Register after EvalHook,
+    with its period.
 
-    def __init__(self, metric, patience, mode="max"):
+    Every rank runs this at each evaluation; only the main process has the metric, so it decides
+    and the decision is broadcast, and all ranks stop at the same iteration."""
+
+    def __init__(self, metric, patience, eval_period, mode="max"):
         self._metric = metric
         self._patience = patience
+        self._period = eval_period
         self._sign = 1 if mode == "max" else -1
         self._best = -math.inf
         self._bad = 0
-        self._seen_iter = -1
 
-    def after_step(self):
+    def _main_process_says_stop(self):
         latest = self.trainer.storage.latest().get(self._metric)
         if latest is None:
-            return
+            return False
         value, itr = latest
-        if itr == self._seen_iter or not math.isfinite(value):
-            return
-        self._seen_iter = itr
+        if itr != self.trainer.iter or not math.isfinite(value):
+            return False  # this evaluation did not produce the metric
         if self._sign * value > self._best:
             self._best, self._bad = self._sign * value, 0
-            return
+            return False
         self._bad += 1
-        if self._bad >= self._patience:
-            logger.info(f"Early stop at iteration {itr}: {self._metric} has not improved for "
-                        f"{self._patience} evaluations (best {self._sign * self._best:.4f}).")
+        if self._bad < self._patience:
+            return False
+        logger.info(f"Early stop at iteration {itr}: {self._metric} has not improved for "
+                    f"{self._patience} evaluations (best {self._sign * self._best:.4f}).")
+        return True
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        # EvalHook's own condition: it evaluates at these iterations (the last one in after_train).
+        if self._period <= 0 or next_iter % self._period or next_iter == self.trainer.max_iter:
+            return
+        stop = self._main_process_says_stop() if comm.is_main_process() else None
+        if broadcast_from_main(stop):
             raise StopTraining()
 
     def state_dict(self):

@@ -175,7 +175,7 @@ class Trainer(DefaultTrainer):
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
             ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
         if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
-            ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE))
+            ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE, eval_period))
         return ret
 
     # ---- state: what detectron2's checkpoints lack for a bit-identical resume ------------------
@@ -207,7 +207,7 @@ class Trainer(DefaultTrainer):
         try:
             return super().train()
         except StopTraining:
-            self.iter = self._last_completed_iter
+            # Raised by a hook after this iteration's step: the weights are those of self.iter.
             self.checkpointer.save("model_final", iteration=self.iter)
             return getattr(self, "_last_eval_results", None)
         except KeyboardInterrupt:
