@@ -4,10 +4,12 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import tempfile
+import textwrap
 import urllib.request
 import zipfile
 import zlib
@@ -133,6 +135,28 @@ def test_predict_api(app, images, run_dir):
     only = names[:1]
     _, table, _, _ = client.predict(handle_file(str(images[0])), 0.5, only, api_name="/predict")
     assert {r[1] for r in table["data"]} <= set(only)
+
+
+def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypatch):
+    """The README's Python call, run as written (only the address is the test server's)."""
+    blocks, client = app
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                   if "api_name=\"/predict\"" in block)
+    served_url = client.src if client.src.endswith("/") else client.src + "/"
+    assert "http://127.0.0.1:7860/" in snippet
+    snippet = textwrap.dedent(snippet).replace("http://127.0.0.1:7860/", served_url)
+    shutil.copy(images[0], tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
+                                          confidence_threshold=0.5)(images[0])
+    names = blocks.segkit_model.class_names
+    assert len(reference) > 0
+    assert len(namespace["table"]["data"]) == len(reference), namespace["message"]
+    assert f"{len(names)} of {len(names)} classes" in namespace["message"]
+    assert Path(namespace["overlay_png"]).is_file() and len(namespace["files"]) == 4
 
 
 def test_bad_uploads_keep_the_server_serving(app, images, tmp_path):

@@ -165,3 +165,39 @@ def test_unet_trains_through_train_net_and_resumes(sample_data, tmp_path):
     assert ckpt["class_names"] == ["background", "disc", "square", "triangle"]
     metrics = json.loads((tmp_path / "eval/sem_seg_metrics.json").read_text())
     assert "mIoU" in json.dumps(metrics) and "Dice" in json.dumps(metrics)
+
+
+# DefaultTrainer.__init__ of detectron2 0.7.2 (upstream a59f0563), which Trainer.__init__ mirrors.
+MIRRORED_DEFAULT_TRAINER_INIT_SHA256 = "d7a2d8646201904756a9ea89a504933a9dacff5a923192368c757a31b0999b05"
+
+
+def test_trainer_init_mirrors_detectron2_default_trainer(sample_data, tmp_path):
+    """Trainer.__init__ copies DefaultTrainer.__init__ with three changes (see its comment): when
+    detectron2's changes, this fails so the copy is looked at again; and a Trainer ends up with
+    what a DefaultTrainer has."""
+    import hashlib
+    import inspect
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultTrainer
+
+    from segkit.engine.launch import build_argument_parser, setup
+    from segkit.engine.trainer import Trainer
+
+    source = inspect.getsource(DefaultTrainer.__init__)
+    assert hashlib.sha256(source.encode()).hexdigest() == MIRRORED_DEFAULT_TRAINER_INIT_SHA256, source
+
+    args = build_argument_parser().parse_args([
+        "--config-file", str(MINI), "DATASETS.DATA_DIR", str(sample_data), "OUTPUT_DIR", str(tmp_path),
+        "DATASETS.TEST", "()", *TINY_OVERRIDES])
+    cfg = setup(args)
+    ours, theirs = Trainer(cfg), DefaultTrainer(cfg)
+    for name in ("cfg", "model", "optimizer", "data_loader", "scheduler", "checkpointer", "start_iter", "max_iter"):
+        mine, ref = getattr(ours, name), getattr(theirs, name)
+        assert isinstance(mine, type(ref)) or isinstance(ref, type(mine)), name
+    assert isinstance(ours.checkpointer, DetectionCheckpointer)
+    assert type(ours._trainer) is type(theirs._trainer)
+    assert ours.max_iter == theirs.max_iter and ours.start_iter == theirs.start_iter == 0
+    assert len(ours.optimizer.param_groups) == len(theirs.optimizer.param_groups)
+    assert type(ours.scheduler) is type(theirs.scheduler)
+    assert {type(h) for h in theirs._hooks} <= {type(h) for h in ours._hooks}

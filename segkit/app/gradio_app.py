@@ -20,7 +20,7 @@ The same prediction is an API endpoint (``api_name="predict"``)::
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
     overlay, table, files, message = client.predict(
-        handle_file("photo.jpg"), 0.5, ["disc", "square"], api_name="/predict")
+        handle_file("photo.jpg"), 0.5, ["disc", "square"], api_name="/predict")  # [] = all classes
     # overlay: path of the PNG; table: {"headers": [...], "data": [[...], ...]};
     # files: paths of overlay PNG, masks zip, COCO results JSON, LabelMe JSON; message: text
 """
@@ -344,7 +344,9 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
     examples = model.example_images()
 
     def predict(image_path, min_score, classes):
-        """Segment one image: overlay, instance table, downloads, message (and the cache)."""
+        """Segment one image: overlay, instance table, downloads, message (and the cache).
+        No classes (``[]`` or None, as the API documents it) means all classes."""
+        classes = list(classes or names)
         if not model.ready:
             return (*_empty(model.error, model.semantic), None)
         if not image_path:

@@ -91,17 +91,19 @@ def read_metrics(path):
 
 def plot_loss_curves(metrics_path, out_path):
     """Total loss, each loss term and the validation losses against iteration, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas, as evaluation/plots.py draws: no pyplot, so the program's
+    # global matplotlib backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = read_metrics(metrics_path)
     train_keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
     val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
     if not rows or not (train_keys or "total_loss" in rows[0]):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, keys, title in (
         (axes[0], ["total_loss", "val_total_loss"], "total loss"),
         (axes[1], train_keys + [k for k in val_keys if k != "val_total_loss"], "loss terms"),
@@ -120,7 +122,6 @@ def plot_loss_curves(metrics_path, out_path):
     fig.tight_layout()
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return True
 
 

@@ -8,28 +8,28 @@ import weakref
 
 import numpy as np
 import torch
-from detectron2.data import DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from segkit.data.augmentation import build_train_mapper
 from segkit.data.loader import build_resumable_train_loader
 from segkit.engine.checkpoint import SegkitCheckpointer
+from segkit.modeling.config import is_semantic
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import EarlyStopping, LossCurvePlot, ProgressBar, StopTraining, ValidationLoss
 
 logger = logging.getLogger(__name__)
 
 
-class _HideDivergenceTraceback(logging.Filter):
-    """TrainerBase.train logs every exception with a traceback; a NaN loss gets our one sentence."""
+class HideDivergenceTraceback(logging.Filter):
+    """TrainerBase.train logs every exception with a traceback; a NaN loss gets our one sentence
+    (TrainingDiverged). The program installs it on detectron2's train-loop logger at start."""
 
     def filter(self, record):
         return not (record.exc_info and isinstance(record.exc_info[1], FloatingPointError))
-
-
-logging.getLogger("detectron2.engine.train_loop").addFilter(_HideDivergenceTraceback())
 
 
 def rng_state():
@@ -63,13 +63,15 @@ def dataset_classes(name, semantic):
 
 
 def class_names_of(cfg):
-    return dataset_classes(cfg.DATASETS.TRAIN[0], cfg.MODEL.META_ARCHITECTURE == "UNet")
+    return dataset_classes(cfg.DATASETS.TRAIN[0], is_semantic(cfg))
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except for the DDP wrapper (detectron2 passes
-        # device_ids=[local_rank], which DDP rejects for CPU modules) and a resumable loader.
+        # Mirrors DefaultTrainer.__init__ of detectron2 0.7.2 (upstream commit a59f0563; the
+        # DefaultTrainer tests in tests/test_train.py fail when it changes), with three changes:
+        # create_ddp_model gets device_ids=None on CPU (detectron2 passes [local_rank], which DDP
+        # rejects for CPU modules), the train loader is resumable, the checkpointer is ours.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -100,10 +102,6 @@ class Trainer(DefaultTrainer):
     # ---- data -------------------------------------------------------------------------------
     @classmethod
     def build_train_mapper(cls, cfg):
-        try:
-            from segkit.data.augmentation import build_train_mapper
-        except ImportError:
-            return DatasetMapper(cfg, is_train=True)
         return build_train_mapper(cfg)
 
     @classmethod
