@@ -27,7 +27,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from segkit.app.gradio_app import AppModel, build_app, eval_markdown, launch  # noqa: E402
+from segkit.app.gradio_app import build_app, launch  # noqa: E402
+from segkit.app.model import AppModel, eval_markdown  # noqa: E402
 from segkit.engine.checkpoint import load_inference_config  # noqa: E402
 from segkit.inference.predictor import Predictor  # noqa: E402
 
@@ -43,14 +44,14 @@ def free_port():
 
 
 @contextlib.contextmanager
-def served(blocks):
+def served(app):
     port = free_port()
-    launch(blocks, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    launch(app, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
-        blocks.close(verbose=False)
-        blocks.segkit_workdirs.cleanup()
+        app.blocks.close(verbose=False)
+        app.workdirs.cleanup()
 
 
 def huge_png(path, w=20000, h=20000):
@@ -85,15 +86,15 @@ def images(sample_data):
 
 @pytest.fixture(scope="module")
 def app(run_dir):
-    blocks = build_app(run_dir / "model_final.pth", device="cpu")
-    with served(blocks) as url:
-        yield blocks, Client(url, download_files=str(run_dir / "downloads"), verbose=False)
+    seg_app = build_app(run_dir / "model_final.pth", device="cpu")
+    with served(seg_app) as url:
+        yield seg_app, Client(url, download_files=str(run_dir / "downloads"), verbose=False)
 
 
 def test_starts_without_checkpoint(tmp_path, images):
-    blocks = build_app(tmp_path / "missing" / "model_final.pth")
-    assert not blocks.segkit_model.ready
-    with served(blocks) as url:
+    seg_app = build_app(tmp_path / "missing" / "model_final.pth")
+    assert not seg_app.model.ready
+    with served(seg_app) as url:
         page_config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
         assert "train_net.py --config-file" in page_config  # the page says what to run first
         client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
@@ -103,8 +104,8 @@ def test_starts_without_checkpoint(tmp_path, images):
 
 
 def test_predict_api(app, images, run_dir):
-    blocks, client = app
-    names = blocks.segkit_model.class_names
+    seg_app, client = app
+    names = seg_app.model.class_names
     reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
                                           confidence_threshold=0.5)(images[0])
     assert len(reference) > 0
@@ -139,7 +140,7 @@ def test_predict_api(app, images, run_dir):
 
 def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypatch):
     """The README's Python call, run as written (only the address is the test server's)."""
-    blocks, client = app
+    seg_app, client = app
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
                    if "api_name=\"/predict\"" in block)
@@ -152,7 +153,7 @@ def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypat
     exec(compile(snippet, "README.md", "exec"), namespace)
     reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
                                           confidence_threshold=0.5)(images[0])
-    names = blocks.segkit_model.class_names
+    names = seg_app.model.class_names
     assert len(reference) > 0
     assert len(namespace["table"]["data"]) == len(reference), namespace["message"]
     assert f"{len(names)} of {len(names)} classes" in namespace["message"]
@@ -160,12 +161,12 @@ def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypat
 
 
 def test_bad_uploads_keep_the_server_serving(app, images, tmp_path):
-    blocks, client = app
+    seg_app, client = app
     (tmp_path / "text.jpg").write_text("this is not an image")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "cut.jpg").write_bytes(images[0].read_bytes()[:600])
     huge = huge_png(tmp_path / "huge.png")
-    calls = blocks.segkit_model.calls
+    calls = seg_app.model.calls
     for bad, why in [("text.jpg", "not an image"), ("empty.png", "empty"),
                      ("cut.jpg", "truncated"), ("huge.png", "20000x20000")]:
         path = huge if bad == "huge.png" else tmp_path / bad
@@ -173,31 +174,31 @@ def test_bad_uploads_keep_the_server_serving(app, images, tmp_path):
                                                         api_name="/predict")
         assert overlay is None and not table["data"] and not files
         assert "Cannot use this upload" in message and why in message, message
-    assert blocks.segkit_model.calls == calls  # refused before the model
+    assert seg_app.model.calls == calls  # refused before the model
     overlay, table, files, message = client.predict(handle_file(str(images[1])), 0.5,
-                                                    blocks.segkit_model.class_names, api_name="/predict")
+                                                    seg_app.model.class_names, api_name="/predict")
     assert overlay and len(files) == 4 and "Cannot" not in message
 
 
 def test_redraw_uses_the_cached_prediction(app, images):
-    blocks, _ = app
-    model = blocks.segkit_model
+    seg_app, _ = app
+    model = seg_app.model
     names = model.class_names
-    *first, cached = blocks.segkit_predict(str(images[0]), 0.05, names)
+    *first, cached = seg_app.predict(str(images[0]), 0.05, names)
     calls = model.calls
     rows_low = len(first[1])
-    overlay, table, files, message = blocks.segkit_redraw(cached, 0.9, names)
+    overlay, table, files, message = seg_app.redraw(cached, 0.9, names)
     assert len(table) <= rows_low and (table["score"] >= 0.9).all()
-    _, table_none, _, _ = blocks.segkit_redraw(cached, 0.05, [])
+    _, table_none, _, _ = seg_app.redraw(cached, 0.05, [])
     assert len(table_none) == 0
     assert model.calls == calls  # no model run for either redraw
 
 
 def test_large_image_is_resized_for_display(app, images, tmp_path):
-    blocks, _ = app
+    seg_app, _ = app
     big = tmp_path / "big.png"
     Image.open(images[0]).resize((2400, 1800)).save(big)
-    overlay, table, files, message = blocks.segkit_predict(str(big), 0.5, blocks.segkit_model.class_names)[:4]
+    overlay, table, files, message = seg_app.predict(str(big), 0.5, seg_app.model.class_names)[:4]
     assert max(overlay.shape[:2]) == 1600 and "Shown at" in message
 
 
@@ -233,15 +234,15 @@ def test_semantic_checkpoint(images, tmp_path):
     """A U-Net checkpoint: class-map overlay, a per-class table, the class filter."""
     from test_predictor import UNET_CLASSES, make_unet_checkpoint
 
-    blocks = build_app(make_unet_checkpoint(tmp_path / "unet.pth"), device="cpu")
+    seg_app = build_app(make_unet_checkpoint(tmp_path / "unet.pth"), device="cpu")
     try:
-        assert blocks.segkit_model.semantic
-        overlay, table, files, message, cached = blocks.segkit_predict(str(images[0]), 0.5, UNET_CLASSES)
+        assert seg_app.model.semantic
+        overlay, table, files, message, cached = seg_app.predict(str(images[0]), 0.5, UNET_CLASSES)
         w, h = Image.open(images[0]).size
         assert overlay.shape == (h, w, 3) and list(table.columns) == ["#", "class", "area (px)", "share"]
         assert table["area (px)"].sum() == w * h and "class(es) present" in message
         assert len(files) == 4
-        _, only, _, _ = blocks.segkit_redraw(cached, 0.5, [table["class"][0]])
+        _, only, _, _ = seg_app.redraw(cached, 0.5, [table["class"][0]])
         assert list(only["class"]) == [table["class"][0]]
     finally:
-        blocks.segkit_workdirs.cleanup()
+        seg_app.workdirs.cleanup()

@@ -81,9 +81,9 @@ def table_classes(page):
 def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data, tmp_path):
     image = sorted((Path(sample_data) / "images").glob("*.jpg"))[0]
     (tmp_path / "not_an_image.jpg").write_text("hello")
-    blocks = build_app(trained_mini_checkpoint, device="cpu")
-    model = blocks.segkit_model
-    with served(blocks) as url:
+    seg_app = build_app(trained_mini_checkpoint, device="cpu")
+    model = seg_app.model
+    with served(seg_app) as url:
         page = open_page(browser, url)
         page.set_input_files(UPLOAD, str(image))
         page.wait_for_selector("#result-image img", timeout=60_000)
@@ -118,7 +118,7 @@ def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data,
         assert model.calls == 2
 
         # an example of the validation split runs too (the checkpoint's config names its data)
-        if blocks.segkit_examples:
+        if seg_app.examples:
             page.locator("#examples button").first.click()
             deadline = time.monotonic() + 60
             while model.calls < 3 and time.monotonic() < deadline:
@@ -128,8 +128,8 @@ def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data,
 
 
 def test_page_without_checkpoint(browser, tmp_path):
-    blocks = build_app(tmp_path / "output" / "model_final.pth")
-    with served(blocks) as url:
+    seg_app = build_app(tmp_path / "output" / "model_final.pth")
+    with served(seg_app) as url:
         page = open_page(browser, url)
         page.wait_for_selector("#no-model", timeout=30_000)
         text = page.inner_text("#no-model")
