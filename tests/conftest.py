@@ -1,5 +1,11 @@
+import atexit
+import contextlib
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
+from typing import List, NamedTuple
 
 import pytest
 
@@ -9,6 +15,12 @@ LABELME_EXAMPLES = SHARED / "labelme-examples"
 
 # Tests run on 2 cores next to each other: one intra-op thread pool per process is plenty.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Gradio reads its temp folder at import: keep its uploads and caches out of the shared /tmp root.
+_GRADIO_TMP = tempfile.mkdtemp(prefix="segkit_test_gradio_")
+atexit.register(shutil.rmtree, _GRADIO_TMP, True)
+os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_TMP)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 requires_shared = pytest.mark.skipif(
     not LABELME_EXAMPLES.is_dir(), reason="../shared/labelme-examples is not present"
@@ -20,7 +32,7 @@ def run_train_net(*args, cwd=ROOT, timeout=900):
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
     return subprocess.run(
         [sys.executable, str(ROOT / "train_net.py"), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -64,3 +76,74 @@ def trained_mini_checkpoint(sample_data, tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "model_final.pth"
+
+
+SLOW_FIXTURES = {"trained_mini_checkpoint"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the trained checkpoint are slow too (the first one trains it)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread while a module's tests run (``pytest.mark.usefixtures("one_thread")``):
+    on 2 cores shared with other processes, a 2-thread pool waits on the busy core and inference
+    gets many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class UnetCheckpoint(NamedTuple):
+    path: Path
+    class_names: List[str]
+
+
+@pytest.fixture
+def unet_checkpoint(tmp_path):
+    """A U-Net checkpoint in our format: configs/unet_R18_mini.yaml, random weights, 3 classes."""
+    import torch
+    from detectron2.modeling import build_model
+
+    import segkit.modeling.unet  # noqa: F401  registers UNet
+    from segkit.modeling.config import get_segkit_cfg
+
+    classes = ["pet", "background", "outline"]
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "unet_R18_mini.yaml"))
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(classes)
+    cfg.MODEL.UNET.ENCODER_WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path / "unet.pth"
+    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": classes,
+                "meta_architecture": "UNet", "iteration": 0}, path)
+    return UnetCheckpoint(path, classes)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """``with serve_app(app) as url:`` the app (a SegkitApp) served on 127.0.0.1 for the block."""
+    from segkit.app.gradio_app import launch
+
+    @contextlib.contextmanager
+    def served(app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launch(app, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            app.blocks.close(verbose=False)
+            app.workdirs.cleanup()
+
+    return served

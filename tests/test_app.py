@@ -19,39 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Gradio reads its temp folder at import: keep its uploads and caches out of the shared /tmp root.
-_GRADIO_TMP = tempfile.mkdtemp(prefix="segkit_test_gradio_")
-atexit.register(shutil.rmtree, _GRADIO_TMP, True)
-os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_TMP)
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
 from gradio_client import Client, handle_file  # noqa: E402
 
-from segkit.app.gradio_app import build_app, launch  # noqa: E402
+from segkit.app.gradio_app import build_app  # noqa: E402
 from segkit.app.model import AppModel, eval_markdown  # noqa: E402
 from segkit.engine.checkpoint import load_inference_config  # noqa: E402
 from segkit.inference.predictor import Predictor  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
-
-from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(app):
-    port = free_port()
-    launch(app, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.blocks.close(verbose=False)
-        app.workdirs.cleanup()
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid"), pytest.mark.usefixtures("one_thread")]
 
 
 def huge_png(path, w=20000, h=20000):
@@ -85,16 +60,16 @@ def images(sample_data):
 
 
 @pytest.fixture(scope="module")
-def app(run_dir):
+def app(run_dir, serve_app):
     seg_app = build_app(run_dir / "model_final.pth", device="cpu")
-    with served(seg_app) as url:
+    with serve_app(seg_app) as url:
         yield seg_app, Client(url, download_files=str(run_dir / "downloads"), verbose=False)
 
 
-def test_starts_without_checkpoint(tmp_path, images):
+def test_starts_without_checkpoint(tmp_path, images, serve_app):
     seg_app = build_app(tmp_path / "missing" / "model_final.pth")
     assert not seg_app.model.ready
-    with served(seg_app) as url:
+    with serve_app(seg_app) as url:
         page_config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
         assert "train_net.py --config-file" in page_config  # the page says what to run first
         client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
@@ -213,9 +188,8 @@ def test_model_panel_and_examples(run_dir, sample_data):
     assert [Path(p).name for p in examples] == [im["file_name"] for im in val["images"]][:8]
     text = model.info_markdown()
     assert all(f"`{n}`" in text for n in names)
-    if list((run_dir / "eval").glob("metrics_*.json")):
-        report = json.loads(next((run_dir / "eval").glob("metrics_*.json")).read_text())
-        assert f"| AP | {report['bbox']['AP']:.1f} | {report['segm']['AP']:.1f} |" in text
+    report = json.loads(next((run_dir / "eval").glob("metrics_*.json")).read_text())
+    assert f"| AP | {report['bbox']['AP']:.1f} | {report['segm']['AP']:.1f} |" in text
 
 
 def test_eval_markdown_reads_defensively(tmp_path):
@@ -230,14 +204,12 @@ def test_eval_markdown_reads_defensively(tmp_path):
     assert "No evaluation results" in "\n".join(eval_markdown([]))
 
 
-def test_semantic_checkpoint(images, tmp_path):
+def test_semantic_checkpoint(images, unet_checkpoint):
     """A U-Net checkpoint: class-map overlay, a per-class table, the class filter."""
-    from test_predictor import UNET_CLASSES, make_unet_checkpoint
-
-    seg_app = build_app(make_unet_checkpoint(tmp_path / "unet.pth"), device="cpu")
+    seg_app = build_app(unet_checkpoint.path, device="cpu")
     try:
         assert seg_app.model.semantic
-        overlay, table, files, message, cached = seg_app.predict(str(images[0]), 0.5, UNET_CLASSES)
+        overlay, table, files, message, cached = seg_app.predict(str(images[0]), 0.5, unet_checkpoint.class_names)
         w, h = Image.open(images[0]).size
         assert overlay.shape == (h, w, 3) and list(table.columns) == ["#", "class", "area (px)", "share"]
         assert table["area (px)"].sum() == w * h and "class(es) present" in message

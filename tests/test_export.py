@@ -18,9 +18,8 @@ from segkit.inference.onnx_predictor import OnnxPredictor, TorchScriptPredictor
 from segkit.inference.predictor import Predictor
 
 ROOT = Path(segkit.__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid", "ignore::torch.jit.TracerWarning")
-
-from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid", "ignore::torch.jit.TracerWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def exported(trained_mini_checkpoint, tmp_path_factory):
     ckpt = d / "model_final.pth"
     os.link(trained_mini_checkpoint, ckpt) if _same_fs(trained_mini_checkpoint, d) else \
         ckpt.write_bytes(Path(trained_mini_checkpoint).read_bytes())
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "export_model.py"), "--format", "onnx",
                            "--weights", str(ckpt)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -118,11 +117,9 @@ def test_exported_predictor_interface(exported, sample_data):
     assert list(a.metadata.thing_classes) == a.class_names
 
 
-def test_unet_export(tmp_path, sample_data):
+def test_unet_export(unet_checkpoint, sample_data):
     """U-Net checkpoints export too; the exported class map equals the eager one."""
-    from test_predictor import make_unet_checkpoint
-
-    ckpt = make_unet_checkpoint(tmp_path / "unet.pth")
+    ckpt = unet_checkpoint.path
     image = sorted((Path(sample_data) / "images").glob("*.jpg"))[0]
     eager = Predictor.from_checkpoint(ckpt, device="cpu")(image)
     for fmt in ("onnx", "torchscript"):
