@@ -195,11 +195,11 @@ def test_trainer_init_mirrors_detectron2_default_trainer(sample_data, tmp_path):
         "DATASETS.TEST", "()", *TINY_OVERRIDES])
     cfg = setup(args)
     ours, theirs = Trainer(cfg), DefaultTrainer(cfg)
-    for name in ("cfg", "model", "optimizer", "data_loader", "scheduler", "checkpointer", "start_iter", "max_iter"):
-        mine, ref = getattr(ours, name), getattr(theirs, name)
-        assert isinstance(mine, type(ref)) or isinstance(ref, type(mine)), name
+    assert ours.cfg.dump() == theirs.cfg.dump()
+    for name in ("model", "optimizer", "scheduler", "_trainer"):
+        # by name: maybe_add_gradient_clipping makes a new optimizer class on every call
+        assert type(getattr(ours, name)).__name__ == type(getattr(theirs, name)).__name__, name
     assert isinstance(ours.checkpointer, DetectionCheckpointer)
-    assert type(ours._trainer) is type(theirs._trainer)
     assert ours.max_iter == theirs.max_iter and ours.start_iter == theirs.start_iter == 0
     assert len(ours.optimizer.param_groups) == len(theirs.optimizer.param_groups)
     assert type(ours.scheduler) is type(theirs.scheduler)
