@@ -28,7 +28,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from segkit.data.atomic import write_json  # noqa: E402  (after the repo is on the path)
 from segkit.engine.hooks import read_metrics  # noqa: E402
 
@@ -105,7 +104,7 @@ def chosen_images(work, seed, arm, start, k):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--input", unlabelled,
                            "--rank", "uncertainty", "--top", "0", "--output", out, "--quiet",
                            "--weights", os.path.join(run_dir(work, seed, "start"), "model_final.pth")],
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     with open(os.path.join(out, "ranking_uncertainty.csv"), newline="") as f:
@@ -122,7 +121,7 @@ def train(work, seed, arm, args):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", args.config_file,
                            "DATASETS.DATA_DIR", data_dir, "OUTPUT_DIR", out, "SEED", str(seed),
                            *train_overrides(args.iters)],
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     ap = result_of(work, seed, arm)

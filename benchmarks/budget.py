@@ -23,7 +23,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from segkit.engine.budget import parse_duration  # noqa: E402  (after the repo is on the path)
 from segkit.engine.hooks import read_metrics  # noqa: E402
 
@@ -58,7 +57,7 @@ def one_run(name, data, work):
         cmd += ["--time-budget", name]
         opts = []
     cmd += ["DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, *opts]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
     print(f"{name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -128,9 +128,8 @@ def generate_coco(labelme_dir, coco_dir):
 
 
 def run_mode(input_dir, output_dir, mode, kind="labelme"):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _WORKER, input_dir, output_dir, mode, kind],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,7 +175,6 @@ def main(argv=None):
         label = {"copy": "labelme2coco --copy", "symlink": "labelme2coco --symlink", "coco copy": "import_data COCO"}[mode]
         print(f"{label:<22}{r['seconds']:>10.1f}{r['files_per_s']:>10.0f}{r['peak_rss_mb']:>14.0f}{r['base_rss_mb']:>18.0f}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    sys.path.insert(0, ROOT)
     from segkit.data.atomic import write_json
 
     write_json(args.output, result)

@@ -41,7 +41,6 @@ import time
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "infer.json")
 MODELS = {
     "R50-FPN": ("configs/mask_rcnn_R_50_FPN_3x.yaml", "instances"),

@@ -30,7 +30,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from segkit.data.atomic import write_json  # noqa: E402  (after the repo is on the path)
 from segkit.inference import suspects as finder  # noqa: E402
 
@@ -182,7 +181,7 @@ def train_one_fold(work, args):
 def run_finder_and_score(work, args):
     p = paths(work)
     start = time.time()
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *finder_args(work, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:

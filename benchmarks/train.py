@@ -29,8 +29,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from segkit.engine.hooks import read_metrics  # noqa: E402  (after the repo is on the path)
+from segkit.engine.hooks import read_metrics  # noqa: E402
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "train.json")
 MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
 R50 = os.path.join(ROOT, "configs", "mask_rcnn_R_50_FPN_3x.yaml")
@@ -82,10 +81,6 @@ print("RESULT " + json.dumps({
 """
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 def make_sample(root, num_images, size):
     from segkit.data.coco_convert import convert
     from segkit.data.sample import make_instance_sample
@@ -133,7 +128,7 @@ def throughput(data, args, tmp):
                 cmd = [sys.executable, "-c", _WORKER, config, kind, device, precision,
                        str(args.warmup), str(args.timed), out, *fixed, *extra]
                 t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+                proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode or not line:
                     raise SystemExit(f"{name} {kind} failed:\n{proc.stderr[-3000:]}")
@@ -163,7 +158,7 @@ def ap_race(data, args, tmp):
                "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "1"]
         print(f"  training {name} for {args.iters} iterations ...", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
         rows = read_metrics(os.path.join(out, "metrics.json"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by the other scripts: finds a Python 3.10, creates/reuses .venv in the repo and installs
-# requirements.txt when it changed. sal-detectron2 (the prebuilt detectron2) is CPython 3.10 only.
+# requirements.txt and segkit itself (editable) when they changed. sal-detectron2 (the prebuilt detectron2) is CPython 3.10 only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -44,14 +44,17 @@ if ! is_py310 "$VENV/bin/python"; then
   "$PY310" -m venv "$VENV"
 fi
 
+# The stamp covers what gets installed and where from: the pins, the package metadata, the checkout
+# that the editable install points to.
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  echo "Installing requirements into .venv (first run: a few minutes)"
+  echo "Installing requirements and segkit into .venv (first run: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"
+  # Editable: `import segkit` finds this checkout from anywhere (scripts, benchmarks, tests).
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"

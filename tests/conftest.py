@@ -1,7 +1,16 @@
+import atexit
+import contextlib
+import json
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
+from typing import List, NamedTuple
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -9,6 +18,12 @@ LABELME_EXAMPLES = SHARED / "labelme-examples"
 
 # Tests run on 2 cores next to each other: one intra-op thread pool per process is plenty.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Gradio reads its temp folder at import: keep its uploads and caches out of the shared /tmp root.
+_GRADIO_TMP = tempfile.mkdtemp(prefix="segkit_test_gradio_")
+atexit.register(shutil.rmtree, _GRADIO_TMP, True)
+os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_TMP)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 requires_shared = pytest.mark.skipif(
     not LABELME_EXAMPLES.is_dir(), reason="../shared/labelme-examples is not present"
@@ -20,7 +35,7 @@ def run_train_net(*args, cwd=ROOT, timeout=900):
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
     return subprocess.run(
         [sys.executable, str(ROOT / "train_net.py"), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -64,3 +79,124 @@ def trained_mini_checkpoint(sample_data, tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "model_final.pth"
+
+
+SLOW_FIXTURES = {"trained_mini_checkpoint"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the trained checkpoint are slow too (the first one trains it)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread while a module's tests run (``pytest.mark.usefixtures("one_thread")``):
+    on 2 cores shared with other processes, a 2-thread pool waits on the busy core and inference
+    gets many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class UnetCheckpoint(NamedTuple):
+    path: Path
+    class_names: List[str]
+
+
+@pytest.fixture
+def unet_checkpoint(tmp_path):
+    """A U-Net checkpoint in our format: configs/unet_R18_mini.yaml, random weights, 3 classes."""
+    import torch
+    from detectron2.modeling import build_model
+
+    import segkit.modeling.unet  # noqa: F401  registers UNet
+    from segkit.modeling.config import get_segkit_cfg
+
+    classes = ["pet", "background", "outline"]
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "unet_R18_mini.yaml"))
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(classes)
+    cfg.MODEL.UNET.ENCODER_WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path / "unet.pth"
+    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": classes,
+                "meta_architecture": "UNet", "iteration": 0}, path)
+    return UnetCheckpoint(path, classes)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """``with serve_app(app) as url:`` the app (a SegkitApp) served on 127.0.0.1 for the block."""
+    from segkit.app.gradio_app import launch
+
+    @contextlib.contextmanager
+    def served(app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launch(app, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            app.blocks.close(verbose=False)
+            app.workdirs.cleanup()
+
+    return served
+
+
+# ---------------------------------------------------------------- import fixtures
+# A Label Studio COCO export (tests/test_import_data.py, tests/test_remote_import.py).
+
+W, H = 48, 36
+
+
+def make_image(path, width=W, height=H, seed=0, fmt=None):
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, format=fmt)
+
+
+def rect_poly(x, y, w, h):
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def coco_doc(images, annotations, categories):
+    return {"images": images, "annotations": annotations, "categories": categories, "info": {}}
+
+
+def make_label_studio(root):
+    """Label Studio 'COCO': result.json beside images/, ids from 0, Windows separators, hash prefixes,
+    an extra 'ignore' key, category 0 used by a real class."""
+    make_image(root / "images" / "1a2b3c4d-cat.jpg", seed=1)
+    make_image(root / "images" / "5e6f7a8b-two.jpg", seed=2)
+    make_image(root / "images" / "9c0d1e2f-empty.jpg", seed=3)
+    make_image(root / "images" / "77aa88bb-url.jpg", seed=4)
+    make_image(root / "images" / "0f0f0f0f-server.jpg", seed=5)
+    doc = coco_doc(
+        [{"id": 0, "file_name": "images\\1a2b3c4d-cat.jpg", "width": W, "height": H},
+         {"id": 1, "file_name": "images\\5e6f7a8b-two.jpg", "width": W, "height": H},
+         {"id": 2, "file_name": "images\\9c0d1e2f-empty.jpg", "width": W, "height": H},
+         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H},
+         {"id": 4, "file_name": "https://bucket.example.com/ls/77aa88bb-url.jpg?X-Amz-Signature=1", "width": W,
+          "height": H},
+         {"id": 5, "file_name": "/data/upload/3/0f0f0f0f-server.jpg", "width": W, "height": H}],
+        [{"id": 0, "image_id": 0, "category_id": 0, "segmentation": [rect_poly(2, 2, 10, 8)], "bbox": [0, 0, 1, 1],
+          "ignore": 0, "iscrowd": 0, "area": 1.0},
+         {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(20, 10, 12, 12)], "bbox": [],
+          "ignore": 0, "iscrowd": 0},  # no area: recomputed
+         {"id": 2, "image_id": 1, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
+          "ignore": 0, "iscrowd": 0, "area": 25.0},
+         {"id": 3, "image_id": 3, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
+          "ignore": 0, "iscrowd": 0, "area": 25.0},
+         {"id": 4, "image_id": 4, "category_id": 1, "segmentation": [rect_poly(0, 0, 4, 4)], "bbox": [0, 0, 4, 4],
+          "ignore": 0, "iscrowd": 0, "area": 16.0}],
+        [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}])
+    (root / "result.json").write_text(json.dumps(doc))

@@ -1,13 +1,11 @@
 """The Gradio app through its API (gradio_client), launched in-process on 127.0.0.1."""
 
-import atexit
-import contextlib
 import json
 import os
+import re
 import shutil
-import socket
 import struct
-import tempfile
+import textwrap
 import urllib.request
 import zipfile
 import zlib
@@ -17,38 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Gradio reads its temp folder at import: keep its uploads and caches out of the shared /tmp root.
-_GRADIO_TMP = tempfile.mkdtemp(prefix="segkit_test_gradio_")
-atexit.register(shutil.rmtree, _GRADIO_TMP, True)
-os.environ.setdefault("GRADIO_TEMP_DIR", _GRADIO_TMP)
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
 from gradio_client import Client, handle_file  # noqa: E402
 
-from segkit.app.gradio_app import AppModel, build_app, eval_markdown, launch  # noqa: E402
+from segkit.app.gradio_app import build_app  # noqa: E402
+from segkit.app.model import AppModel, eval_markdown  # noqa: E402
 from segkit.engine.checkpoint import load_inference_config  # noqa: E402
 from segkit.inference.predictor import Predictor  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
-
-from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(blocks):
-    port = free_port()
-    launch(blocks, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        blocks.close(verbose=False)
-        blocks.segkit_workdirs.cleanup()
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid"), pytest.mark.usefixtures("one_thread")]
 
 
 def huge_png(path, w=20000, h=20000):
@@ -82,16 +56,16 @@ def images(sample_data):
 
 
 @pytest.fixture(scope="module")
-def app(run_dir):
-    blocks = build_app(run_dir / "model_final.pth", device="cpu")
-    with served(blocks) as url:
-        yield blocks, Client(url, download_files=str(run_dir / "downloads"), verbose=False)
+def app(run_dir, serve_app):
+    seg_app = build_app(run_dir / "model_final.pth", device="cpu")
+    with serve_app(seg_app) as url:
+        yield seg_app, Client(url, download_files=str(run_dir / "downloads"), verbose=False)
 
 
-def test_starts_without_checkpoint(tmp_path, images):
-    blocks = build_app(tmp_path / "missing" / "model_final.pth")
-    assert not blocks.segkit_model.ready
-    with served(blocks) as url:
+def test_starts_without_checkpoint(tmp_path, images, serve_app):
+    seg_app = build_app(tmp_path / "missing" / "model_final.pth")
+    assert not seg_app.model.ready
+    with serve_app(seg_app) as url:
         page_config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
         assert "train_net.py --config-file" in page_config  # the page says what to run first
         client = Client(url, download_files=str(tmp_path / "dl"), verbose=False)
@@ -101,8 +75,8 @@ def test_starts_without_checkpoint(tmp_path, images):
 
 
 def test_predict_api(app, images, run_dir):
-    blocks, client = app
-    names = blocks.segkit_model.class_names
+    seg_app, client = app
+    names = seg_app.model.class_names
     reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
                                           confidence_threshold=0.5)(images[0])
     assert len(reference) > 0
@@ -135,13 +109,35 @@ def test_predict_api(app, images, run_dir):
     assert {r[1] for r in table["data"]} <= set(only)
 
 
+def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypatch):
+    """The README's Python call, run as written (only the address is the test server's)."""
+    seg_app, client = app
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                   if "api_name=\"/predict\"" in block)
+    served_url = client.src if client.src.endswith("/") else client.src + "/"
+    assert "http://127.0.0.1:7860/" in snippet
+    snippet = textwrap.dedent(snippet).replace("http://127.0.0.1:7860/", served_url)
+    shutil.copy(images[0], tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
+                                          confidence_threshold=0.5)(images[0])
+    names = seg_app.model.class_names
+    assert len(reference) > 0
+    assert len(namespace["table"]["data"]) == len(reference), namespace["message"]
+    assert f"{len(names)} of {len(names)} classes" in namespace["message"]
+    assert Path(namespace["overlay_png"]).is_file() and len(namespace["files"]) == 4
+
+
 def test_bad_uploads_keep_the_server_serving(app, images, tmp_path):
-    blocks, client = app
+    seg_app, client = app
     (tmp_path / "text.jpg").write_text("this is not an image")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "cut.jpg").write_bytes(images[0].read_bytes()[:600])
     huge = huge_png(tmp_path / "huge.png")
-    calls = blocks.segkit_model.calls
+    calls = seg_app.model.calls
     for bad, why in [("text.jpg", "not an image"), ("empty.png", "empty"),
                      ("cut.jpg", "truncated"), ("huge.png", "20000x20000")]:
         path = huge if bad == "huge.png" else tmp_path / bad
@@ -149,43 +145,43 @@ def test_bad_uploads_keep_the_server_serving(app, images, tmp_path):
                                                         api_name="/predict")
         assert overlay is None and not table["data"] and not files
         assert "Cannot use this upload" in message and why in message, message
-    assert blocks.segkit_model.calls == calls  # refused before the model
+    assert seg_app.model.calls == calls  # refused before the model
     overlay, table, files, message = client.predict(handle_file(str(images[1])), 0.5,
-                                                    blocks.segkit_model.class_names, api_name="/predict")
+                                                    seg_app.model.class_names, api_name="/predict")
     assert overlay and len(files) == 4 and "Cannot" not in message
 
 
 def test_redraw_uses_the_cached_prediction(app, images):
-    blocks, _ = app
-    model = blocks.segkit_model
+    seg_app, _ = app
+    model = seg_app.model
     names = model.class_names
-    *first, cached = blocks.segkit_predict(str(images[0]), 0.05, names)
+    *first, cached = seg_app.predict(str(images[0]), 0.05, names)
     calls = model.calls
     rows_low = len(first[1])
-    overlay, table, files, message = blocks.segkit_redraw(cached, 0.9, names)
+    overlay, table, files, message = seg_app.redraw(cached, 0.9, names)
     assert len(table) <= rows_low and (table["score"] >= 0.9).all()
-    _, table_none, _, _ = blocks.segkit_redraw(cached, 0.05, [])
+    _, table_none, _, _ = seg_app.redraw(cached, 0.05, [])
     assert len(table_none) == 0
     assert model.calls == calls  # no model run for either redraw
 
 
 def test_slider_starts_at_the_checkpoint_threshold(app, run_dir):
-    blocks, _ = app
-    model = blocks.segkit_model
+    seg_app, _ = app
+    model = seg_app.model
     stored = model.predictor.stored_thresholds["score_threshold"]
     assert model.default_score == pytest.approx(round(stored, 2))
     assert "best-F1 threshold of the checkpoint's evaluation" in model.score_note
-    slider = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "confidence")
+    slider = next(c for c in seg_app.blocks.blocks.values() if getattr(c, "elem_id", None) == "confidence")
     assert slider.value == pytest.approx(model.default_score) and model.score_note in slider.info
-    if list((run_dir / "eval").glob("metrics_*.json")):
-        assert "| best thr | P | R | F1 |" in model.info_markdown()
+    assert list((run_dir / "eval").glob("metrics_*.json"))
+    assert "| best thr % | P | R | F1 |" in model.info_markdown()
 
 
 def test_large_image_is_resized_for_display(app, images, tmp_path):
-    blocks, _ = app
+    seg_app, _ = app
     big = tmp_path / "big.png"
     Image.open(images[0]).resize((2400, 1800)).save(big)
-    overlay, table, files, message = blocks.segkit_predict(str(big), 0.5, blocks.segkit_model.class_names)[:4]
+    overlay, table, files, message = seg_app.predict(str(big), 0.5, seg_app.model.class_names)[:4]
     assert max(overlay.shape[:2]) == 1600 and "Shown at" in message
 
 
@@ -200,9 +196,8 @@ def test_model_panel_and_examples(run_dir, sample_data):
     assert [Path(p).name for p in examples] == [im["file_name"] for im in val["images"]][:8]
     text = model.info_markdown()
     assert all(f"`{n}`" in text for n in names)
-    if list((run_dir / "eval").glob("metrics_*.json")):
-        report = json.loads(next((run_dir / "eval").glob("metrics_*.json")).read_text())
-        assert f"| AP | {report['bbox']['AP']:.1f} | {report['segm']['AP']:.1f} |" in text
+    report = json.loads(next((run_dir / "eval").glob("metrics_*.json")).read_text())
+    assert f"| AP | {report['bbox']['AP']:.1f} | {report['segm']['AP']:.1f} |" in text
 
 
 def test_eval_markdown_reads_defensively(tmp_path):
@@ -217,19 +212,17 @@ def test_eval_markdown_reads_defensively(tmp_path):
     assert "No evaluation results" in "\n".join(eval_markdown([]))
 
 
-def test_semantic_checkpoint(images, tmp_path):
+def test_semantic_checkpoint(images, unet_checkpoint):
     """A U-Net checkpoint: class-map overlay, a per-class table, the class filter."""
-    from test_predictor import UNET_CLASSES, make_unet_checkpoint
-
-    blocks = build_app(make_unet_checkpoint(tmp_path / "unet.pth"), device="cpu")
+    seg_app = build_app(unet_checkpoint.path, device="cpu")
     try:
-        assert blocks.segkit_model.semantic
-        overlay, table, files, message, cached = blocks.segkit_predict(str(images[0]), 0.5, UNET_CLASSES)
+        assert seg_app.model.semantic
+        overlay, table, files, message, cached = seg_app.predict(str(images[0]), 0.5, unet_checkpoint.class_names)
         w, h = Image.open(images[0]).size
         assert overlay.shape == (h, w, 3) and list(table.columns) == ["#", "class", "area (px)", "share"]
         assert table["area (px)"].sum() == w * h and "class(es) present" in message
         assert len(files) == 4
-        _, only, _, _ = blocks.segkit_redraw(cached, 0.5, [table["class"][0]])
+        _, only, _, _ = seg_app.redraw(cached, 0.5, [table["class"][0]])
         assert list(only["class"]) == [table["class"][0]]
     finally:
-        blocks.segkit_workdirs.cleanup()
+        seg_app.workdirs.cleanup()

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 
-# test_app sets up Gradio's temp folder (before Gradio is imported) and serves apps in-process.
-from test_app import served  # noqa: E402
-from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
-
 from segkit.app.gradio_app import build_app  # noqa: E402
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "_artifacts"
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid", "ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _ensure_browser():
@@ -78,12 +75,12 @@ def table_classes(page):
     return [c.inner_text().strip() for c in page.query_selector_all(CLASS_CELLS)]
 
 
-def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data, tmp_path):
+def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data, tmp_path, serve_app):
     image = sorted((Path(sample_data) / "images").glob("*.jpg"))[0]
     (tmp_path / "not_an_image.jpg").write_text("hello")
-    blocks = build_app(trained_mini_checkpoint, device="cpu")
-    model = blocks.segkit_model
-    with served(blocks) as url:
+    seg_app = build_app(trained_mini_checkpoint, device="cpu")
+    model = seg_app.model
+    with serve_app(seg_app) as url:
         page = open_page(browser, url)
         page.set_input_files(UPLOAD, str(image))
         page.wait_for_selector("#result-image img", timeout=60_000)
@@ -118,7 +115,7 @@ def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data,
         assert model.calls == 2
 
         # an example of the validation split runs too (the checkpoint's config names its data)
-        if blocks.segkit_examples:
+        if seg_app.examples:
             page.locator("#examples button").first.click()
             deadline = time.monotonic() + 60
             while model.calls < 3 and time.monotonic() < deadline:
@@ -127,9 +124,9 @@ def test_upload_see_result_filter(browser, trained_mini_checkpoint, sample_data,
         page.close()
 
 
-def test_page_without_checkpoint(browser, tmp_path):
-    blocks = build_app(tmp_path / "output" / "model_final.pth")
-    with served(blocks) as url:
+def test_page_without_checkpoint(browser, tmp_path, serve_app):
+    seg_app = build_app(tmp_path / "output" / "model_final.pth")
+    with serve_app(seg_app) as url:
         page = open_page(browser, url)
         page.wait_for_selector("#no-model", timeout=30_000)
         text = page.inner_text("#no-model")

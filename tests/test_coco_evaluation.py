@@ -268,3 +268,31 @@ def test_print_results_table_for_eval_only(capsys):
     several = format_results_table({"val_a": results, "val_b": {}})
     assert "val_a:" in several and "val_b:" in several
     assert "No COCO results" in format_results_table({})
+
+
+def test_evaluator_is_chosen_by_the_datasets_evaluator_type(dataset, tmp_path):
+    """As detectron2's tools/train_net.py: the dataset's metadata decides, not the architecture."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from segkit.evaluation.build import build_evaluator
+    from segkit.evaluation.semantic import SemSegDiceEvaluator
+
+    name, _, out = dataset
+    cfg = _cfg()
+    cfg.MODEL.META_ARCHITECTURE = "UNet"  # ignored: the COCO dataset gets the COCO evaluator
+    assert isinstance(build_evaluator(cfg, name, str(out)), SegkitCOCOEvaluator)
+
+    semantic = "segkit_test_evaluator_type_sem_seg"
+    DatasetCatalog.register(semantic, lambda: [])
+    MetadataCatalog.get(semantic).set(stuff_classes=["background", "thing"], ignore_label=255,
+                                      evaluator_type="sem_seg")
+    untyped = "segkit_test_evaluator_type_none"
+    DatasetCatalog.register(untyped, lambda: [])
+    try:
+        assert isinstance(build_evaluator(_cfg(), semantic, str(tmp_path)), SemSegDiceEvaluator)
+        with pytest.raises(NotImplementedError, match=untyped):
+            build_evaluator(_cfg(), untyped, str(tmp_path))
+    finally:
+        for n in (semantic, untyped):
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)

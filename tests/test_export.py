@@ -14,13 +14,12 @@ from PIL import Image
 
 import segkit
 from segkit.inference.export import export_model, sidecar_path
-from segkit.inference.onnx_predictor import OnnxPredictor, TorchScriptPredictor, paste_masks
+from segkit.inference.onnx_predictor import OnnxPredictor, TorchScriptPredictor
 from segkit.inference.predictor import Predictor
 
 ROOT = Path(segkit.__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid", "ignore::torch.jit.TracerWarning")
-
-from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid", "ignore::torch.jit.TracerWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def exported(trained_mini_checkpoint, tmp_path_factory):
     ckpt = d / "model_final.pth"
     os.link(trained_mini_checkpoint, ckpt) if _same_fs(trained_mini_checkpoint, d) else \
         ckpt.write_bytes(Path(trained_mini_checkpoint).read_bytes())
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "export_model.py"), "--format", "onnx",
                            "--weights", str(ckpt)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -76,7 +75,7 @@ def check_parity(eager, other, images):
         assert torch.allclose(ia.pred_boxes.tensor, ib.pred_boxes.tensor, atol=0.05)
         assert ib.pred_masks.shape == ia.pred_masks.shape and ib.pred_masks.dtype == torch.bool
         if len(ia):
-            assert mask_iou(ia.pred_masks, ib.pred_masks).min() >= 0.98
+            assert mask_iou(ia.pred_masks, ib.pred_masks).min() >= 0.995
         found += len(ia)
     assert found > 0
 
@@ -118,29 +117,9 @@ def test_exported_predictor_interface(exported, sample_data):
     assert list(a.metadata.thing_classes) == a.class_names
 
 
-def test_paste_masks_matches_detectron2():
-    from detectron2.layers.mask_ops import paste_masks_in_image
-
-    rng = np.random.default_rng(0)
-    n, h, w = 12, 61, 83
-    probs = rng.random((n, 28, 28)).astype(np.float32)
-    probs = cv2.GaussianBlur(probs.transpose(1, 2, 0), (5, 5), 2).transpose(2, 0, 1).copy()
-    x0 = rng.uniform(0, w - 2, n)
-    y0 = rng.uniform(0, h - 2, n)
-    # boxes as detector_postprocess leaves them: clipped to the image, not empty
-    boxes = np.stack([x0, y0, np.minimum(x0 + rng.uniform(0.5, 40, n), w),
-                      np.minimum(y0 + rng.uniform(0.5, 30, n), h)], 1).astype(np.float32)
-    ref = paste_masks_in_image(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w), 0.5).numpy()
-    ours = paste_masks(probs, boxes, (h, w), 0.5)
-    assert ours.shape == ref.shape and ours.dtype == bool
-    assert (ours != ref).sum() <= 2  # float rounding at exactly-0.5 pixels at most
-
-
-def test_unet_export(tmp_path, sample_data):
+def test_unet_export(unet_checkpoint, sample_data):
     """U-Net checkpoints export too; the exported class map equals the eager one."""
-    from test_predictor import make_unet_checkpoint
-
-    ckpt = make_unet_checkpoint(tmp_path / "unet.pth")
+    ckpt = unet_checkpoint.path
     image = sorted((Path(sample_data) / "images").glob("*.jpg"))[0]
     eager = Predictor.from_checkpoint(ckpt, device="cpu")(image)
     for fmt in ("onnx", "torchscript"):

@@ -171,8 +171,7 @@ def test_yolo_export_gives_the_same_polygons(tmp_path):
     original = _make_coco_folder(str(src))
     out = tmp_path / "yolo"
     proc = subprocess.run([sys.executable, str(ROOT / "export_data.py"), str(src), "--to", "yolo",
-                           "--output", str(out), "--quiet"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                           "--output", str(out), "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "crowd regions (YOLO has none): 1" in proc.stdout
     data = yaml.safe_load((out / "data.yaml").read_text())

@@ -10,30 +10,18 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from conftest import ROOT, run_train_net
+from conftest import H, ROOT, W, coco_doc, make_image, make_label_studio, rect_poly, run_train_net
 from PIL import Image
 
 from segkit.data.importer import LayoutError, detect_format, import_folder, main
 
-W, H = 48, 36
-
 
 # ---------------------------------------------------------------- helpers
-
-def make_image(path, width=W, height=H, seed=0, fmt=None):
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, format=fmt)
-
 
 def box_mask(x, y, w, h, width=W, height=H):
     m = np.zeros((height, width), dtype=bool)
     m[y:y + h, x:x + w] = True
     return m
-
-
-def rect_poly(x, y, w, h):
-    return [x, y, x + w, y, x + w, y + h, x, y + h]
 
 
 def load(out, split="trainval"):
@@ -90,40 +78,6 @@ def run(src, out, **kwargs):
 
 # ---------------------------------------------------------------- COCO
 
-def _coco_doc(images, annotations, categories):
-    return {"images": images, "annotations": annotations, "categories": categories, "info": {}}
-
-
-def make_label_studio(root):
-    """Label Studio 'COCO': result.json beside images/, ids from 0, Windows separators, hash prefixes,
-    an extra 'ignore' key, category 0 used by a real class."""
-    make_image(root / "images" / "1a2b3c4d-cat.jpg", seed=1)
-    make_image(root / "images" / "5e6f7a8b-two.jpg", seed=2)
-    make_image(root / "images" / "9c0d1e2f-empty.jpg", seed=3)
-    make_image(root / "images" / "77aa88bb-url.jpg", seed=4)
-    make_image(root / "images" / "0f0f0f0f-server.jpg", seed=5)
-    doc = _coco_doc(
-        [{"id": 0, "file_name": "images\\1a2b3c4d-cat.jpg", "width": W, "height": H},
-         {"id": 1, "file_name": "images\\5e6f7a8b-two.jpg", "width": W, "height": H},
-         {"id": 2, "file_name": "images\\9c0d1e2f-empty.jpg", "width": W, "height": H},
-         {"id": 3, "file_name": "images\\deadbeef-gone.jpg", "width": W, "height": H},
-         {"id": 4, "file_name": "https://bucket.example.com/ls/77aa88bb-url.jpg?X-Amz-Signature=1", "width": W,
-          "height": H},
-         {"id": 5, "file_name": "/data/upload/3/0f0f0f0f-server.jpg", "width": W, "height": H}],
-        [{"id": 0, "image_id": 0, "category_id": 0, "segmentation": [rect_poly(2, 2, 10, 8)], "bbox": [0, 0, 1, 1],
-          "ignore": 0, "iscrowd": 0, "area": 1.0},
-         {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_poly(20, 10, 12, 12)], "bbox": [],
-          "ignore": 0, "iscrowd": 0},  # no area: recomputed
-         {"id": 2, "image_id": 1, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
-          "ignore": 0, "iscrowd": 0, "area": 25.0},
-         {"id": 3, "image_id": 3, "category_id": 0, "segmentation": [rect_poly(1, 1, 5, 5)], "bbox": [1, 1, 5, 5],
-          "ignore": 0, "iscrowd": 0, "area": 25.0},
-         {"id": 4, "image_id": 4, "category_id": 1, "segmentation": [rect_poly(0, 0, 4, 4)], "bbox": [0, 0, 4, 4],
-          "ignore": 0, "iscrowd": 0, "area": 16.0}],
-        [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}])
-    (root / "result.json").write_text(json.dumps(doc))
-
-
 def test_coco_label_studio(tmp_path):
     src = tmp_path / "ls"
     make_label_studio(src)
@@ -153,7 +107,7 @@ def make_cvat(root, new_layout=False):
     crowd = mask_util.encode(np.asfortranarray(box_mask(30, 20, 10, 10).astype(np.uint8)))
     crowd_counts = [int(v) for v in _uncompressed_counts(box_mask(30, 20, 10, 10))]
     assert mask_util.area(mask_util.frPyObjects({"size": [H, W], "counts": crowd_counts}, H, W)) == mask_util.area(crowd)
-    doc = _coco_doc(
+    doc = coco_doc(
         [{"id": 1, "file_name": "frame_000000.png", "width": W, "height": H, "license": 0, "flickr_url": "",
           "coco_url": "", "date_captured": 0},
          {"id": 2, "file_name": "frame_000001.png", "width": W, "height": H}],
@@ -212,7 +166,7 @@ def make_roboflow(root):
         cats = [{"id": 0, "name": "shapes", "supercategory": "none"},
                 {"id": 1, "name": "circle", "supercategory": "shapes"},
                 {"id": 2, "name": "square", "supercategory": "shapes"}]
-        (root / split / "_annotations.coco.json").write_text(json.dumps(_coco_doc(images, anns, cats)))
+        (root / split / "_annotations.coco.json").write_text(json.dumps(coco_doc(images, anns, cats)))
 
 
 def test_coco_roboflow_keeps_splits_and_drops_the_super_category(tmp_path):
@@ -237,7 +191,7 @@ def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
     make_image(src / "images" / "small.jpg", width=20, height=20, seed=2)
     (src / "images" / "broken.jpg").write_bytes(b"not an image")
     make_image(tmp_path / "outside.jpg", seed=3)
-    doc = _coco_doc(
+    doc = coco_doc(
         [{"id": 1, "file_name": "ok.jpg", "width": W, "height": H},
          {"id": 2, "file_name": "small.jpg", "width": W, "height": H},  # wrong size in the JSON
          {"id": 3, "file_name": "broken.jpg", "width": W, "height": H},

@@ -18,13 +18,12 @@ import segkit
 from segkit.inference.predict_cli import expand_inputs, unique_names
 
 ROOT = Path(segkit.__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid"), pytest.mark.usefixtures("one_thread")]
 
-from test_predictor import one_thread  # noqa: E402,F401  (autouse: one torch thread)
 
 
 def run(script, *args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -107,8 +106,6 @@ def test_missing_weights_says_what_to_do(tmp_path, folder):
 
 def test_labelme_round_trip(trained_mini_checkpoint, images, tmp_path, capsys):
     """predict --labelme -> LabelMe JSON -> labelme2coco.py -> the same instances (mask IoU >= 0.9)."""
-    if not (ROOT / "labelme2coco.py").is_file():
-        pytest.skip("labelme2coco.py is not in this checkout")
     from segkit.inference.predict_cli import main
 
     d = tmp_path / "label_me"
@@ -175,17 +172,15 @@ def test_video(trained_mini_checkpoint, images, tmp_path):
     assert {r["image_id"] for r in results} <= {1, 2, 3} and results
 
 
-def test_unet_checkpoint(images, tmp_path):
+def test_unet_checkpoint(images, tmp_path, unet_checkpoint):
     """predict.py on a U-Net checkpoint: overlays, class-map PNGs, COCO-stuff style results."""
-    from test_predictor import UNET_CLASSES, make_unet_checkpoint
-
-    ckpt = make_unet_checkpoint(tmp_path / "unet.pth")
+    ckpt = unet_checkpoint.path
     out = tmp_path / "out"
     proc = run("predict.py", "--input", images[0], images[1], "--output", out, "--weights", ckpt,
                "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     cmap = np.asarray(Image.open(out / "class_maps" / f"{images[0].stem}.png"))
-    assert cmap.shape == Image.open(images[0]).size[::-1] and cmap.max() < len(UNET_CLASSES)
+    assert cmap.shape == Image.open(images[0]).size[::-1] and cmap.max() < len(unet_checkpoint.class_names)
     assert (out / "overlays" / f"{images[1].stem}.png").is_file()
     coco = quiet_coco(out / "images.json")
     with contextlib.redirect_stdout(io.StringIO()):

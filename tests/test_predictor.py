@@ -16,17 +16,7 @@ from segkit.inference.predictor import Prediction, Predictor
 
 CLASSES = ["disc", "square", "triangle"]
 ROOT = Path(segkit.__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread while these tests run: on 2 cores shared with other processes, a
-    2-thread pool waits on the busy core and inference gets many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid"), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -231,37 +221,14 @@ def test_side_by_side_with_coco_ground_truth(base, images, sample_data):
         vis.side_by_side(base, gt_file, file_name="unknown.jpg")
 
 
-UNET_CLASSES = ["pet", "background", "outline"]
-
-
-def make_unet_checkpoint(path):
-    """A U-Net checkpoint in our format: configs/unet_R18_mini.yaml, random weights, 3 classes."""
-    from detectron2.modeling import build_model
-
-    from segkit.modeling.config import get_segkit_cfg
-
-    import segkit.modeling.unet  # noqa: F401  registers UNet
-
-    cfg = get_segkit_cfg()
-    cfg.merge_from_file(str(ROOT / "configs" / "unet_R18_mini.yaml"))
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(UNET_CLASSES)
-    cfg.MODEL.UNET.ENCODER_WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": UNET_CLASSES,
-                "meta_architecture": "UNet", "iteration": 0}, path)
-    return path
-
-
-def test_semantic_unet_checkpoint(tmp_path, rgb):
+def test_semantic_unet_checkpoint(unet_checkpoint, rgb):
     """A U-Net checkpoint gives sem_seg [C, H, W]; stuff classes; draw_sem_seg overlay."""
-    path = make_unet_checkpoint(tmp_path / "unet.pth")
+    path = unet_checkpoint.path
     pred = Predictor.from_checkpoint(path, device="cpu")(rgb, rgb=True)
     h, w = rgb.shape[:2]
     assert pred.is_semantic and pred.instances is None
     assert tuple(pred.sem_seg.shape) == (3, h, w)
-    assert list(pred.metadata.stuff_classes) == UNET_CLASSES
+    assert list(pred.metadata.stuff_classes) == unet_checkpoint.class_names
     cmap = vis.class_map(pred)
     assert cmap.shape == (h, w) and cmap.max() < 3
     assert np.array_equal(cmap, pred.sem_seg.argmax(0).numpy())

@@ -8,7 +8,7 @@ import os
 import threading
 
 import pytest
-from test_import_data import make_label_studio
+from conftest import make_label_studio
 
 from segkit.data import importer
 from segkit.data.coco_convert import main

@@ -194,7 +194,6 @@ def test_browse_draws_ground_truth(coco_dir, tmp_path):
     assert len(limited) == 1 and limited[0].endswith("val/b.png")
 
 
-@pytest.mark.skipif(not (ROOT / "labelme2coco.py").is_file(), reason="labelme2coco.py is not written yet")
 def test_sample_convert_report_end_to_end(tmp_path):
     from segkit.data.sample import make_instance_sample
 

@@ -68,7 +68,7 @@ def review(sample_data, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "segkit.evaluation.review", "--gt", gt, "--predictions", pred_file,
          "--score-threshold", "0.5", "-o", out, "--quiet"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert before == sorted((p.name, p.stat().st_mtime_ns) for p in Path(sample_data).rglob("*"))  # inputs untouched
@@ -155,7 +155,7 @@ def test_review_of_a_training_run(trained_mini_checkpoint, tmp_path):
     out = tmp_path / "review"
     proc = subprocess.run(
         [sys.executable, "-m", "segkit.evaluation.review", run / "eval", "-o", out, "--quiet"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best-F1 threshold from metrics_mydata_trainval.json" in proc.stdout

@@ -83,7 +83,7 @@ def _digest(folder):
 
 
 def run_suspects(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
     return subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *map(str, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

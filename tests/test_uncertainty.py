@@ -64,7 +64,7 @@ def test_rank_uncertainty_prelabels_the_top_k(trained_mini_checkpoint, sample_da
         shutil.copy(image, unlabelled / image.name)
     (unlabelled / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
 
     def predict(*args):
         return subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", unlabelled,

@@ -136,6 +136,7 @@ def test_offline_encoder_weights_stop_with_one_clear_sentence(monkeypatch, tmp_p
 # --------------------------------------------------------------------------------------------
 # training + evaluation
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_short_training_reaches_miou_and_dice_report(trimap, tmp_path, one_thread):
     _, names = trimap
     cfg = mini_cfg(train=[names["train"]], test=[names["val"]])

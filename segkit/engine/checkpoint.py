@@ -24,7 +24,7 @@ from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir
 
 from segkit.data.atomic import atomic_path, write_text
-from segkit.modeling.config import get_segkit_cfg
+from segkit.modeling.config import get_segkit_cfg, is_semantic
 from segkit.modeling.weights import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def load_inference_config(weights_path, config_file=None, with_thresholds=False)
     cfg.MODEL.WEIGHTS = weights_path
     class_names = list(checkpoint.get("class_names") or [])
     if not class_names:
-        n = cfg.MODEL.ROI_HEADS.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE != "UNet" else cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        n = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if is_semantic(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
         class_names = [f"class_{i}" for i in range(max(n, 0))]
     if with_thresholds:
         return cfg, class_names, {k: checkpoint[k] for k in SCORE_THRESHOLD_KEYS if checkpoint.get(k) is not None}

@@ -16,6 +16,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from segkit.data.atomic import atomic_path
+from segkit.engine.distributed import broadcast_from_main
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +94,19 @@ def read_metrics(path):
 
 def plot_loss_curves(metrics_path, out_path):
     """Total loss, each loss term and the validation losses against iteration, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas, as evaluation/plots.py draws: no pyplot, so the program's
+    # global matplotlib backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = read_metrics(metrics_path)
     train_keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
     val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
     if not rows or not (train_keys or "total_loss" in rows[0]):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, keys, title in (
         (axes[0], ["total_loss", "val_total_loss"], "total loss"),
         (axes[1], train_keys + [k for k in val_keys if k != "val_total_loss"], "loss terms"),
@@ -122,7 +125,6 @@ def plot_loss_curves(metrics_path, out_path):
     fig.tight_layout()
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return True
 
 
@@ -186,31 +188,44 @@ class ProgressBar(HookBase):
 
 
 class EarlyStopping(HookBase):
-    """Stops when ``metric`` has not improved for ``patience`` evaluations. Register after EvalHook."""
+    """Stops when ``metric`` has not improved for ``patience`` evaluations. Register after EvalHook,
+    with its period.
 
-    def __init__(self, metric, patience, mode="max"):
+    Every rank runs this at each evaluation; only the main process has the metric, so it decides
+    and the decision is broadcast, and all ranks stop at the same iteration."""
+
+    def __init__(self, metric, patience, eval_period, mode="max"):
         self._metric = metric
         self._patience = patience
+        self._period = eval_period
         self._sign = 1 if mode == "max" else -1
         self._best = -math.inf
         self._bad = 0
-        self._seen_iter = -1
 
-    def after_step(self):
+    def _main_process_says_stop(self):
         latest = self.trainer.storage.latest().get(self._metric)
         if latest is None:
-            return
+            return False
         value, itr = latest
-        if itr == self._seen_iter or not math.isfinite(value):
-            return
-        self._seen_iter = itr
+        if itr != self.trainer.iter or not math.isfinite(value):
+            return False  # this evaluation did not produce the metric
         if self._sign * value > self._best:
             self._best, self._bad = self._sign * value, 0
-            return
+            return False
         self._bad += 1
-        if self._bad >= self._patience:
-            logger.info(f"Early stop at iteration {itr}: {self._metric} has not improved for "
-                        f"{self._patience} evaluations (best {self._sign * self._best:.4f}).")
+        if self._bad < self._patience:
+            return False
+        logger.info(f"Early stop at iteration {itr}: {self._metric} has not improved for "
+                    f"{self._patience} evaluations (best {self._sign * self._best:.4f}).")
+        return True
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        # EvalHook's own condition: it evaluates at these iterations (the last one in after_train).
+        if self._period <= 0 or next_iter % self._period or next_iter == self.trainer.max_iter:
+            return
+        stop = self._main_process_says_stop() if comm.is_main_process() else None
+        if broadcast_from_main(stop):
             raise StopTraining()
 
     def state_dict(self):

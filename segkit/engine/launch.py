@@ -17,8 +17,8 @@ from segkit.data.catalog import coco_has_rle_instances, register_data_dir
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
 from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
 from segkit.engine.schedule import apply_epochs
-from segkit.engine.trainer import Trainer, TrainingDiverged, dataset_classes
-from segkit.modeling.config import get_segkit_cfg
+from segkit.engine.trainer import HideDivergenceTraceback, Trainer, TrainingDiverged, dataset_classes
+from segkit.modeling.config import get_segkit_cfg, is_semantic
 
 logger = logging.getLogger("segkit")
 
@@ -44,7 +44,7 @@ def register_datasets(cfg):
     if not os.path.isdir(cfg.DATASETS.DATA_DIR):
         return
     register_data_dir(cfg.DATASETS.DATA_DIR)
-    if cfg.MODEL.META_ARCHITECTURE == "UNet":
+    if is_semantic(cfg):
         from segkit.data.semantic import register_semantic_data_dir
 
         register_semantic_data_dir(cfg.DATASETS.DATA_DIR)
@@ -67,7 +67,7 @@ def use_bitmask_if_needed(cfg):
 def resolve_num_classes(cfg):
     """NUM_CLASSES = -1 means: as many as the training dataset has. Train and test datasets must
     declare the same classes in the same order (the model's outputs are indices into them)."""
-    semantic = cfg.MODEL.META_ARCHITECTURE == "UNet"
+    semantic = is_semantic(cfg)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     from detectron2.data import DatasetCatalog
 
@@ -132,6 +132,8 @@ def main(args, trainer_class=Trainer):
 
 
 def _main_with_clean_errors(args, trainer_class):
+    # Each launched process starts here (launch spawns workers for --num-gpus > 1).
+    logging.getLogger("detectron2.engine.train_loop").addFilter(HideDivergenceTraceback())
     try:
         return main(args, trainer_class)
     except (WeightsUnavailableError, TrainingDiverged) as e:

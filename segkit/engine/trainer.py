@@ -8,15 +8,17 @@ import weakref
 
 import numpy as np
 import torch
-from detectron2.data import DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from segkit.data.augmentation import build_train_mapper
 from segkit.data.loader import build_resumable_train_loader
 from segkit.engine.budget import LOOP_LIMIT, TimeBudget
 from segkit.engine.checkpoint import SegkitCheckpointer, take_score_thresholds
+from segkit.modeling.config import is_semantic
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import (
     EarlyStopping,
@@ -30,14 +32,12 @@ from segkit.engine.hooks import (
 logger = logging.getLogger(__name__)
 
 
-class _HideDivergenceTraceback(logging.Filter):
-    """TrainerBase.train logs every exception with a traceback; a NaN loss gets our one sentence."""
+class HideDivergenceTraceback(logging.Filter):
+    """TrainerBase.train logs every exception with a traceback; a NaN loss gets our one sentence
+    (TrainingDiverged). The program installs it on detectron2's train-loop logger at start."""
 
     def filter(self, record):
         return not (record.exc_info and isinstance(record.exc_info[1], FloatingPointError))
-
-
-logging.getLogger("detectron2.engine.train_loop").addFilter(_HideDivergenceTraceback())
 
 
 def rng_state():
@@ -71,13 +71,15 @@ def dataset_classes(name, semantic):
 
 
 def class_names_of(cfg):
-    return dataset_classes(cfg.DATASETS.TRAIN[0], cfg.MODEL.META_ARCHITECTURE == "UNet")
+    return dataset_classes(cfg.DATASETS.TRAIN[0], is_semantic(cfg))
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except for the DDP wrapper (detectron2 passes
-        # device_ids=[local_rank], which DDP rejects for CPU modules) and a resumable loader.
+        # Mirrors DefaultTrainer.__init__ of detectron2 0.7.2 (upstream commit a59f0563; the
+        # DefaultTrainer tests in tests/test_train.py fail when it changes), with three changes:
+        # create_ddp_model gets device_ids=None on CPU (detectron2 passes [local_rank], which DDP
+        # rejects for CPU modules), the train loader is resumable, the checkpointer is ours.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -108,10 +110,6 @@ class Trainer(DefaultTrainer):
     # ---- data -------------------------------------------------------------------------------
     @classmethod
     def build_train_mapper(cls, cfg):
-        try:
-            from segkit.data.augmentation import build_train_mapper
-        except ImportError:
-            return DatasetMapper(cfg, is_train=True)
         return build_train_mapper(cfg)
 
     @classmethod
@@ -197,7 +195,7 @@ class Trainer(DefaultTrainer):
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
             ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
         if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
-            ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE))
+            ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE, eval_period))
         if cfg.SOLVER.TIME_BUDGET > 0:
             ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg))  # last: it times the other hooks too
         return ret
@@ -248,7 +246,7 @@ class Trainer(DefaultTrainer):
         try:
             return super().train()
         except StopTraining:
-            self.iter = self._last_completed_iter
+            # Raised by a hook after this iteration's step: the weights are those of self.iter.
             self.checkpointer.save("model_final", iteration=self.iter)
             return getattr(self, "_last_eval_results", None)
         except KeyboardInterrupt:

@@ -1,14 +1,23 @@
-"""The evaluator for a config: COCO (bbox, segm) for Mask R-CNN, Dice/IoU for the U-Net."""
+"""The evaluator for a dataset, chosen by its metadata's ``evaluator_type`` as detectron2's
+tools/train_net.py does: COCO (bbox, segm) for instance datasets, Dice/IoU for semantic ones."""
 
 import os
+
+from detectron2.data import MetadataCatalog
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval")
-    if cfg.MODEL.META_ARCHITECTURE == "UNet":
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "sem_seg":
         from segkit.evaluation.semantic import SemSegDiceEvaluator
 
         return SemSegDiceEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-    from segkit.evaluation.coco import build_coco_evaluator
+    if evaluator_type == "coco":
+        from segkit.evaluation.coco import build_coco_evaluator
 
-    return build_coco_evaluator(cfg, dataset_name, output_folder)
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+    raise NotImplementedError(
+        f"No evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r}): register it "
+        f"with register_coco_instances or segkit.data.semantic, or set DATASETS.TEST to ()."
+    )

@@ -7,9 +7,10 @@ graph, as detectron2 does them:
 
 1. ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) - detectron2's own transform;
 2. the graph: boxes, classes, 28x28 mask probabilities, scores at the resized size;
-3. ``detector_postprocess``: boxes scaled to the input size, clipped, empty boxes dropped;
-4. ``paste_masks_in_image``: each mask bilinearly resampled into its box (grid_sample with
-   align_corners=False and zero padding, reproduced with numpy) and thresholded at 0.5.
+3. detectron2's ``detector_postprocess``: boxes scaled to the input size, clipped, empty boxes
+   dropped, masks pasted into their boxes (``paste_masks_in_image``) and thresholded.
+
+Preprocessing is the eager Predictor's own (``prepare_image``).
 
 The score threshold is the one baked in at export (the sidecar says which);
 ``confidence_threshold`` can only raise it.
@@ -24,49 +25,9 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from segkit.inference.image_io import to_rgb_uint8
-from segkit.inference.predictor import Prediction, metadata_for
+from detectron2.modeling.postprocessing import detector_postprocess
 
-
-def _interp_matrix(coords, size):
-    """(len(coords), size) bilinear weights of sampling a length-``size`` signal at ``coords``
-    (pixel units, zero outside the signal) - one axis of grid_sample."""
-    coords = coords.astype(np.float32)
-    i0 = np.floor(coords).astype(np.int64)
-    t = (coords - i0).astype(np.float32)
-    m = np.zeros((len(coords), size), dtype=np.float32)
-    rows = np.arange(len(coords))
-    for idx, w in ((i0, 1 - t), (i0 + 1, t)):
-        ok = (idx >= 0) & (idx < size)
-        m[rows[ok], idx[ok]] += w[ok]
-    return m
-
-
-def paste_masks(mask_probs, boxes, image_shape, threshold=0.5):
-    """detectron2's ``paste_masks_in_image`` in numpy: (N, M, M) probabilities + (N, 4) XYXY
-    boxes -> (N, H, W) bool masks."""
-    h, w = int(image_shape[0]), int(image_shape[1])
-    n = len(mask_probs)
-    out = np.zeros((n, h, w), dtype=bool)
-    for i in range(n):
-        m = np.asarray(mask_probs[i], dtype=np.float32)
-        mh, mw = m.shape
-        x0, y0, x1, y1 = (np.float32(v) for v in boxes[i])
-        # the region detectron2 computes on CPU (one mask per chunk)
-        xa = int(max(np.floor(x0) - 1, 0))
-        ya = int(max(np.floor(y0) - 1, 0))
-        xb = int(min(np.ceil(x1) + 1, w))
-        yb = int(min(np.ceil(y1) + 1, h))
-        if xb <= xa or yb <= ya:
-            continue
-        gx = (np.arange(xa, xb, dtype=np.float32) + np.float32(0.5) - x0) / (x1 - x0) * 2 - 1
-        gy = (np.arange(ya, yb, dtype=np.float32) + np.float32(0.5) - y0) / (y1 - y0) * 2 - 1
-        # grid_sample(align_corners=False): normalised [-1, 1] -> pixel ((g + 1) * size - 1) / 2
-        ux = ((gx + 1) * mw - 1) / 2
-        uy = ((gy + 1) * mh - 1) / 2
-        region = _interp_matrix(uy, mh) @ m @ _interp_matrix(ux, mw).T
-        out[i, ya:yb, xa:xb] = region >= threshold
-    return out
+from segkit.inference.predictor import Prediction, metadata_for, prepare_image
 
 
 def read_sidecar(model_path):
@@ -96,11 +57,8 @@ class ExportedPredictor:
         self.metadata = metadata_for(self.class_names, semantic=self.semantic)
 
     def preprocess(self, image, rgb=False):
-        image_rgb = to_rgb_uint8(image, rgb=rgb)
-        original = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
-        resized = self.aug.get_transform(original).apply_image(original)
-        chw = np.ascontiguousarray(resized.astype(np.float32).transpose(2, 0, 1))
-        return chw, image_rgb
+        tensor, image_rgb = prepare_image(image, self.aug, self.input_format, rgb=rgb)
+        return tensor.numpy(), image_rgb
 
     def __call__(self, image, rgb=False, keep_image=True):
         chw, image_rgb = self.preprocess(image, rgb=rgb)
@@ -123,26 +81,19 @@ class ExportedPredictor:
                 sem = torch.nn.functional.interpolate(sem[None], size=(h, w), mode="bilinear",
                                                       align_corners=False)[0]
             return Prediction(self.class_names, sem_seg=sem, image=keep_img, file_name=file_name)
-        rh, rw = int(resized_hw[0]), int(resized_hw[1])
-        boxes = np.asarray(out["boxes"], dtype=np.float32).reshape(-1, 4).copy()
-        scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
-        classes = np.asarray(out["classes"]).reshape(-1).astype(np.int64)
-        # detector_postprocess: scale, clip, drop empty boxes
-        boxes[:, 0::2] *= np.float32(w / rw)
-        boxes[:, 1::2] *= np.float32(h / rh)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
-        keep &= scores >= self.confidence_threshold
-        inst = Instances((h, w))
-        inst.pred_boxes = Boxes(torch.from_numpy(boxes[keep]))
-        inst.scores = torch.from_numpy(scores[keep])
-        inst.pred_classes = torch.from_numpy(classes[keep])
+        scores = torch.as_tensor(np.asarray(out["scores"], dtype=np.float32).reshape(-1))
+        keep = scores >= self.confidence_threshold
+        inst = Instances((int(resized_hw[0]), int(resized_hw[1])))
+        inst.pred_boxes = Boxes(torch.as_tensor(np.asarray(out["boxes"], dtype=np.float32).reshape(-1, 4))[keep])
+        inst.scores = scores[keep]
+        inst.pred_classes = torch.as_tensor(np.asarray(out["classes"]).reshape(-1).astype(np.int64))[keep]
         if "mask_probs" in out:
-            probs = np.asarray(out["mask_probs"], dtype=np.float32)
-            probs = probs[:, 0] if probs.ndim == 4 else probs
-            inst.pred_masks = torch.from_numpy(
-                paste_masks(probs[keep], boxes[keep], (h, w), self.mask_threshold))
+            probs = torch.as_tensor(np.asarray(out["mask_probs"], dtype=np.float32))
+            inst.pred_masks = (probs if probs.dim() == 4 else probs[:, None])[keep]
+        with torch.inference_mode():
+            inst = detector_postprocess(inst, h, w, mask_threshold=self.mask_threshold)
+        if inst.has("pred_masks"):
+            inst.pred_masks = inst.pred_masks.bool()
         return Prediction(self.class_names, instances=inst, image=keep_img, file_name=file_name)
 
 

@@ -17,7 +17,6 @@ model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultP
 """
 
 import hashlib
-import importlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -32,18 +31,14 @@ from detectron2.structures import Instances
 from segkit.data.catalog import class_colors
 from segkit.engine.checkpoint import load_inference_config
 from segkit.inference.image_io import to_rgb_uint8
+import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
+from segkit.modeling.config import is_semantic
 
 logger = logging.getLogger(__name__)
-
-SEMANTIC_ARCHITECTURES = ("UNet", "SemanticSegmentor")
 
 
 def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def is_semantic_architecture(meta_architecture):
-    return meta_architecture in SEMANTIC_ARCHITECTURES
 
 
 def metadata_for(class_names, semantic=False):
@@ -63,15 +58,6 @@ def metadata_for(class_names, semantic=False):
     elif meta.get("thing_classes") is None:
         meta.set(thing_classes=names, thing_colors=colors)
     return meta
-
-
-def _import_optional(module):
-    """Import a module that registers architectures (e.g. the U-Net), if this checkout has it."""
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name):
-            raise
 
 
 @dataclass
@@ -174,10 +160,9 @@ class Predictor:
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.DEVICE = device or default_device()
-        _import_optional("segkit.modeling.unet")  # registers "UNet" with META_ARCH_REGISTRY
         self.cfg = cfg
         self.class_names = list(class_names)
-        self.semantic = is_semantic_architecture(cfg.MODEL.META_ARCHITECTURE)
+        self.semantic = is_semantic(cfg)
         self.default_predictor = DefaultPredictor(cfg)
         self.model = self.default_predictor.model
         self.aug = self.default_predictor.aug
@@ -232,11 +217,8 @@ class Predictor:
 
     def preprocess(self, image, rgb=False):
         """(model input dict, RGB uint8 image) for one image, as DefaultPredictor prepares it."""
-        image_rgb = to_rgb_uint8(image, rgb=rgb)
-        original = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
-        height, width = original.shape[:2]
-        resized = self.aug.get_transform(original).apply_image(original)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.astype("float32").transpose(2, 0, 1)))
+        tensor, image_rgb = prepare_image(image, self.aug, self.input_format, rgb=rgb)
+        height, width = image_rgb.shape[:2]
         return {"image": tensor.to(self.device), "height": height, "width": width}, image_rgb
 
     def __call__(self, image, rgb=False, keep_image=True):
@@ -273,6 +255,16 @@ class Predictor:
             return Prediction(self.class_names, sem_seg=out["sem_seg"].float().cpu(),
                               image=image_rgb, file_name=file_name)
         raise ValueError(f"the model returned neither instances nor sem_seg: {sorted(out)}")
+
+
+def prepare_image(image, aug, input_format, rgb=False):
+    """(CHW float32 tensor, RGB uint8 image): the model input of one image, as DefaultPredictor
+    prepares it (channel order ``input_format``, resized by ``aug``). Shared by the eager and the
+    exported predictors so both see the same pixels."""
+    image_rgb = to_rgb_uint8(image, rgb=rgb)
+    original = image_rgb if input_format == "RGB" else image_rgb[:, :, ::-1]
+    resized = aug.get_transform(original).apply_image(original)
+    return torch.as_tensor(np.ascontiguousarray(resized.astype("float32").transpose(2, 0, 1))), image_rgb
 
 
 def set_confidence_threshold(cfg, threshold):

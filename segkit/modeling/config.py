@@ -58,6 +58,15 @@ def add_segkit_config(cfg):
     return cfg
 
 
+# Meta-architectures whose output is a class map (``sem_seg``), not instances.
+SEMANTIC_ARCHITECTURES = ("UNet", "SemanticSegmentor")
+
+
+def is_semantic(cfg):
+    """Whether ``cfg``'s model does semantic segmentation (stuff classes, a class map)."""
+    return cfg.MODEL.META_ARCHITECTURE in SEMANTIC_ARCHITECTURES
+
+
 def get_segkit_cfg():
     """detectron2's defaults plus ours: the starting point of every config in this project."""
     return add_segkit_config(get_cfg())

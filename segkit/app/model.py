@@ -1,0 +1,141 @@
+"""The checkpoint behind the app and what the page says about it (classes, evaluation)."""
+
+import json
+import logging
+import os
+import threading
+
+from segkit.evaluation.metrics_files import read_metrics_file, find_metrics_files
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
+TRAIN_COMMAND = "python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml"
+MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters above it
+
+
+class AppModel:
+    """The checkpoint behind the app (or the reason there is none) and what the page shows of it."""
+
+    def __init__(self, weights=DEFAULT_WEIGHTS, device=None, predictor=None):
+        self.weights = os.fspath(weights)
+        self.predictor = predictor
+        self.error = None
+        if predictor is None:
+            if not os.path.isfile(self.weights):
+                self.error = (f"No checkpoint at `{self.weights}`. Train one first: `{TRAIN_COMMAND}` "
+                              f"(or start the app with `--weights PATH`).")
+            else:
+                try:
+                    from segkit.inference.predictor import Predictor
+
+                    self.predictor = Predictor.from_checkpoint(
+                        self.weights, device=device, confidence_threshold=MIN_SCORE)
+                except Exception as e:  # the page says why; the server still starts
+                    logger.exception("could not load %s", self.weights)
+                    self.error = f"Could not load `{self.weights}`: {e.__class__.__name__}: {e}"
+        self.lock = threading.Lock()
+        self.calls = 0  # model runs (not redraws)
+        self.default_score, self.score_note = self._default_score()
+
+    def _default_score(self):
+        """The slider's start and the one line saying why: the checkpoint's best-F1 threshold
+        for all classes when its evaluation stored one, else 0.5."""
+        stored = getattr(self.predictor, "stored_thresholds", {}).get("score_threshold") if self.ready else None
+        if stored is None:
+            return 0.5, "starts at 0.5 (default: the checkpoint carries no evaluated threshold)"
+        value = min(max(round(float(stored), 2), MIN_SCORE), 1.0)
+        return value, f"starts at {value:.2f}, the best-F1 threshold of the checkpoint's evaluation"
+
+    @property
+    def ready(self):
+        return self.predictor is not None
+
+    @property
+    def class_names(self):
+        return list(self.predictor.class_names) if self.ready else []
+
+    @property
+    def semantic(self):
+        return bool(self.ready and self.predictor.semantic)
+
+    def predict(self, image_rgb):
+        with self.lock:
+            self.calls += 1
+            return self.predictor(image_rgb, rgb=True)
+
+    def example_images(self, limit=8):
+        """Up to ``limit`` images of the test split named by the checkpoint's config."""
+        if not self.ready:
+            return []
+        from detectron2.data import MetadataCatalog
+
+        from segkit.engine.launch import register_datasets
+
+        cfg = self.predictor.cfg
+        register_datasets(cfg)
+        found = []
+        for name in cfg.DATASETS.TEST:
+            meta = MetadataCatalog.get(name)
+            json_file, images_dir = meta.get("json_file", None), meta.get("image_root", None)
+            if not json_file or not images_dir:
+                continue
+            try:
+                with open(json_file, encoding="utf-8") as f:
+                    images = json.load(f).get("images", [])
+            except (OSError, ValueError):
+                continue
+            for im in images:
+                path = os.path.join(images_dir, str(im.get("file_name", "")))
+                if os.path.isfile(path) and path not in found:
+                    found.append(path)
+                if len(found) >= limit:
+                    return found
+        return found
+
+    def eval_files(self):
+        """Evaluation files beside the checkpoint (``eval/``) and under OUTPUT_DIR/eval."""
+        dirs = [os.path.join(os.path.dirname(os.path.abspath(self.weights)), "eval")]
+        if self.ready:
+            dirs.append(os.path.abspath(os.path.join(self.predictor.cfg.OUTPUT_DIR, "eval")))
+        return find_metrics_files(dirs)
+
+    def info_markdown(self):
+        if not self.ready:
+            return "### Model\nNone loaded (see the top of the page)."
+        p = self.predictor
+        kind = "semantic segmentation (U-Net)" if p.semantic else "instance segmentation"
+        lines = [
+            "### Model",
+            f"`{self.weights}`  ",
+            f"{p.cfg.MODEL.META_ARCHITECTURE}, {kind}, on {p.device.type}",
+            "",
+            "**Classes:** " + ", ".join(f"`{c}`" for c in p.class_names),
+        ]
+        lines += eval_markdown(self.eval_files())
+        return "\n".join(lines)
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def eval_markdown(files):
+    """Markdown lines summarising our evaluation files among ``files``."""
+    lines = []
+    for summary in filter(None, map(read_metrics_file, files)):
+        title = f"**Evaluation on `{summary.dataset}`**"
+        if summary.kind == "coco":
+            lines += ["", title, "", "| metric | " + " | ".join(summary.columns) + " |",
+                      "|---|" + "---|" * len(summary.columns)]
+            lines += [f"| {m} | " + " | ".join(map(_fmt, values)) + " |" for m, values in summary.rows]
+        else:
+            lines += ["", title + ": " + ", ".join(f"{m} {_fmt(v[0])}" for m, v in summary.rows)]
+        if summary.class_rows:
+            lines += ["", "| class | " + " | ".join(summary.class_columns) + " |",
+                      "|---|" + "---|" * len(summary.class_columns)]
+            lines += [f"| {c} | " + " | ".join(map(_fmt, values)) + " |" for c, values in summary.class_rows]
+    if not lines:
+        lines = ["", "No evaluation results next to the checkpoint (train_net.py writes them to "
+                     "`OUTPUT_DIR/eval/` when it evaluates)."]
+    return lines
