@@ -4,6 +4,7 @@
     python benchmarks/suspects.py --step prepare       # or in parts, each a short command:
     python benchmarks/suspects.py --step fold --fold 0 # (1, 2 ...)
     python benchmarks/suspects.py --step score
+    python benchmarks/suspects.py --step rescore       # count again, no model run
 
 The generated sample set (40 images, 3 classes; segkit.data.sample) is converted to COCO, and known
 errors are planted into a copy of its labels (trainval.json): 20% of the instances dropped, the
@@ -120,6 +121,7 @@ def score(records, errors, file_of, num_labels, draws=2000, seed=0):
     anywhere = found.any(axis=1)
     rng = np.random.default_rng(seed)
     random_found = [found[:, rng.permutation(len(records))[:2 * n]].any(axis=1).mean() for _ in range(draws)]
+    random_top_n = [found[:, rng.permutation(len(records))[:n]].any(axis=1).mean() for _ in range(draws)]
     # a reviewer checking 2N labels at random finds a label error when its label is among them
     label_errors = sum(e["type"] != "drop" for e in errors)
     random_labels = min(1.0, 2 * n / max(num_labels, 1)) * label_errors / n
@@ -131,7 +133,10 @@ def score(records, errors, file_of, num_labels, draws=2000, seed=0):
         t["anywhere"] += int(a)
     return {"planted": n, "suspects": len(records), "top_2n_found": int(hits.sum()), "top_2n_share": float(hits.mean()),
             "anywhere_share": float(anywhere.mean()), "random_ranking_share": float(np.mean(random_found)),
-            "random_labels_share": random_labels, "by_type": by_type}
+            "random_labels_share": random_labels, "by_type": by_type,
+            "top_n_share": float(found[:, :n].any(axis=1).mean()), "random_ranking_top_n_share": float(np.mean(random_top_n)),
+            "top_n_precision": float(found[:, :n].any(axis=0).mean()) if records else 0.0,
+            "precision_all": float(found.any(axis=0).mean()) if records else 0.0}
 
 
 def paths(work):
@@ -178,14 +183,14 @@ def train_one_fold(work, args):
                       finder._subset(coco, train_ids, fargs.data), iters, fargs.opts, fargs.num_gpus)
 
 
-def run_finder_and_score(work, args):
+def run_finder_and_score(work, args, run_finder=True):
     p = paths(work)
     start = time.time()
-    env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *finder_args(work, args)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(proc.stderr[-3000:])
+    if run_finder:
+        proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *finder_args(work, args)],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(proc.stderr[-3000:])
     with open(os.path.join(p["out"], "suspects.json"), encoding="utf-8") as f:
         records = json.load(f)["suspects"]
     with open(p["errors"], encoding="utf-8") as f:
@@ -206,6 +211,10 @@ def run_finder_and_score(work, args):
     print(f"| suspect finder | {result['top_2n_share']:.0%} ({result['top_2n_found']}/{n}) | {result['anywhere_share']:.0%} |")
     print(f"| random order of the same suspects | {result['random_ranking_share']:.0%} | |")
     print(f"| {2 * n} labels checked at random | {result['random_labels_share']:.0%} | |")
+    print(f"\ntop N = {n}: the finder {result['top_n_share']:.0%} of the errors, a random order of its list "
+          f"{result['random_ranking_top_n_share']:.0%}; {result['top_n_precision']:.0%} of its top N suspects "
+          f"are planted errors ({result['precision_all']:.0%} of the whole list; the rest are the model's own "
+          f"mistakes or errors the generator made)")
     print("\n| error | planted | in top 2N | anywhere |\n|---|---|---|---|")
     for t, c in result["by_type"].items():
         print(f"| {t} | {c['planted']} | {c['in_top_2n']} | {c['anywhere']} |")
@@ -215,7 +224,8 @@ def run_finder_and_score(work, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score"])
+    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore"],
+                    help="rescore: count again from the finder's last suspects.json, without running it")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=None, help="per fold model (default: the finder's)")
@@ -227,8 +237,8 @@ def main():
         prepare(args.work, args.seed)
     if args.step == "fold":
         train_one_fold(args.work, args)
-    if args.step in ("all", "score"):
-        run_finder_and_score(args.work, args)
+    if args.step in ("all", "score", "rescore"):
+        run_finder_and_score(args.work, args, run_finder=args.step != "rescore")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,15 @@ def test_review_of_a_training_run(trained_mini_checkpoint, tmp_path):
     assert totals["tp"] + totals["confusions"] == cm[:-1, :-1].sum()
     assert totals["tp"] == np.trace(cm[:-1, :-1])
     assert totals["fp"] + totals["poor_masks"] == cm[-1].sum()
+
+
+def test_annotation_source_follows_the_provenance_contract():
+    from segkit.evaluation.review import annotation_source
+
+    local = {"info": {"source": os.path.join(os.sep, "data", "in")}}
+    image = {"source_file": "sub/a.json", "labelme_file": "sub/a.json"}
+    assert annotation_source(local, image) == os.path.join(os.sep, "data", "in", "sub", "a.json")
+    remote = {"info": {"source": "s3://bucket/set/"}}
+    assert annotation_source(remote, {"source_file": "labels/a.txt"}) == "s3://bucket/set/labels/a.txt"
+    assert annotation_source({"info": {}}, {"labelme_file": "a.json"}) == "a.json"  # older files
+    assert annotation_source({}, {}) is None
