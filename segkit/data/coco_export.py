@@ -56,6 +56,7 @@ from segkit.data.labelme import (
     labelme_mask_shape,
     labelme_shape,
     mask_to_polygons,
+    read_json_file,
     write_labelme_json,
 )
 
@@ -77,11 +78,8 @@ class ExportResult:
 
 
 def _read_coco(path, log):
-    try:
-        with open(path, "rb") as f:
-            coco = json.loads(f.read().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        log.problem(path, "unreadable COCO file", f"unreadable COCO file ({e})")
+    readable, coco = read_json_file(path, log, path, "COCO file")
+    if not readable:
         return None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "categories")):
         log.problem(path, "not a COCO instances file", "not a COCO instances file (no 'images'/'categories' list)")
