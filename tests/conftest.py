@@ -1,5 +1,6 @@
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -150,6 +151,36 @@ def serve_app():
             app.workdirs.cleanup()
 
     return served
+
+
+# ---------------------------------------------------------------- data helpers
+
+
+def tree_digest(folder, mtimes=False):
+    """{relative path: sha256 (and mtime with ``mtimes``)} of every file below ``folder``: equal before
+    and after a run when the run left an input alone (``mtimes``: not even rewritten in place)."""
+    digest = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                sha = hashlib.sha256(f.read()).hexdigest()
+            digest[os.path.relpath(p, folder)] = (sha, os.stat(p).st_mtime_ns) if mtimes else sha
+    return digest
+
+
+def uncompressed_rle_counts(mask):
+    """COCO's uncompressed RLE counts of a 0/1 mask (column-major run lengths, starting with zeros),
+    written out by hand so that readers are checked against pycocotools, not against themselves."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    counts, current, run_length = [], 0, 0
+    for v in flat:
+        if v != current:
+            counts.append(run_length)
+            current, run_length = v, 0
+        run_length += 1
+    counts.append(run_length)
+    return counts
 
 
 # ---------------------------------------------------------------- import fixtures

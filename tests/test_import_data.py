@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from conftest import H, ROOT, W, coco_doc, make_image, make_label_studio, rect_poly, run_train_net
+from conftest import (H, ROOT, W, coco_doc, make_image, make_label_studio, rect_poly, run_train_net, tree_digest,
+                      uncompressed_rle_counts)
 from PIL import Image
 
 from segkit.data.importer import LayoutError, detect_format, import_folder, main
@@ -61,16 +62,6 @@ def check_folder(out):
     return trainval
 
 
-def tree_digest(folder):
-    digest = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                digest[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return digest
-
-
 def run(src, out, **kwargs):
     kwargs.setdefault("progress", False)
     return import_folder(str(src), str(out), **kwargs)
@@ -105,7 +96,7 @@ def make_cvat(root, new_layout=False):
     make_image(image_dir / "frame_000000.png", seed=4)
     make_image(image_dir / "frame_000001.png", seed=5)
     crowd = mask_util.encode(np.asfortranarray(box_mask(30, 20, 10, 10).astype(np.uint8)))
-    crowd_counts = [int(v) for v in _uncompressed_counts(box_mask(30, 20, 10, 10))]
+    crowd_counts = [int(v) for v in uncompressed_rle_counts(box_mask(30, 20, 10, 10))]
     assert mask_util.area(mask_util.frPyObjects({"size": [H, W], "counts": crowd_counts}, H, W)) == mask_util.area(crowd)
     doc = coco_doc(
         [{"id": 1, "file_name": "frame_000000.png", "width": W, "height": H, "license": 0, "flickr_url": "",
@@ -122,18 +113,6 @@ def make_cvat(root, new_layout=False):
         [{"id": 1, "name": "car", "supercategory": ""}, {"id": 2, "name": "bike", "supercategory": ""}])
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_default.json").write_text(json.dumps(doc))
-
-
-def _uncompressed_counts(mask):
-    flat = mask.flatten(order="F").astype(np.uint8)
-    counts, current, run_length = [], 0, 0
-    for v in flat:
-        if v != current:
-            counts.append(run_length)
-            current, run_length = v, 0
-        run_length += 1
-    counts.append(run_length)
-    return counts
 
 
 @pytest.mark.parametrize("new_layout", [False, True])

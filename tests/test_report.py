@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from segkit.data.report import DatasetReportError, load_coco, main as report_main, report_data_dir
 
-from conftest import ROOT
+from conftest import ROOT, uncompressed_rle_counts
 
 SIZE = 128
 
@@ -29,16 +29,7 @@ def _rle(y0, y1, x0, x1, compressed=True):
         rle = mask_utils.encode(m)
         rle["counts"] = rle["counts"].decode("ascii")
         return rle
-    # uncompressed RLE (what COCO uses for iscrowd): column-major run lengths, starting with zeros
-    flat = m.flatten(order="F")
-    runs, current, n = [], 0, 0
-    for v in flat:
-        if v != current:
-            runs.append(n)
-            current, n = v, 0
-        n += 1
-    runs.append(n)
-    return {"size": [SIZE, SIZE], "counts": runs}
+    return {"size": [SIZE, SIZE], "counts": uncompressed_rle_counts(m)}  # what COCO uses for iscrowd
 
 
 def _image(seed):

@@ -161,18 +161,20 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    source = args.input_dir
+def source_and_labels(parser, args, dest, metavar):
+    """The argument checks ``labelme2coco.py`` and ``import_data.py`` share: a remote ``args.<dest>``
+    is downloaded into OUTPUT/.remote-source and ``args.<dest>`` becomes that local folder; the folder,
+    ``--val-fraction`` and ``--labels`` are checked (``parser.error`` on bad ones). Returns
+    ``(source as given, labels or None)``, or None after one ``error:`` line when the download failed."""
+    source = getattr(args, dest)
     if is_remote(source):
         try:
-            args.input_dir = materialise(source, args.output, progress=not args.quiet)
+            setattr(args, dest, materialise(source, args.output, progress=not args.quiet))
         except RemoteSourceError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
-    if not os.path.isdir(args.input_dir):
-        parser.error(f"INPUT_DIR {redact(source)!r} is not a folder")
+            return None
+    if not os.path.isdir(getattr(args, dest)):
+        parser.error(f"{metavar} {redact(source)!r} is not a folder")
     if not 0 <= args.val_fraction < 1:
         parser.error("--val-fraction must be in [0, 1)")
     labels = None
@@ -183,6 +185,16 @@ def main(argv=None):
             parser.error(f"--labels: {e}")
         if not labels:
             parser.error(f"--labels: no class names in {args.labels}")
+    return source, labels
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    checked = source_and_labels(parser, args, "input_dir", "INPUT_DIR")
+    if checked is None:
+        return 1
+    source, labels = checked
 
     from tqdm import tqdm
 

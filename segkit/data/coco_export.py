@@ -56,6 +56,7 @@ from segkit.data.labelme import (
     labelme_mask_shape,
     labelme_shape,
     mask_to_polygons,
+    read_json_file,
     write_labelme_json,
 )
 
@@ -77,11 +78,8 @@ class ExportResult:
 
 
 def _read_coco(path, log):
-    try:
-        with open(path, "rb") as f:
-            coco = json.loads(f.read().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        log.problem(path, "unreadable COCO file", f"unreadable COCO file ({e})")
+    readable, coco = read_json_file(path, log, path, "COCO file")
+    if not readable:
         return None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "categories")):
         log.problem(path, "not a COCO instances file", "not a COCO instances file (no 'images'/'categories' list)")
@@ -210,34 +208,50 @@ def _size(image, where, log):
     return h, w
 
 
+def _class_names(entries):
+    """Class names of all sources, in first-seen order."""
+    classes = []
+    for *_, names in entries:
+        classes += [n for n in names.values() if n not in classes]
+    return classes
+
+
+def _found_images(entries, image_root, log, progress):
+    """``(split, coco_path, image source path, image path relative to the root, (h, w), anns, names)``
+    of each image that is found and has a size; the others are reported."""
+    for split, coco_path, image, anns, names in _progress(entries, "export", progress):
+        located = _locate(image, coco_path, image_root, log)
+        size = located and _size(image, f"{coco_path}: image {image['id']}", log)
+        if size:
+            yield split, coco_path, *located, size, anns, names
+
+
+def _named_annotations(anns, names, coco_path, log):
+    """``(where, class name, annotation)`` of each annotation whose category is declared; the others are reported."""
+    for ann in anns:
+        where = f"{coco_path}: annotation {ann.get('id')}"
+        label = names.get(ann.get("category_id"))
+        if label is None:
+            log.problem(where, "unknown category", f"category_id {ann.get('category_id')!r} not in categories")
+            continue
+        yield where, label, ann
+
+
 def export_labelme(sources, image_root, output_dir, mode="copy", overwrite=False, progress=True, echo=None):
     """COCO files -> LabelMe folder (see the module docstring); returns an :class:`ExportResult`."""
     log = ConversionLog(echo=echo)
     result = ExportResult(log)
     entries = _images_of(sources, log)
-    classes = []
-    for *_, names in entries:
-        classes += [n for n in names.values() if n not in classes]
+    classes = _class_names(entries)
     write_text(os.path.join(output_dir, "labels.txt"), "\n".join([IGNORE_LABEL, BACKGROUND_LABEL, *classes]) + "\n")
     used = set()
-    for split, coco_path, image, anns, names in _progress(entries, "export", progress):
-        located = _locate(image, coco_path, image_root, log)
-        size = located and _size(image, f"{coco_path}: image {image['id']}", log)
-        if not size:
-            continue
-        src, rel = located
+    for _, coco_path, src, rel, (h, w), anns, names in _found_images(entries, image_root, log, progress):
         stem, ext = os.path.splitext(rel)
         rel = unique_name(stem, used, ext)  # two images may share a stem: their JSONs must not
         image_dest = os.path.join(output_dir, rel)
         json_path = os.path.splitext(image_dest)[0] + ".json"
-        h, w = size
         shapes, crowd_seen, next_group = [], set(), 1
-        for ann in anns:
-            where = f"{coco_path}: annotation {ann.get('id')}"
-            label = names.get(ann.get("category_id"))
-            if label is None:
-                log.problem(where, "unknown category", f"category_id {ann.get('category_id')!r} not in categories")
-                continue
+        for where, label, ann in _named_annotations(anns, names, coco_path, log):
             segmentation = ann.get("segmentation")
             if ann.get("iscrowd"):
                 key = json.dumps(segmentation, sort_keys=True)
@@ -296,28 +310,15 @@ def export_yolo(sources, image_root, output_dir, mode="copy", progress=True, ech
     log = ConversionLog(echo=echo)
     result = ExportResult(log)
     entries = _images_of(sources, log)
-    classes = []
-    for *_, names in entries:
-        classes += [n for n in names.values() if n not in classes]
+    classes = _class_names(entries)
     index = {name: k for k, name in enumerate(classes)}
     used = {split: set() for split in SPLIT_FILES}
     splits = set()
-    for split, coco_path, image, anns, names in _progress(entries, "export", progress):
-        located = _locate(image, coco_path, image_root, log)
-        size = located and _size(image, f"{coco_path}: image {image['id']}", log)
-        if not size:
-            continue
-        src, rel = located
-        h, w = size
+    for split, coco_path, src, rel, (h, w), anns, names in _found_images(entries, image_root, log, progress):
         stem, ext = os.path.splitext(os.path.basename(rel))
         stem = unique_name(stem, used[split])  # label files go by stem: stems must differ
         lines = []
-        for ann in anns:
-            where = f"{coco_path}: annotation {ann.get('id')}"
-            label = names.get(ann.get("category_id"))
-            if label is None:
-                log.problem(where, "unknown category", f"category_id {ann.get('category_id')!r} not in categories")
-                continue
+        for where, label, ann in _named_annotations(anns, names, coco_path, log):
             if ann.get("iscrowd"):
                 log.skip("crowd regions (YOLO has none)")
                 continue

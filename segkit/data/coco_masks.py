@@ -9,11 +9,13 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 
-def segmentation_to_rle(segmentation, height, width):
+def segmentation_to_rle(segmentation, height, width, raise_errors=False):
     """Compressed RLE dict (``counts`` bytes) of a COCO segmentation, or None if unusable.
 
     Polygons with fewer than 3 points (or an odd number of coordinates) are dropped, as
-    detectron2's ``load_coco_json`` drops them."""
+    detectron2's ``load_coco_json`` drops them. ``raise_errors``: pycocotools' exception on bad
+    input comes through (for a reason to report) instead of None. Compressed counts are not
+    decoded here, so bad ones only fail when the RLE is used."""
     try:
         if isinstance(segmentation, list):
             polys = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
@@ -27,6 +29,8 @@ def segmentation_to_rle(segmentation, height, width):
             return {"size": list(segmentation["size"]),
                     "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     except Exception:  # pycocotools raises bare Exception / TypeError / ValueError on bad input
+        if raise_errors:
+            raise
         return None
     return None
 
@@ -54,7 +58,12 @@ def mask_geometry(segmentation, height, width):
         return None
 
 
+def rle_to_json(rle):
+    """A pycocotools RLE as COCO JSON holds it (``counts`` a str, ``size`` ints)."""
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
 def mask_to_rle(mask):
     """HxW bool mask -> compressed RLE as written in COCO JSON (``counts`` a str)."""
-    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return rle_to_json(mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8))))

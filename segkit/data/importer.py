@@ -17,10 +17,11 @@ import importlib
 import os
 import sys
 
+from segkit.data.coco_convert import source_and_labels
 from segkit.data.folder_writer import print_outcome, write_data_folder
 from segkit.data.formats import ImportOptions
-from segkit.data.labelme import ConversionLog, read_labels_file
-from segkit.data.remote import RemoteSourceError, is_remote, materialise, redact
+from segkit.data.labelme import ConversionLog
+from segkit.data.remote import redact
 
 # In the order auto-detection reports them; each is a module of segkit.data.formats.
 FORMATS = ("coco", "yolo", "voc", "masks", "openimages", "semantic", "labelme")
@@ -99,25 +100,10 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    source = args.src
-    if is_remote(source):
-        try:
-            args.src = materialise(source, args.output, progress=not args.quiet)
-        except RemoteSourceError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    if not os.path.isdir(args.src):
-        parser.error(f"SRC {redact(source)!r} is not a folder")
-    if not 0 <= args.val_fraction < 1:
-        parser.error("--val-fraction must be in [0, 1)")
-    labels = None
-    if args.labels:
-        try:
-            labels = read_labels_file(args.labels)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            parser.error(f"--labels: {e}")
-        if not labels:
-            parser.error(f"--labels: no class names in {args.labels}")
+    checked = source_and_labels(parser, args, "src", "SRC")
+    if checked is None:
+        return 1
+    source, labels = checked
 
     from tqdm import tqdm
 

@@ -260,6 +260,17 @@ def _region(shape, index, label, shape_type, pts, width, height, log, rel):
     return Shape(index, label, shape_type, polygon=[c for xy in poly for c in xy])
 
 
+def read_json_file(path, log, where, kind="JSON"):
+    """``(True, value)`` of a JSON file (a UTF-8 BOM allowed, as Windows tools write it), or
+    ``(False, None)`` after reporting ``where: unreadable KIND (error)``."""
+    try:
+        with open(path, "rb") as f:
+            return True, json.loads(f.read().decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.problem(where, f"unreadable {kind}", f"unreadable {kind} ({e})")
+        return False, None
+
+
 def read_labelme_file(json_path, root, log, labels=None):
     """One LabelMe JSON -> :class:`LabelMeImage` (image located and sized, shapes grouped into
     instances), or None when the file is unusable. ``labels``: the allowed class names, or None
@@ -267,11 +278,8 @@ def read_labelme_file(json_path, root, log, labels=None):
     root = os.path.abspath(root)
     json_path = os.path.abspath(json_path)
     rel = _posix_rel(json_path, root)
-    try:
-        with open(json_path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        log.problem(rel, "unreadable JSON", f"unreadable JSON ({e})")
+    readable, data = read_json_file(json_path, log, rel)
+    if not readable:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         log.skip("JSON files that are not LabelMe (no 'shapes')")  # e.g. a COCO file: not a problem

@@ -32,6 +32,18 @@ def keep_class(name, options):
     return options.labels is None or name in options.labels
 
 
+def keep_reported(name, options, log, file, where):
+    """:func:`keep_class`, reporting a dropped annotation: a class not in ``--labels`` is a problem of
+    ``file`` (``where``: the annotation in it), one left out by ``--classes`` is only counted."""
+    if keep_class(name, options):
+        return True
+    if options.labels is not None and name not in options.labels:
+        log.problem(file, "unknown label", f"{where}: label {name!r} not in --labels, skipped")
+    else:
+        log.skip("annotations of classes not in --classes")
+    return False
+
+
 def final_categories(found, options):
     """Category names in id order: ``--labels``, else the source's order restricted to ``--classes``."""
     if options.labels is not None:

@@ -2,8 +2,9 @@
 COCO segmentations, with pycocotools: ``area`` and ``bbox`` always come from the rasterised mask,
 as detectron2 and COCOeval see it (a source's own values are often missing or wrong)."""
 
-import numpy as np
 import pycocotools.mask as mask_util
+
+from segkit.data.coco_masks import mask_to_rle, rle_to_json, segmentation_to_rle
 
 
 def _from_rle(label, rle, segmentation, iscrowd):
@@ -14,22 +15,17 @@ def _from_rle(label, rle, segmentation, iscrowd):
             "bbox": [float(v) for v in mask_util.toBbox(rle)]}
 
 
-def compressed(rle):
-    """An RLE as JSON can hold it (``counts`` a str)."""
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
-
-
 def mask_annotation(label, mask, iscrowd=0):
     """Annotation of a boolean HxW mask as one compressed RLE; None when it covers no pixel."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return _from_rle(label, rle, compressed(rle), iscrowd)
+    segmentation = mask_to_rle(mask)
+    height, width = segmentation["size"]
+    return _from_rle(label, segmentation_to_rle(segmentation, height, width), segmentation, iscrowd)
 
 
 def polygon_annotation(label, polygons, width, height, iscrowd=0):
     """Annotation of flat polygons ``[[x0, y0, x1, y1, ...], ...]`` (each >= 3 points) in pixels."""
     polygons = [[float(v) for v in p] for p in polygons]
-    rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+    rle = segmentation_to_rle(polygons, height, width, raise_errors=True)
     return _from_rle(label, rle, polygons, iscrowd)
 
 
@@ -39,7 +35,6 @@ def coco_segmentation_annotation(label, segmentation, width, height, iscrowd=0):
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
         if len(polygons) < len(segmentation):
-            dropped = len(segmentation) - len(polygons)
             if not polygons:
                 return None, "polygon with fewer than 3 points"
             ann = polygon_annotation(label, polygons, width, height, iscrowd)
@@ -56,13 +51,10 @@ def coco_segmentation_annotation(label, segmentation, width, height, iscrowd=0):
         if size != [height, width]:
             return None, f"RLE size {size[1]}x{size[0]} differs from the image's {width}x{height}"
         try:
-            if isinstance(segmentation["counts"], list):  # uncompressed (CVAT crowd masks)
-                rle = mask_util.frPyObjects(segmentation, height, width)
-            else:
-                rle = {"size": size, "counts": segmentation["counts"].encode("ascii")}
-                mask_util.area(rle)
+            rle = segmentation_to_rle(dict(segmentation, size=size), height, width, raise_errors=True)
+            mask_util.area(rle)  # compressed counts are only checked when decoded
         except Exception as e:  # pycocotools raises bare Exception / TypeError on bad counts
             return None, f"unreadable RLE ({e})"
-        ann = _from_rle(label, rle, compressed(rle), iscrowd)
+        ann = _from_rle(label, rle, rle_to_json(rle), iscrowd)
         return ann, None if ann else "covers no pixel"
     return None, "no segmentation (a box only)"

@@ -25,9 +25,10 @@ import re
 from urllib.parse import urlparse
 
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import coco_segmentation_annotation
 from segkit.data.formats.images import is_hidden, is_inside, placed_name, posix_rel, sized_image
+from segkit.data.labelme import read_json_file
 
 NAME = "coco"
 _HEAD_BYTES = 1 << 16
@@ -125,11 +126,8 @@ def read(src_dir, log, options):
     images, seen_files = [], {}
     for file_index, path in enumerate(files):
         rel_json = posix_rel(path, src_dir)
-        try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8-sig"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            log.problem(rel_json, "unreadable JSON", f"unreadable JSON ({e})")
+        readable, data = read_json_file(path, log, rel_json)
+        if not readable:
             continue
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
             log.problem(rel_json, "not a COCO file", "not a COCO instances file (needs images, annotations, categories lists)")
@@ -182,11 +180,7 @@ def read(src_dir, log, options):
                 if name is None:
                     log.problem(rel_json, "unknown category id", f"{where}: category_id {a.get('category_id')!r} is not declared")
                     continue
-                if not keep_class(name, options):
-                    if options.labels is not None and name not in options.labels:
-                        log.problem(rel_json, "unknown label", f"{where}: label {name!r} not in --labels, skipped")
-                    else:
-                        log.skip("annotations of classes not in --classes")
+                if not keep_reported(name, options, log, rel_json, where):
                     continue
                 ann, reason = coco_segmentation_annotation(name, a.get("segmentation"), width, height, a.get("iscrowd", 0))
                 if ann is None:

@@ -13,7 +13,7 @@ import glob
 import os
 
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import polygon_annotation
 from segkit.data.formats.images import list_images, placed_name, posix_rel, sized_image
 
@@ -135,11 +135,7 @@ def read(src_dir, log, options):
                     log.problem(source_file, coords.split(": ", 1)[1], f"{coords}, skipped")
                     continue
                 name = names[cls] if names is not None else str(cls)
-                if not keep_class(name, options):
-                    if options.labels is not None and name not in options.labels:
-                        log.problem(source_file, "unknown label", f"line {k}: label {name!r} not in --labels, skipped")
-                    else:
-                        log.skip("annotations of classes not in --classes")
+                if not keep_reported(name, options, log, source_file, f"line {k}"):
                     continue
                 pixels = [v * (width if i % 2 == 0 else height) for i, v in enumerate(coords)]
                 ann = polygon_annotation(name, [pixels], width, height)
