@@ -25,7 +25,7 @@ from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
 from segkit.engine.distributed import broadcast_from_main
-from segkit.engine.schedule import EVAL_FRACTION, STEP_FRACTIONS, describe_schedule, place_schedule
+from segkit.engine.schedule import EVAL_FRACTION, describe_schedule, place_schedule
 
 logger = logging.getLogger(__name__)
 
