@@ -62,3 +62,12 @@ def place_file(src, dest, mode="copy"):
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)  # not the source's mode (often read-only) nor mkstemp's 0600
         os.utime(tmp, ns=(s.st_atime_ns, s.st_mtime_ns))  # lets a re-run skip unchanged images
+
+
+def add_place_mode_options(parser):
+    """``--copy`` (default) / ``--symlink``: the ``mode`` of :func:`place_file`, as ``args.mode``."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
+    g.add_argument("--symlink", dest="mode", action="store_const", const="symlink",
+                   help="symlink images instead of copying")
+    parser.set_defaults(mode="copy")

@@ -45,6 +45,7 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 
+from segkit.data.atomic import add_place_mode_options
 from segkit.data.folder_writer import SourceImage, print_outcome, progress_bar, split_train_val, summary_lines, write_data_folder
 from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files, read_labelme_file, read_labels_file
 from segkit.data.remote import RemoteSourceError, is_remote, materialise, redact
@@ -150,11 +151,7 @@ def build_parser():
                         "__ignore__ and _background_ lines are skipped); other labels are reported and skipped")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val.json (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
-    g.add_argument("--symlink", dest="mode", action="store_const", const="symlink",
-                   help="symlink images instead of copying")
-    p.set_defaults(mode="copy")
+    add_place_mode_options(p)
     p.add_argument("--strict", action="store_true", help="any reported problem fails the conversion (nothing written)")
     p.add_argument("--no-report", action="store_true", help="skip the dataset report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -45,7 +45,7 @@ from pathlib import PureWindowsPath
 
 import numpy as np
 
-from segkit.data.atomic import place_file, write_text
+from segkit.data.atomic import add_place_mode_options, place_file, write_text
 from segkit.data.coco_masks import segmentation_to_mask
 from segkit.data.file_names import unique_name
 from segkit.data.labelme import (
@@ -355,10 +355,7 @@ def build_parser():
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--image-root", help="folder the COCO file_names are relative to "
                                         "(default: SRC/images, or images/ beside the COCO file, or its folder)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
-    g.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images")
-    p.set_defaults(mode="copy")
+    add_place_mode_options(p)
     p.add_argument("--overwrite", action="store_true", help="LabelMe: replace existing JSON files (default: keep them)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -17,6 +17,7 @@ import importlib
 import os
 import sys
 
+from segkit.data.atomic import add_place_mode_options
 from segkit.data.coco_convert import source_and_labels
 from segkit.data.folder_writer import print_outcome, write_data_folder
 from segkit.data.formats import ImportOptions
@@ -86,10 +87,7 @@ def build_parser():
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of images in val.json when the source has no split or with --resplit (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
-    g.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images instead")
-    p.set_defaults(mode="copy")
+    add_place_mode_options(p)
     p.add_argument("--resplit", action="store_true", help="ignore the source's splits and make ours")
     p.add_argument("--strict", action="store_true", help="any reported problem fails the import (nothing written)")
     p.add_argument("--no-report", action="store_true", help="skip the dataset report at the end")
