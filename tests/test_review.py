@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_util
 
 from conftest import ROOT
-from segkit.evaluation.matching import to_rle
+from segkit.data.coco_masks import segmentation_to_rle
 
 
 def _predictions(coco):
@@ -32,7 +32,7 @@ def _predictions(coco):
     for image_id, anns in sorted(by_image.items()):
         h, w = sizes[image_id]
         for k, a in enumerate(anns):
-            rle = to_rle(a["segmentation"], h, w)
+            rle = segmentation_to_rle(a["segmentation"], h, w, raise_errors=True)
             cat = a["category_id"]
             if image_id == ids[0] and k == 0:
                 continue

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_util
 
+from segkit.data.coco_masks import segmentation_to_rle
+
 __all__ = [
     "ImageMatch",
     "best_f1",
@@ -33,17 +35,7 @@ __all__ = [
     "f1_curve",
     "match_image",
     "score_threshold_of",
-    "to_rle",
 ]
-
-
-def to_rle(segmentation, height, width):
-    """One compressed RLE for a COCO segmentation (polygons, uncompressed or compressed RLE)."""
-    if isinstance(segmentation, list):
-        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation.get("counts"), list):
-        return mask_util.frPyObjects(segmentation, height, width)
-    return segmentation
 
 
 @dataclass
@@ -113,8 +105,8 @@ def match_image(gts, preds, height, width, *, iou=0.5, iou_type="segm", score_th
     dt_boxes = [list(map(float, preds[i]["bbox"])) for i in keep]
     box_iou = _iou(dt_boxes, gt_boxes, crowd)
     if iou_type == "segm":
-        gt_rles = [to_rle(g["segmentation"], height, width) for g in gts]
-        dt_rles = [to_rle(preds[i]["segmentation"], height, width) for i in keep]
+        gt_rles = [segmentation_to_rle(g["segmentation"], height, width, raise_errors=True) for g in gts]
+        dt_rles = [segmentation_to_rle(preds[i]["segmentation"], height, width, raise_errors=True) for i in keep]
         main_iou = _iou(dt_rles, gt_rles, crowd)
     else:
         main_iou = box_iou

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from segkit.data.atomic import atomic_path, write_json, write_text
 from segkit.evaluation.analysis import analyse_detections, group_by_image
-from segkit.evaluation.matching import to_rle
+from segkit.data.coco_masks import segmentation_to_rle
 
 __all__ = ["annotation_source", "build_review", "main", "rank_images"]
 
@@ -84,7 +84,7 @@ def rank_images(rows):
 
 
 def _masks(items, height, width):
-    return [mask_util.decode(to_rle(d["segmentation"], height, width)).astype(bool) for d in items]
+    return [mask_util.decode(segmentation_to_rle(d["segmentation"], height, width, raise_errors=True)).astype(bool) for d in items]
 
 
 def _xyxy(b):
