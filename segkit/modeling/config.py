@@ -4,6 +4,8 @@
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from segkit.modeling.efficientnet_lite import add_efficientnet_lite_config
+
 
 def add_segkit_config(cfg):
     # -1 means "take it from the registered training dataset" (resolved in engine.setup).
@@ -55,7 +57,7 @@ def add_segkit_config(cfg):
     cfg.MODEL.UNET.LOSSES = ("ce",)  # any of "ce", "dice"
     cfg.MODEL.UNET.DICE_WEIGHT = 1.0
     cfg.MODEL.UNET.SIZE_DIVISIBILITY = 32
-    return cfg
+    return add_efficientnet_lite_config(cfg)
 
 
 # Meta-architectures whose output is a class map (``sem_seg``), not instances.
