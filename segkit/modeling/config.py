@@ -39,6 +39,9 @@ def add_segkit_config(cfg):
     # WARMUP_ITERS, EVAL_PERIOD and CHECKPOINT_PERIOD from it (engine/schedule.py), so the schedule
     # scales with the dataset. 0 keeps MAX_ITER. SOLVER.MAX_ITER on the command line wins.
     cfg.SOLVER.EPOCHS = 0
+    # Fewest iterations SOLVER.EPOCHS may give: a few images need more passes than many (measured
+    # on real photos, docs "How long to train"); 0 for no floor.
+    cfg.SOLVER.MIN_ITER = 0
     # Wall-clock budget in seconds for the whole run (train_net.py --time-budget 10m); > 0 lets the
     # trainer choose MAX_ITER after a measured warm-up (engine/budget.py). 0 turns it off.
     cfg.SOLVER.TIME_BUDGET = 0
