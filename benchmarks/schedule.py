@@ -29,6 +29,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from budget import sample_data  # noqa: E402  (benchmarks/ is the script's folder)
+
 from segkit.engine.hooks import read_metrics  # noqa: E402  (after the repo is on the path)
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "schedule.json")
@@ -74,19 +76,6 @@ def controllers_data(work, every, offset):
             **{k: v for k, v in coco.items() if k not in ("images", "annotations")},
             "images": images, "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]})
     return out
-
-
-def sample_data(work):
-    from segkit.data.coco_convert import convert
-    from segkit.data.sample import make_instance_sample
-
-    data = os.path.join(work, "sample_data")
-    if not os.path.isfile(os.path.join(data, "val.json")):
-        make_instance_sample(os.path.join(work, "sample_labelme"), num_images=40, size=(320, 240), seed=0)
-        result = convert(os.path.join(work, "sample_labelme"), data, val_fraction=0.2, seed=0, progress=False)
-        if result.exit_code:
-            raise SystemExit(f"sample conversion failed: {result.reason}")
-    return data
 
 
 def data_for(name, seed, work):
