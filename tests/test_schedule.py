@@ -25,10 +25,11 @@ def _cfg(sample_data, *opts):
 
 
 def test_epochs_set_iterations_and_place_the_schedule_as_fractions(sample_data):
-    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "50", "SOLVER.IMS_PER_BATCH", "3")
+    opts = ["SOLVER.EPOCHS", "50", "SOLVER.MIN_ITER", "0", "SOLVER.IMS_PER_BATCH", "3"]
+    cfg = _cfg(sample_data, *opts)
     n = count_train_images(cfg)
     assert n > 0
-    words = apply_epochs(cfg, ["SOLVER.EPOCHS", "50", "SOLVER.IMS_PER_BATCH", "3"])
+    words = apply_epochs(cfg, opts)
     max_iter = math.ceil(50 * n / 3)
     assert cfg.SOLVER.MAX_ITER == max_iter
     assert cfg.SOLVER.STEPS == (round(0.8 * max_iter), round(14 / 15 * max_iter))
@@ -90,7 +91,7 @@ def _train(data, out, *extra, flags=()):
 def test_training_by_epochs_runs_that_many_iterations(sample_data, tmp_path):
     cfg = _cfg(sample_data)
     n = count_train_images(cfg)
-    proc = _train(sample_data, tmp_path, "SOLVER.EPOCHS", "2", "SOLVER.IMS_PER_BATCH", "2")
+    proc = _train(sample_data, tmp_path, "SOLVER.EPOCHS", "2", "SOLVER.MIN_ITER", "0", "SOLVER.IMS_PER_BATCH", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     iters = math.ceil(2 * n / 2)
     assert f"2 epochs of {n} images at batch 2 = {iters} iterations" in (tmp_path / "log.txt").read_text()
@@ -135,7 +136,8 @@ def test_time_budget_plans_no_longer_than_the_epochs_rule(sample_data, tmp_path)
     rule = math.ceil(6 * count_train_images(cfg) / 2)
     proc = run_train_net(
         "--config-file", MINI, "--time-budget", "10m", "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path,
-        "SOLVER.EPOCHS", "6", "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()", *TINY_OVERRIDES,
+        "SOLVER.EPOCHS", "6", "SOLVER.MIN_ITER", "0", "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()",
+        *TINY_OVERRIDES,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the length SOLVER.EPOCHS gives; the budget allows more" in (tmp_path / "log.txt").read_text()
