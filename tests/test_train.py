@@ -68,6 +68,25 @@ def test_eval_only_writes_metrics(trained_mini_checkpoint, sample_data, tmp_path
     assert list((tmp_path / "eval").glob("pr_segm*.png"))
 
 
+def test_eval_only_on_the_test_split_as_the_import_summary_says(trained_mini_checkpoint, sample_data, tmp_path):
+    """The command the import summary prints for a test split runs and measures the model on test.json."""
+    import shlex
+    import shutil
+
+    from segkit.data.layout import eval_test_lines
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_data, data)
+    shutil.copy(data / "val.json", data / "test.json")
+    command = shlex.split(eval_test_lines(str(data))[-1].replace("CONFIG", str(MINI)).replace(
+        "OUTPUT_DIR/model_final.pth", str(trained_mini_checkpoint)))
+    assert command[:2] == ["python", "train_net.py"]
+    proc = run_train_net(*command[2:], "OUTPUT_DIR", tmp_path / "eval_test", *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval_test/eval/metrics_mydata_test.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"}
+
+
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 

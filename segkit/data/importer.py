@@ -8,7 +8,8 @@ Each format has one reader in :mod:`segkit.data.formats`; the data folder is wri
 :mod:`segkit.data.folder_writer` (same files, split rules and report as ``labelme2coco.py``).
 ``--format auto`` asks every reader whether the folder looks like its format and says which one
 matched; when none or several match it stops with one line and asks for ``--format``.
-Splits the export already has are kept unless ``--resplit``. Exit status: 0; 1 when nothing usable
+Splits the export already has are kept unless ``--resplit``; its test split becomes ``test.json``
+(``mydata_test``), outside ``trainval.json``. Exit status: 0; 1 when nothing usable
 remains or with ``--strict`` on any problem (nothing written); 2 on bad arguments or layout.
 """
 
@@ -75,7 +76,8 @@ def build_parser():
         prog="import_data.py",
         description="Import annotations (COCO from Label Studio/CVAT/Roboflow, YOLO-seg, PASCAL VOC, binary masks, "
                     "Open Images, semantic label folders, LabelMe) into a data folder: OUTPUT/trainval.json, "
-                    "train.json, val.json and OUTPUT/images/, as labelme2coco.py writes it.")
+                    "train.json, val.json (test.json: the source's test split) and OUTPUT/images/, as "
+                    "labelme2coco.py writes it.")
     p.add_argument("src", metavar="SRC", help="folder of the export; or s3://, gs://, https:// "
                                               "(downloaded into OUTPUT/.remote-source first)")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
@@ -88,7 +90,8 @@ def build_parser():
                    help="share of images in val.json when the source has no split or with --resplit (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     add_place_mode_options(p)
-    p.add_argument("--resplit", action="store_true", help="ignore the source's splits and make ours")
+    p.add_argument("--resplit", action="store_true",
+                   help="ignore the source's splits (its test split included) and make ours")
     p.add_argument("--strict", action="store_true", help="any reported problem fails the import (nothing written)")
     p.add_argument("--no-report", action="store_true", help="skip the dataset report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -114,6 +117,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     how = f"detected {result.format}: {result.evidence}" if result.evidence else f"format {result.format}"
-    split = "splits kept from the source" if result.split_from_source else "split made here (seeded)"
+    split = "splits kept from the source" if result.split_from_source else "train/val split made here (seeded)"
+    if result.test_from_source:
+        split += "; its test split kept apart as test.json"
     header = f"{redact(source)}: {how}\n{result.num_json} annotation file(s) read; {split}"
     return print_outcome(result, args.output, header, report=not args.no_report)
