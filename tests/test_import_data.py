@@ -583,6 +583,103 @@ def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
 
 # ---------------------------------------------------------------- every format: byte-identical output
 
+# ---------------------------------------------------------------- every pair of formats: markers decide
+
+def make_open_images_as_downloaded(root):
+    """Open Images V7 as a user lays it out: images/, the CSVs, and the mask PNGs of the zips unzipped
+    into masks/ (box ids can be all digits, so names end in _<number> like per-object masks)."""
+    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+    (root / "masks").mkdir(parents=True)
+    (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n")
+    rows = []
+    for k, image_id in enumerate(["0a1b2c3d4e5f6071", "1b2c3d4e5f607182"]):
+        make_image(root / "images" / f"{image_id}.jpg", width=64, height=48, seed=k)
+        mask = np.zeros((24, 32), dtype=np.uint8)
+        mask[2:10, 2:12] = 255
+        name = f"{image_id}_01yrx_{40051 + k}.png"
+        Image.fromarray(mask).save(root / "masks" / name)
+        rows.append(f"{name},{image_id},/m/01yrx,{40051 + k},0.1,0.2,0.1,0.2,0.8,")
+    (root / "train-annotations-object-segmentation.csv").write_text(header + "\n".join(rows) + "\n")
+
+
+def test_open_images_with_a_masks_folder_is_open_images(tmp_path):
+    src = tmp_path / "oi"
+    make_open_images_as_downloaded(src)
+    fmt, evidence = detect_format(str(src))
+    assert fmt == "openimages" and "train-annotations-object-segmentation.csv" in evidence
+    result = run(src, tmp_path / "data")
+    assert result.written and result.problems == [] and sum(result.images) == 2
+
+
+# A format's own marker file decides over generic folder names that another format also uses.
+def _generic_yolo_labels(root):
+    (root / "labels").mkdir(exist_ok=True)
+    (root / "labels" / "extra.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    return "yolo"
+
+
+def _generic_object_masks(root):
+    make_image(root / "images" / "extra.jpg", seed=21)
+    (root / "masks").mkdir(exist_ok=True)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8) * 255).save(root / "masks" / "extra_0.png")
+    return "masks"
+
+
+def _generic_instance_pngs(root):
+    make_image(root / "images" / "extra.jpg", seed=21)
+    (root / "instances").mkdir(exist_ok=True)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8)).save(root / "instances" / "extra.png")
+    return "masks"
+
+
+def _generic_semantic_labels(root):
+    make_image(root / "images" / "extra.jpg", seed=21)
+    (root / "labels").mkdir(exist_ok=True)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8)).save(root / "labels" / "extra.png")
+    (root / "classes.json").write_text(json.dumps({"1": "thing"}))
+    return "semantic"
+
+
+def _labelme_folder(root):
+    make_image(root / "photo.jpg", seed=5)
+    (root / "photo.json").write_text(json.dumps({"version": "5.5.0", "imagePath": "photo.jpg", "imageHeight": H,
+                                                "imageWidth": W, "shapes": [{"label": "cat", "points": [[2, 2], [12, 2], [12, 12]],
+                                                                             "shape_type": "polygon", "group_id": None}]}))
+
+
+def _yolo_with_yaml(root):
+    (root / "labels" / "train").mkdir(parents=True)
+    make_image(root / "images" / "train" / "a.jpg", seed=3)
+    (root / "labels" / "train" / "a.txt").write_text(_yolo_line(0, 2, 2, 8, 8) + "\n")
+    (root / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [cat]\n")
+
+
+MARKED = [("coco", make_label_studio), ("coco", make_roboflow), ("voc", make_voc), ("openimages", make_open_images),
+          ("semantic", make_pets), ("labelme", _labelme_folder), ("yolo", _yolo_with_yaml)]
+GENERIC = [_generic_yolo_labels, _generic_object_masks, _generic_instance_pngs, _generic_semantic_labels]
+
+
+@pytest.mark.parametrize("fmt,make", MARKED, ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize("add", GENERIC, ids=lambda f: f.__name__)
+def test_a_formats_own_marker_decides_over_generic_folders(tmp_path, fmt, make, add):
+    src = tmp_path / "src"
+    src.mkdir()
+    make(src)
+    other = add(src)
+    if other == fmt:
+        pytest.skip("the same format")
+    got, evidence = detect_format(str(src))
+    assert got == fmt, evidence
+    assert f"also fit {other}" in evidence  # the summary says what else the folder could be
+
+
+def test_generic_folders_alone_of_two_formats_stay_ambiguous(tmp_path):
+    _generic_object_masks(tmp_path)
+    _generic_yolo_labels(tmp_path)
+    with pytest.raises(LayoutError, match="ambiguous layout"):
+        detect_format(str(tmp_path))
+
+
 # ---------------------------------------------------------------- every format: the test split is kept
 
 def with_test_coco(root):

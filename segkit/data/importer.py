@@ -7,7 +7,10 @@
 Each format has one reader in :mod:`segkit.data.formats`; the data folder is written by
 :mod:`segkit.data.folder_writer` (same files, split rules and report as ``labelme2coco.py``).
 ``--format auto`` asks every reader whether the folder looks like its format and says which one
-matched; when none or several match it stops with one line and asks for ``--format``.
+matched. A format's own marker file (the Open Images CSV, a COCO JSON, data.yaml, ...) decides over
+formats that matched generic folder names only (images/ + masks/, labels/, instances/), and the
+summary names those; when none, or several markers (or only several generic matches) are found it
+stops with one line and asks for ``--format``.
 Splits the export already has are kept unless ``--resplit``; its test split becomes ``test.json``
 (``mydata_test``), outside ``trainval.json``. Exit status: 0; 1 when nothing usable
 remains or with ``--strict`` on any problem (nothing written); 2 on bad arguments or layout.
@@ -41,15 +44,21 @@ def detect_format(src_dir):
     """``(format name, evidence)`` of the one format the folder looks like; LayoutError otherwise."""
     found = {}
     for name in FORMATS:
-        evidence = reader(name).detect(src_dir)
-        if evidence:
-            found[name] = evidence
+        detection = reader(name).detect(src_dir)
+        if detection:
+            found[name] = detection
     if not found:
         raise LayoutError(f"{src_dir}: no known annotation layout found (formats: {', '.join(FORMATS)}); pass --format")
-    if len(found) > 1:
-        what = "; ".join(f"{k}: {v}" for k, v in found.items())
+    by_marker = [name for name, d in found.items() if d.marker]
+    if len(found) > 1 and len(by_marker) != 1:
+        what = "; ".join(f"{k}: {d.evidence}" for k, d in found.items())
         raise LayoutError(f"{src_dir}: ambiguous layout ({what}); pass --format")
-    return next(iter(found.items()))
+    name = by_marker[0] if by_marker else next(iter(found))
+    others = [k for k in found if k != name]
+    evidence = found[name].evidence
+    if others:
+        evidence += f" (decides over generic folders that also fit {', '.join(others)}: pass --format to read those)"
+    return name, evidence
 
 
 def import_folder(src_dir, output_dir="data", fmt="auto", labels=None, classes=None, val_fraction=0.2, seed=0,

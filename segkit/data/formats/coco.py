@@ -25,7 +25,7 @@ import re
 from urllib.parse import urlparse
 
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_reported
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import coco_segmentation_annotation
 from segkit.data.formats.images import is_hidden, is_inside, placed_name, posix_rel, sized_image
 from segkit.data.labelme import read_json_file
@@ -77,7 +77,7 @@ def detect(src_dir):
     if not files:
         return None
     rels = [posix_rel(p, src_dir) for p in files]
-    return f"COCO JSON ({', '.join(rels[:3])}{', ...' if len(rels) > 3 else ''})"
+    return Detection(f"COCO JSON ({', '.join(rels[:3])}{', ...' if len(rels) > 3 else ''})")
 
 
 def split_of(path, src_dir):

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.folder_writer import SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
 from segkit.data.formats.images import is_hidden, list_images, placed_name, posix_rel, sized_image
 
@@ -56,10 +56,10 @@ def _generic_dirs(src_dir):
 
 def detect(src_dir):
     if _pets_dirs(src_dir):
-        return "Oxford-IIIT Pets layout (images/ + annotations/trimaps/)"
+        return Detection("Oxford-IIIT Pets layout (images/ + annotations/trimaps/)")
     found = _generic_dirs(src_dir)
     if found:
-        return f"semantic label folder ({os.path.basename(found[0])}/ + classes.json)"
+        return Detection(f"semantic label folder ({os.path.basename(found[0])}/ + classes.json)", marker=False)
     return None
 
 

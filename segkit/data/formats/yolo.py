@@ -15,7 +15,7 @@ import glob
 import os
 
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_reported
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import polygon_annotation
 from segkit.data.formats.images import is_inside, list_images, placed_name, posix_rel, sized_image
 
@@ -126,8 +126,10 @@ def detect(src_dir):
     if not labels:
         return None
     yamls = [os.path.basename(p) for p in _yaml_files(src_dir)]
-    names = yamls[0] if yamls else ("classes.txt" if os.path.isfile(os.path.join(src_dir, "classes.txt")) else "no names file")
-    return f"YOLO label files ({len(labels)} in labels/ folders, {names})"
+    names = yamls[0] if yamls else ("classes.txt" if os.path.isfile(os.path.join(src_dir, "classes.txt")) else None)
+    # .txt files in a labels/ folder alone are common to many downloads; a names file is YOLO's own
+    return Detection(f"YOLO label files ({len(labels)} in labels/ folders, {names or 'no names file'})",
+                     marker=names is not None)
 
 
 def split_of(rel):
