@@ -537,9 +537,11 @@ def test_masks_instance_id_pngs_with_classes(tmp_path):
 
 # ---------------------------------------------------------------- Open Images V7
 
+OI_CSV_HEADER = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+
+
 def make_open_images(root):
     """CSV per split, masks at half the image size in <split>-masks-<hex>/ folders, class descriptions."""
-    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
     (root / "masks").mkdir(parents=True)
     (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n/m/0bt9lr,Dog\n/m/0k4j,Car\n")
     rows = {"train": [], "validation": []}
@@ -558,7 +560,7 @@ def make_open_images(root):
     rows["train"].append("0a1b2c3d4e5f6071_0bt9lr_b3.png,0a1b2c3d4e5f6071,/m/0bt9lr,b3,0,1,0,1,0.5,")
     rows["train"].append("gone.png,0a1b2c3d4e5f6071,/m/01yrx,b4,0,1,0,1,0.5,")
     for split, lines in rows.items():
-        (root / f"{split}{'-annotations-object-segmentation.csv'}").write_text(header + "\n".join(lines) + "\n")
+        (root / f"{split}{'-annotations-object-segmentation.csv'}").write_text(OI_CSV_HEADER + "\n".join(lines) + "\n")
 
 
 def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
@@ -588,7 +590,6 @@ def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
 def make_open_images_as_downloaded(root):
     """Open Images V7 as a user lays it out: images/, the CSVs, and the mask PNGs of the zips unzipped
     into masks/ (box ids can be all digits, so names end in _<number> like per-object masks)."""
-    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
     (root / "masks").mkdir(parents=True)
     (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n")
     rows = []
@@ -599,7 +600,7 @@ def make_open_images_as_downloaded(root):
         name = f"{image_id}_01yrx_{40051 + k}.png"
         Image.fromarray(mask).save(root / "masks" / name)
         rows.append(f"{name},{image_id},/m/01yrx,{40051 + k},0.1,0.2,0.1,0.2,0.8,")
-    (root / "train-annotations-object-segmentation.csv").write_text(header + "\n".join(rows) + "\n")
+    (root / "train-annotations-object-segmentation.csv").write_text(OI_CSV_HEADER + "\n".join(rows) + "\n")
 
 
 def test_open_images_with_a_masks_folder_is_open_images(tmp_path):
@@ -728,8 +729,7 @@ def with_test_open_images(root):
     mask[2:10, 2:12] = 255
     Image.fromarray(mask).save(root / "test-masks-3" / f"{image_id}_01yrx_b1.png")
     (root / "test-annotations-object-segmentation.csv").write_text(
-        "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
-        f"{image_id}_01yrx_b1.png,{image_id},/m/01yrx,b1,0.1,0.2,0.1,0.2,0.8,\n")
+        OI_CSV_HEADER + f"{image_id}_01yrx_b1.png,{image_id},/m/01yrx,b1,0.1,0.2,0.1,0.2,0.8,\n")
     return [f"test/{image_id}.jpg"]
 
 
