@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The main job end to end on the bundled sample data: set-up, sample -> LabelMe -> COCO, dataset
-# report, train the mini Mask R-CNN from scratch on the CPU, evaluate it, review its errors,
+# report, fine-tune the Mask R-CNN on an ImageNet-pretrained EfficientNet-Lite0 (weights from pip) on
+# the CPU, evaluate it, review its errors,
 # render predictions.
-# Re-running reuses what is there (delete data/ or output/mini/ to start over).
+# Re-running reuses what is there (delete data/ or output/lite0/ to start over).
 source "$(dirname "$0")/env.sh"
 set -euo pipefail
-OUT=output/mini
+CONFIG=configs/mask_rcnn_lite0_FPN.yaml
+OUT=output/lite0
 
 echo "== 1/6 sample data: data/sample (LabelMe files)"
 [ -f data/sample/labels.txt ] || python -m segkit.data.sample --out data/sample --num-images 40 --seed 0
@@ -13,12 +15,12 @@ echo "== 1/6 sample data: data/sample (LabelMe files)"
 echo "== 2/6 LabelMe -> COCO: data/trainval.json, train.json, val.json, images/ (+ dataset report)"
 python labelme2coco.py data/sample --output data
 
-echo "== 3/6 train the mini Mask R-CNN (ResNet-18 GN, from scratch) -> $OUT"
+echo "== 3/6 fine-tune Mask R-CNN on the ImageNet-pretrained EfficientNet-Lite0 -> $OUT"
 if [ -f "$OUT/model_final.pth" ]; then
   echo "$OUT/model_final.pth exists: evaluating it (rm -r $OUT to train again)"
-  python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml --eval-only MODEL.WEIGHTS "$OUT/model_final.pth"
+  python train_net.py --config-file $CONFIG --eval-only MODEL.WEIGHTS "$OUT/model_final.pth"
 else
-  python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml --num-gpus 1
+  python train_net.py --config-file $CONFIG --num-gpus 1
 fi
 
 echo "== 4/6 evaluation on the val split: $OUT/eval/ (metrics JSON, PR curves, confusion matrix, best thresholds)"

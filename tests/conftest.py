@@ -82,7 +82,29 @@ def trained_mini_checkpoint(sample_data, tmp_path_factory):
     return out / "model_final.pth"
 
 
-SLOW_FIXTURES = {"trained_mini_checkpoint"}
+@pytest.fixture(scope="session")
+def trained_lite0_checkpoint(sample_data, tmp_path_factory):
+    """model_final.pth of configs/mask_rcnn_lite0_FPN.yaml, 100 iterations from its ImageNet
+    weights (pip) on the sample's trainval images, evaluated on them (eval/ in the run folder)."""
+    out = tmp_path_factory.mktemp("lite0_run")
+    proc = run_train_net(*lite0_short_run(sample_data, out, "imagenet://efficientnet_lite0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "model_final.pth"
+
+
+def lite0_short_run(data, out, weights, iterations=100):
+    """train_net.py arguments: the lite0 config from ``weights`` for ``iterations`` on trainval."""
+    return [
+        "--config-file", ROOT / "configs/mask_rcnn_lite0_FPN.yaml", "DATASETS.DATA_DIR", data,
+        "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights,
+        "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
+        "SOLVER.MAX_ITER", iterations, "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "10",
+        "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0", "SEED", "0",
+        "INPUT.AUG.PREVIEW_BATCHES", "0", "TEST.PR_CURVES", "False", *TINY_OVERRIDES,
+    ]
+
+
+SLOW_FIXTURES = {"trained_mini_checkpoint", "trained_lite0_checkpoint"}
 
 
 def pytest_collection_modifyitems(items):

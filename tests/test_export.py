@@ -117,6 +117,17 @@ def test_exported_predictor_interface(exported, sample_data):
     assert list(a.metadata.thing_classes) == a.class_names
 
 
+def test_lite0_export_parity(trained_lite0_checkpoint, test_images, tmp_path):
+    """The pretrained EfficientNet-Lite0 Mask R-CNN exports both ways with the same outputs."""
+    ckpt = tmp_path / "model_final.pth"
+    ckpt.write_bytes(Path(trained_lite0_checkpoint).read_bytes())
+    eager = Predictor.from_checkpoint(ckpt, device="cpu")
+    assert eager.cfg.INPUT.FORMAT == "RGB"
+    for fmt, runtime in (("onnx", OnnxPredictor), ("torchscript", TorchScriptPredictor)):
+        path = export_model(ckpt, fmt, check=False)
+        check_parity(eager, runtime(path), test_images)
+
+
 def test_unet_export(unet_checkpoint, sample_data):
     """U-Net checkpoints export too; the exported class map equals the eager one."""
     ckpt = unet_checkpoint.path

@@ -53,7 +53,20 @@ def test_our_configs_default_to_epochs(sample_data):
     cfg = _cfg(sample_data)
     apply_epochs(cfg, [])
     assert cfg.SOLVER.EPOCHS > 0
-    assert cfg.SOLVER.MAX_ITER == math.ceil(cfg.SOLVER.EPOCHS * count_train_images(cfg) / cfg.SOLVER.IMS_PER_BATCH)
+    by_epochs = math.ceil(cfg.SOLVER.EPOCHS * count_train_images(cfg) / cfg.SOLVER.IMS_PER_BATCH)
+    assert cfg.SOLVER.MAX_ITER == max(by_epochs, cfg.SOLVER.MIN_ITER)
+
+
+def test_small_sets_get_the_iteration_floor(sample_data):
+    opts = ["SOLVER.EPOCHS", "2", "SOLVER.MIN_ITER", "50"]
+    cfg = _cfg(sample_data, *opts)
+    n = count_train_images(cfg)
+    words = apply_epochs(cfg, opts)
+    assert math.ceil(2 * n / cfg.SOLVER.IMS_PER_BATCH) < 50 and cfg.SOLVER.MAX_ITER == 50
+    assert "raised to SOLVER.MIN_ITER 50" in words and cfg.SOLVER.STEPS == (40, 47)
+    cfg = _cfg(sample_data, "SOLVER.EPOCHS", "200", "SOLVER.MIN_ITER", "50")  # the floor does not cap
+    apply_epochs(cfg, ["SOLVER.EPOCHS", "200", "SOLVER.MIN_ITER", "50"])
+    assert cfg.SOLVER.MAX_ITER == math.ceil(200 * n / cfg.SOLVER.IMS_PER_BATCH) > 50
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400)])
@@ -114,3 +127,17 @@ def test_time_budget_ends_in_time_with_final_checkpoint_and_evaluation(sample_da
     assert "used by earlier runs" in log
     resumed = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
     assert planned <= resumed["iteration"] <= planned + 7  # at most a warm-up more
+
+
+def test_time_budget_plans_no_longer_than_the_epochs_rule(sample_data, tmp_path):
+    """A generous budget on a small set stops where SOLVER.EPOCHS says, not when the time is up."""
+    cfg = _cfg(sample_data)
+    rule = math.ceil(6 * count_train_images(cfg) / 2)
+    proc = run_train_net(
+        "--config-file", MINI, "--time-budget", "10m", "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path,
+        "SOLVER.EPOCHS", "6", "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()", *TINY_OVERRIDES,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the length SOLVER.EPOCHS gives; the budget allows more" in (tmp_path / "log.txt").read_text()
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == rule - 1

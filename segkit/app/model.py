@@ -10,7 +10,7 @@ from segkit.evaluation.metrics_files import read_metrics_file, find_metrics_file
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
-TRAIN_COMMAND = "python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml"
+TRAIN_COMMAND = "python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml"
 MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters above it
 
 

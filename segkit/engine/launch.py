@@ -27,7 +27,7 @@ DEFAULT_CONFIG = "configs/mask_rcnn_R_50_FPN_3x.yaml"
 
 def build_argument_parser():
     parser = default_argument_parser(
-        epilog="Example: python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml "
+        epilog="Example: python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml "
         "--num-gpus 1 SOLVER.MAX_ITER 200"
     )
     parser.set_defaults(config_file=DEFAULT_CONFIG)

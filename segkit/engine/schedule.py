@@ -2,7 +2,7 @@
 
 The rule, applied when SOLVER.EPOCHS > 0 (see docs/training.md, "How long to train"):
 
-    MAX_ITER         = ceil(EPOCHS x training images / IMS_PER_BATCH)
+    MAX_ITER         = max(ceil(EPOCHS x training images / IMS_PER_BATCH), MIN_ITER)
     STEPS            = 80% and 93.3% of MAX_ITER (LR x GAMMA at each)
     WARMUP_ITERS     = 5% of MAX_ITER, at most the configured WARMUP_ITERS
     TEST.EVAL_PERIOD = SOLVER.CHECKPOINT_PERIOD = 10% of MAX_ITER (0, i.e. off, stays off)
@@ -73,6 +73,9 @@ def apply_epochs(cfg, opts=(), num_images=None):
     if num_images == 0:
         raise SystemExit(f"SOLVER.EPOCHS: the training set {', '.join(cfg.DATASETS.TRAIN)} has no images.")
     batch = cfg.SOLVER.IMS_PER_BATCH
-    place_schedule(cfg, math.ceil(cfg.SOLVER.EPOCHS * num_images / batch), keep=explicit)
+    by_epochs = math.ceil(cfg.SOLVER.EPOCHS * num_images / batch)
+    place_schedule(cfg, max(by_epochs, cfg.SOLVER.MIN_ITER), keep=explicit)
+    floor = (f", raised to SOLVER.MIN_ITER {cfg.SOLVER.MIN_ITER:,} (small sets need more passes)"
+             if cfg.SOLVER.MIN_ITER > by_epochs else "")
     return (f"{cfg.SOLVER.EPOCHS:g} epochs of {num_images:,} images at batch {batch} = "
-            f"{cfg.SOLVER.MAX_ITER:,} iterations; {describe_schedule(cfg)}.")
+            f"{by_epochs:,} iterations{floor}; {describe_schedule(cfg)}.")

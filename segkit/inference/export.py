@@ -267,7 +267,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if not os.path.isfile(args.weights):
         print(f"error: no checkpoint at {args.weights}. Train one first (python train_net.py "
-              f"--config-file configs/mask_rcnn_R_18_FPN_mini.yaml) or pass --weights PATH.",
+              f"--config-file configs/mask_rcnn_lite0_FPN.yaml) or pass --weights PATH.",
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")

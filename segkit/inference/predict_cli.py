@@ -35,7 +35,7 @@ from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
                     ".pbm", ".pgm", ".ppm"}
 DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
-TRAIN_HINT = "python train_net.py --config-file configs/mask_rcnn_R_18_FPN_mini.yaml"
+TRAIN_HINT = "python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml"
 
 
 def get_parser():

@@ -1,6 +1,6 @@
 """Suspect labels: likely annotation errors, found where a model disagrees with the labels.
 
-    python -m segkit.inference.suspects data --config-file configs/mask_rcnn_R_18_FPN_mini.yaml
+    python -m segkit.inference.suspects data --config-file configs/mask_rcnn_lite0_FPN.yaml
     python -m segkit.inference.suspects data --split val --weights output/model_final.pth
 
 Confidence: each model's per-class best-F1 score threshold, measured on the images it judges
@@ -484,8 +484,8 @@ def get_parser():
         description="Rank likely annotation errors of a converted data folder (see the module docstring).")
     p.add_argument("data", nargs="?", default="data", help="folder written by labelme2coco.py (default data)")
     p.add_argument("--split", default="train", help="train, val or trainval (default train)")
-    p.add_argument("--config-file", default="configs/mask_rcnn_R_18_FPN_mini.yaml",
-                   help="config the fold models train with (default the mini config)")
+    p.add_argument("--config-file", default="configs/mask_rcnn_lite0_FPN.yaml",
+                   help="config the fold models train with (default the pretrained Lite0 Mask R-CNN)")
     p.add_argument("--folds", type=int, default=None,
                    help="cross-validation folds (default 3 for train/trainval, 0 = judge with --weights)")
     p.add_argument("--iters", type=int, default=None,

@@ -4,6 +4,8 @@
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from segkit.modeling.efficientnet_lite import add_efficientnet_lite_config
+
 
 def add_segkit_config(cfg):
     # -1 means "take it from the registered training dataset" (resolved in engine.setup).
@@ -37,6 +39,9 @@ def add_segkit_config(cfg):
     # WARMUP_ITERS, EVAL_PERIOD and CHECKPOINT_PERIOD from it (engine/schedule.py), so the schedule
     # scales with the dataset. 0 keeps MAX_ITER. SOLVER.MAX_ITER on the command line wins.
     cfg.SOLVER.EPOCHS = 0
+    # Fewest iterations SOLVER.EPOCHS may give: a few images need more passes than many (measured
+    # on real photos, docs "How long to train"); 0 for no floor.
+    cfg.SOLVER.MIN_ITER = 0
     # Wall-clock budget in seconds for the whole run (train_net.py --time-budget 10m); > 0 lets the
     # trainer choose MAX_ITER after a measured warm-up (engine/budget.py). 0 turns it off.
     cfg.SOLVER.TIME_BUDGET = 0
@@ -59,7 +64,7 @@ def add_segkit_config(cfg):
     cfg.MODEL.UNET.LOSSES = ("ce",)  # any of "ce", "dice"
     cfg.MODEL.UNET.DICE_WEIGHT = 1.0
     cfg.MODEL.UNET.SIZE_DIVISIBILITY = 32
-    return cfg
+    return add_efficientnet_lite_config(cfg)
 
 
 # Meta-architectures whose output is a class map (``sem_seg``), not instances.

