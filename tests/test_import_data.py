@@ -585,6 +585,40 @@ def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
 
 # ---------------------------------------------------------------- every format: byte-identical output
 
+# ---------------------------------------------------------------- labels without an image are reported
+
+def _orphan_coco(root):
+    make_cvat(root)
+    path = root / "annotations" / "instances_default.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"].append({"id": 9, "image_id": 99, "category_id": 1, "segmentation": [rect_poly(1, 1, 5, 5)],
+                               "iscrowd": 0})
+    path.write_text(json.dumps(doc))
+    return "annotations/instances_default.json: 1 annotation(s) of image_id 99, which images does not list, skipped"
+
+
+def _orphan_yolo(root):
+    _yolo_with_yaml(root)
+    (root / "labels" / "train" / "lost.txt").write_text(_yolo_line(0, 2, 2, 8, 8) + "\n")
+    return "labels/train/lost.txt: no image for this label file (images/ <-> labels/, same stem), skipped"
+
+
+def _orphan_semantic(root):
+    _generic_semantic_labels(root)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8)).save(root / "labels" / "lost.png")
+    return "labels/lost.png: no image images/<same stem>.* for this label PNG, skipped"
+
+
+@pytest.mark.parametrize("make", [_orphan_coco, _orphan_yolo, _orphan_semantic], ids=lambda f: f.__name__)
+def test_labels_without_an_image_are_reported(tmp_path, make):
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = make(src)
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert result.written and lines == [expected]
+
+
 # ---------------------------------------------------------------- every pair of formats: markers decide
 
 def make_open_images_as_downloaded(root):

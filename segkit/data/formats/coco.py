@@ -143,6 +143,10 @@ def read(src_dir, log, options):
                 log.problem(rel_json, "malformed annotation", f"annotations[{k}]: not an object with an image_id")
                 continue
             anns_by_image.setdefault(a["image_id"], []).append(a)
+        listed = {im.get("id") for im in data["images"] if isinstance(im, dict)}
+        for image_id in anns_by_image.keys() - listed:
+            log.problem(rel_json, "annotation of an unlisted image",
+                        f"{len(anns_by_image[image_id])} annotation(s) of image_id {image_id!r}, which images does not list, skipped")
         split = split_of(path, src_dir)
         json_dir = os.path.dirname(path)
         for k, im in enumerate(data["images"]):

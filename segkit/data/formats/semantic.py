@@ -177,5 +177,10 @@ def read(src_dir, log, options):
         used.update(a["label"] for a in annotations if not a["iscrowd"])
         result.images.append(SourceImage(source_file=label_rel, image_name=placed_name(rel), width=size[0],
                                          height=size[1], image_file=path, annotations=annotations, split=split))
+    stems = {os.path.splitext(posix_rel(p, images_dir))[0] for p in list_images(images_dir)}
+    for path in list_images(labels_dir):
+        if path.lower().endswith(".png") and os.path.splitext(posix_rel(path, labels_dir))[0] not in stems:
+            log.problem(posix_rel(path, src_dir), "label PNG without an image",
+                        f"no image {posix_rel(images_dir, src_dir)}/<same stem>.* for this label PNG, skipped")
     result.categories = final_categories([c for c in class_order if c in used], options)
     return result

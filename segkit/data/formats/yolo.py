@@ -206,6 +206,12 @@ def read(src_dir, log, options):
         images.append(SourceImage(source_file=source_file, image_name=placed_name(rel), width=width, height=height,
                                   image_file=path, annotations=annotations,
                                   split=_split_from(yaml_splits, os.path.normpath(path)) or split_of(rel)))
+    read_labels = {os.path.normpath(label_path(p, src_dir)) for p in image_paths}
+    for path in sorted(_label_files(src_dir)):
+        if os.path.normpath(path) not in read_labels and os.path.basename(path) != "classes.txt" \
+                and not path.startswith(excluded):
+            log.problem(posix_rel(path, src_dir), "label file without an image",
+                        "no image for this label file (images/ <-> labels/, same stem), skipped")
     if names is None:
         log.notes["no data.yaml or classes.txt: classes named by their ids"] += 1
         names = sorted(used, key=int)
