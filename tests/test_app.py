@@ -109,10 +109,10 @@ def test_predict_api(app, images, run_dir):
     assert {r[1] for r in table["data"]} <= set(only)
 
 
-def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypatch):
-    """The README's Python call, run as written (only the address is the test server's)."""
+def test_documented_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypatch):
+    """The Python call of docs/deployment.md, run as written (only the address is the test server's)."""
     seg_app, client = app
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text(encoding="utf-8")
     snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
                    if "api_name=\"/predict\"" in block)
     served_url = client.src if client.src.endswith("/") else client.src + "/"
@@ -121,7 +121,7 @@ def test_readme_api_snippet_as_written(app, images, run_dir, tmp_path, monkeypat
     shutil.copy(images[0], tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
+    exec(compile(snippet, "docs/deployment.md", "exec"), namespace)
     reference = Predictor.from_checkpoint(run_dir / "model_final.pth", device="cpu",
                                           confidence_threshold=0.5)(images[0])
     names = seg_app.model.class_names

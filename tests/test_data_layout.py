@@ -43,8 +43,9 @@ def test_registered_names_point_at_the_layout_files(tmp_path, sample_data):
     from segkit.data.catalog import register_data_dir
 
     names = register_data_dir(str(sample_data), prefix="layouttest")
-    assert names == [layout.dataset_name(s, "layouttest") for s in layout.SPLITS]
-    for split, name in zip(layout.SPLITS, names):
+    present = [s for s in layout.SPLITS if s != layout.TEST_SPLIT]  # the sample has no test split
+    assert names == [layout.dataset_name(s, "layouttest") for s in present]
+    for split, name in zip(present, names):
         meta = MetadataCatalog.get(name)
         assert meta.json_file == layout.split_json(str(sample_data), split)
         assert meta.image_root == layout.image_root(str(sample_data))
@@ -64,3 +65,21 @@ def test_import_data_imports_neither_torch_nor_detectron2(tmp_path):
                            "--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert "CODE=0" in proc.stdout and "detected yolo" in proc.stdout, proc.stdout + proc.stderr
     assert "HEAVY=\n" in proc.stdout, proc.stdout
+
+
+def test_a_test_split_is_registered_and_reported(tmp_path, sample_data):
+    import shutil
+
+    from detectron2.data import MetadataCatalog
+
+    from segkit.data.catalog import register_data_dir
+    from segkit.data.report import build_report
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_data, data)
+    shutil.copy(data / "val.json", data / "test.json")  # as an import with a test split writes it
+    names = register_data_dir(str(data), prefix="testsplit")
+    assert names[-1] == "testsplit_test"
+    assert MetadataCatalog.get("testsplit_test").json_file == layout.split_json(str(data), "test")
+    val_images = len(json.loads((data / "val.json").read_text())["images"])
+    assert build_report(str(data))["splits"]["test"]["images"] == val_images

@@ -157,11 +157,18 @@ def test_coco_roboflow_keeps_splits_and_drops_the_super_category(tmp_path):
     assert [c["name"] for c in coco["categories"]] == ["circle", "square"]
     train, val = load(str(tmp_path / "data"), "train"), load(str(tmp_path / "data"), "val")
     assert {im["file_name"].split("/")[0] for im in train["images"]} == {"train"}
-    assert {im["file_name"].split("/")[0] for im in val["images"]} == {"valid"}  # test left out: there is a valid split
+    assert {im["file_name"].split("/")[0] for im in val["images"]} == {"valid"}
     assert len(train["images"]) == 3 and len(val["images"]) == 2
     assert all(a["bbox"] == [3.0, 3.0, 9.0, 9.0] and a["area"] == 81.0 for a in coco["annotations"])
+    # the test split is kept apart, with its labels: not in trainval.json, never trained on
+    test = load(str(tmp_path / "data"), "test")
+    assert [im["file_name"].split("/")[0] for im in test["images"]] == ["test"] and len(test["annotations"]) == 1
+    assert test["categories"] == coco["categories"] and [im["id"] for im in test["images"]] == [6]
+    assert result.images == [3, 2, 1] and result.test_from_source
+    assert list(result.log.skipped) == ["categories no annotation uses (dropped)"]  # no image skipped
     resplit = run(src, tmp_path / "data2", resplit=True, val_fraction=0.3)
-    assert not resplit.split_from_source and sum(resplit.images) == 6
+    assert not resplit.split_from_source and sum(resplit.images) == 6 and resplit.images[2] == 0
+    assert not os.path.exists(tmp_path / "data2" / "test.json")  # --resplit folds it into our split
 
 
 def test_coco_bad_input_one_line_each_and_the_run_goes_on(tmp_path):
@@ -226,8 +233,14 @@ def test_cli_says_what_it_detected(tmp_path):
                            "--quiet", "--no-report"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"{src}: detected coco: COCO JSON (test/_annotations.coco.json" in proc.stdout
-    assert "splits kept from the source" in proc.stdout
+    assert "splits kept from the source; its test split kept apart as test.json" in proc.stdout
     assert 'DATASETS.TRAIN "(\'mydata_train\',)"' in proc.stdout
+    # the summary counts the test split and says how to measure a model on it
+    assert [line.split() for line in proc.stdout.splitlines() if line.startswith("  converted")] == \
+        [["converted", "3", "2", "1", "6"]]
+    assert f"wrote {tmp_path / 'data' / 'trainval.json'}" in proc.stdout and str(tmp_path / "data" / "test.json") in proc.stdout
+    assert "--eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth" in proc.stdout
+    assert 'DATASETS.TEST "(\'mydata_test\',)"' in proc.stdout
 
 
 # ---------------------------------------------------------------- YOLO-seg
@@ -291,7 +304,7 @@ def test_yolo_label_studio_flat_layout_and_bad_lines(tmp_path):
                      "labels/img0.txt: line 4: class id 7 out of range (0..1), skipped",
                      "labels/img0.txt: line 5: a box (detection label), not a polygon, skipped",
                      "labels/img0.txt: line 6: polygon with fewer than 3 points, skipped"]
-    assert result.written and not result.split_from_source and result.images == [2, 2]  # each class in val
+    assert result.written and not result.split_from_source and result.images == [2, 2, 0]  # each class in val
     coco = check_folder(str(tmp_path / "data"))
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
     assert masks_by_file(coco)["img0.jpg"] == [("cat", 144, 0)]
@@ -333,17 +346,23 @@ def test_semantic_pets_layout(tmp_path):
     fmt, evidence = detect_format(str(src))
     assert fmt == "semantic" and "Pets" in evidence
     result = run(src, tmp_path / "data_pets")
-    assert result.written and result.split_from_source and result.problems == []
+    assert result.written and result.test_from_source and result.problems == []
+    assert not result.split_from_source  # Pets has no val list: val is carved out of trainval.txt
     assert result.log.skipped["images in neither trainval.txt nor test.txt (left out)"] == 1
     coco = check_folder(str(tmp_path / "data_pets"))
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
     got = masks_by_file(coco)
     # the pet (24x24) as its species; the 1 px border as a crowd region in every category
     assert got["Abyssinian_1.jpg"] == [("cat", 100, 1), ("cat", 576, 0), ("dog", 100, 1)]
-    assert got["boxer_1.jpg"] == [("cat", 100, 1), ("dog", 100, 1), ("dog", 576, 0)]
-    val = load(str(tmp_path / "data_pets"), "val")
-    assert sorted(im["file_name"] for im in val["images"]) == ["Abyssinian_2.jpg", "boxer_1.jpg"]  # test.txt
-    assert {im["source_file"] for im in coco["images"]} == {f"annotations/trimaps/{s}.png" for s, _, _ in PETS}
+    assert masks_by_file(load(str(tmp_path / "data_pets"), "test"))["boxer_1.jpg"] == \
+        [("cat", 100, 1), ("dog", 100, 1), ("dog", 576, 0)]
+    test = load(str(tmp_path / "data_pets"), "test")
+    assert sorted(im["file_name"] for im in test["images"]) == ["Abyssinian_2.jpg", "boxer_1.jpg"]  # test.txt
+    val = load(str(tmp_path / "data_pets"), "val")  # carved from trainval.txt: one of each class
+    assert sorted(im["file_name"].split("_")[0] for im in val["images"]) in (["Abyssinian", "beagle"],
+                                                                           ["Bengal", "beagle"])
+    assert {im["source_file"] for im in coco["images"] + test["images"]} == \
+        {f"annotations/trimaps/{s}.png" for s, _, _ in PETS}
 
 
 def test_semantic_generic_folder_with_mapping_and_bad_values(tmp_path):
@@ -518,9 +537,11 @@ def test_masks_instance_id_pngs_with_classes(tmp_path):
 
 # ---------------------------------------------------------------- Open Images V7
 
+OI_CSV_HEADER = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
+
+
 def make_open_images(root):
     """CSV per split, masks at half the image size in <split>-masks-<hex>/ folders, class descriptions."""
-    header = "MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax,PredictedIoU,Clicks\n"
     (root / "masks").mkdir(parents=True)
     (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n/m/0bt9lr,Dog\n/m/0k4j,Car\n")
     rows = {"train": [], "validation": []}
@@ -539,7 +560,7 @@ def make_open_images(root):
     rows["train"].append("0a1b2c3d4e5f6071_0bt9lr_b3.png,0a1b2c3d4e5f6071,/m/0bt9lr,b3,0,1,0,1,0.5,")
     rows["train"].append("gone.png,0a1b2c3d4e5f6071,/m/01yrx,b4,0,1,0,1,0.5,")
     for split, lines in rows.items():
-        (root / f"{split}{'-annotations-object-segmentation.csv'}").write_text(header + "\n".join(lines) + "\n")
+        (root / f"{split}{'-annotations-object-segmentation.csv'}").write_text(OI_CSV_HEADER + "\n".join(lines) + "\n")
 
 
 def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
@@ -559,10 +580,223 @@ def test_open_images_scaled_masks_names_and_class_subset(tmp_path):
     assert [im["file_name"] for im in load(str(tmp_path / "data"), "val")["images"]] == ["validation/2c3d4e5f60718293.jpg"]
     cats_only = run(src, tmp_path / "cats", classes=["Cat"])
     coco = check_folder(str(tmp_path / "cats"))
-    assert [c["name"] for c in coco["categories"]] == ["Cat"] and cats_only.images == [2, 1]
+    assert [c["name"] for c in coco["categories"]] == ["Cat"] and cats_only.images == [2, 1, 0]
 
 
 # ---------------------------------------------------------------- every format: byte-identical output
+
+# ---------------------------------------------------------------- labels without an image are reported
+
+def _orphan_coco(root):
+    make_cvat(root)
+    path = root / "annotations" / "instances_default.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"].append({"id": 9, "image_id": 99, "category_id": 1, "segmentation": [rect_poly(1, 1, 5, 5)],
+                               "iscrowd": 0})
+    path.write_text(json.dumps(doc))
+    return "annotations/instances_default.json: 1 annotation(s) of image_id 99, which images does not list, skipped"
+
+
+def _orphan_yolo(root):
+    _yolo_with_yaml(root)
+    (root / "labels" / "train" / "lost.txt").write_text(_yolo_line(0, 2, 2, 8, 8) + "\n")
+    return "labels/train/lost.txt: no image for this label file (images/ <-> labels/, same stem), skipped"
+
+
+def _orphan_semantic(root):
+    _generic_semantic_labels(root)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8)).save(root / "labels" / "lost.png")
+    return "labels/lost.png: no image images/<same stem>.* for this label PNG, skipped"
+
+
+@pytest.mark.parametrize("make", [_orphan_coco, _orphan_yolo, _orphan_semantic], ids=lambda f: f.__name__)
+def test_labels_without_an_image_are_reported(tmp_path, make):
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = make(src)
+    lines = []
+    result = run(src, tmp_path / "data", echo=lines.append)
+    assert result.written and lines == [expected]
+
+
+# ---------------------------------------------------------------- every pair of formats: markers decide
+
+def make_open_images_as_downloaded(root):
+    """Open Images V7 as a user lays it out: images/, the CSVs, and the mask PNGs of the zips unzipped
+    into masks/ (box ids can be all digits, so names end in _<number> like per-object masks)."""
+    (root / "masks").mkdir(parents=True)
+    (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n")
+    rows = []
+    for k, image_id in enumerate(["0a1b2c3d4e5f6071", "1b2c3d4e5f607182"]):
+        make_image(root / "images" / f"{image_id}.jpg", width=64, height=48, seed=k)
+        mask = np.zeros((24, 32), dtype=np.uint8)
+        mask[2:10, 2:12] = 255
+        name = f"{image_id}_01yrx_{40051 + k}.png"
+        Image.fromarray(mask).save(root / "masks" / name)
+        rows.append(f"{name},{image_id},/m/01yrx,{40051 + k},0.1,0.2,0.1,0.2,0.8,")
+    (root / "train-annotations-object-segmentation.csv").write_text(OI_CSV_HEADER + "\n".join(rows) + "\n")
+
+
+def test_open_images_with_a_masks_folder_is_open_images(tmp_path):
+    src = tmp_path / "oi"
+    make_open_images_as_downloaded(src)
+    fmt, evidence = detect_format(str(src))
+    assert fmt == "openimages" and "train-annotations-object-segmentation.csv" in evidence
+    result = run(src, tmp_path / "data")
+    assert result.written and result.problems == [] and sum(result.images) == 2
+
+
+# A format's own marker file decides over generic folder names that another format also uses.
+def _generic_yolo_labels(root):
+    (root / "labels").mkdir(exist_ok=True)
+    (root / "labels" / "extra.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    return "yolo"
+
+
+def _generic_object_masks(root):
+    make_image(root / "images" / "extra.jpg", seed=21)
+    (root / "masks").mkdir(exist_ok=True)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8) * 255).save(root / "masks" / "extra_0.png")
+    return "masks"
+
+
+def _generic_instance_pngs(root):
+    make_image(root / "images" / "extra.jpg", seed=21)
+    (root / "instances").mkdir(exist_ok=True)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8)).save(root / "instances" / "extra.png")
+    return "masks"
+
+
+def _generic_semantic_labels(root):
+    make_image(root / "images" / "extra.jpg", seed=21)
+    (root / "labels").mkdir(exist_ok=True)
+    Image.fromarray(box_mask(2, 2, 6, 6).astype(np.uint8)).save(root / "labels" / "extra.png")
+    (root / "classes.json").write_text(json.dumps({"1": "thing"}))
+    return "semantic"
+
+
+def _labelme_folder(root):
+    make_image(root / "photo.jpg", seed=5)
+    (root / "photo.json").write_text(json.dumps({"version": "5.5.0", "imagePath": "photo.jpg", "imageHeight": H,
+                                                "imageWidth": W, "shapes": [{"label": "cat", "points": [[2, 2], [12, 2], [12, 12]],
+                                                                             "shape_type": "polygon", "group_id": None}]}))
+
+
+def _yolo_with_yaml(root):
+    (root / "labels" / "train").mkdir(parents=True)
+    make_image(root / "images" / "train" / "a.jpg", seed=3)
+    (root / "labels" / "train" / "a.txt").write_text(_yolo_line(0, 2, 2, 8, 8) + "\n")
+    (root / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [cat]\n")
+
+
+MARKED = [("coco", make_label_studio), ("coco", make_roboflow), ("voc", make_voc), ("openimages", make_open_images),
+          ("semantic", make_pets), ("labelme", _labelme_folder), ("yolo", _yolo_with_yaml)]
+GENERIC = [_generic_yolo_labels, _generic_object_masks, _generic_instance_pngs, _generic_semantic_labels]
+
+
+@pytest.mark.parametrize("fmt,make", MARKED, ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize("add", GENERIC, ids=lambda f: f.__name__)
+def test_a_formats_own_marker_decides_over_generic_folders(tmp_path, fmt, make, add):
+    src = tmp_path / "src"
+    src.mkdir()
+    make(src)
+    other = add(src)
+    if other == fmt:
+        pytest.skip("the same format")
+    got, evidence = detect_format(str(src))
+    assert got == fmt, evidence
+    assert f"also fit {other}" in evidence  # the summary says what else the folder could be
+
+
+def test_generic_folders_alone_of_two_formats_stay_ambiguous(tmp_path):
+    _generic_object_masks(tmp_path)
+    _generic_yolo_labels(tmp_path)
+    with pytest.raises(LayoutError, match="ambiguous layout"):
+        detect_format(str(tmp_path))
+
+
+# ---------------------------------------------------------------- every format: the test split is kept
+
+def with_test_coco(root):
+    """Plain COCO: annotations/instances_{train,val,test}2017.json + images/."""
+    for k, split in enumerate(("train", "train", "val", "test")):
+        make_image(root / "images" / f"{split}{k}.jpg", seed=k)
+    for split in ("train", "val", "test"):
+        ids = [k for k, s in enumerate(("train", "train", "val", "test")) if s == split]
+        doc = coco_doc([{"id": k, "file_name": f"{split}{k}.jpg", "width": W, "height": H} for k in ids],
+                       [{"id": k, "image_id": k, "category_id": 1, "segmentation": [rect_poly(2, 2, 8, 8)], "iscrowd": 0}
+                        for k in ids], [{"id": 1, "name": "cat"}])
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(doc))
+    return ["test3.jpg"]
+
+
+def with_test_yolo(root):
+    """data.yaml's ``test:`` names a folder whose name says nothing (Ultralytics reads it from the YAML)."""
+    for split, folder in (("train", "train"), ("val", "val"), ("test", "holdout")):
+        (root / "labels" / folder).mkdir(parents=True)
+        for i in range(2):
+            make_image(root / "images" / folder / f"{split}{i}.jpg", seed=i + 10 * len(split))
+            (root / "labels" / folder / f"{split}{i}.txt").write_text(_yolo_line(0, 4, 4, 10, 12) + "\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\ntest: images/holdout\n"
+                                    "names: [person]\n")
+    return ["holdout/test0.jpg", "holdout/test1.jpg"]
+
+
+def with_test_voc(root):
+    voc = make_voc(root)
+    make_image(voc / "JPEGImages" / "2008_000001.jpg", seed=9)
+    obj = np.zeros((H, W), dtype=np.uint8)
+    obj[4:14, 4:14] = 1
+    _save_palette_png(obj, voc / "SegmentationObject" / "2008_000001.png")
+    _save_palette_png(obj * 15, voc / "SegmentationClass" / "2008_000001.png")
+    (voc / "ImageSets" / "Segmentation" / "test.txt").write_text("2008_000001\n")
+    return ["2008_000001.jpg"]
+
+
+def with_test_open_images(root):
+    make_open_images(root)
+    image_id = "3d4e5f6071829304"
+    make_image(root / "test" / f"{image_id}.jpg", width=64, height=48, seed=7)
+    (root / "test-masks-3").mkdir()
+    mask = np.zeros((24, 32), dtype=np.uint8)
+    mask[2:10, 2:12] = 255
+    Image.fromarray(mask).save(root / "test-masks-3" / f"{image_id}_01yrx_b1.png")
+    (root / "test-annotations-object-segmentation.csv").write_text(
+        OI_CSV_HEADER + f"{image_id}_01yrx_b1.png,{image_id},/m/01yrx,b1,0.1,0.2,0.1,0.2,0.8,\n")
+    return [f"test/{image_id}.jpg"]
+
+
+def with_test_pets(root):
+    make_pets(root)
+    return sorted(f"{stem}.jpg" for stem, split, _ in PETS if split == "test")
+
+
+@pytest.mark.parametrize("make", [with_test_coco, with_test_yolo, with_test_voc, with_test_open_images, with_test_pets],
+                         ids=lambda f: f.__name__)
+def test_a_labelled_test_split_is_kept_as_test_json(tmp_path, make):
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = make(src)
+    out = tmp_path / "data"
+    result = run(src, out)
+    assert result.written and result.test_from_source and result.images[2] == len(expected)
+    assert not [k for k in result.log.skipped if "test split" in k], result.log.skipped  # none left out
+    test, trainval = load(str(out), "test"), load(str(out), "trainval")
+    assert sorted(im["file_name"] for im in test["images"]) == expected
+    assert all(len([a for a in test["annotations"] if a["image_id"] == im["id"] and not a["iscrowd"]]) >= 1
+               for im in test["images"])  # with their labels
+    assert not {im["file_name"] for im in trainval["images"]} & set(expected)  # never trained on
+    assert not {im["id"] for im in trainval["images"]} & {im["id"] for im in test["images"]}
+    assert test["categories"] == trainval["categories"] and load(str(out), "val")["images"]  # val still there
+    for im in test["images"]:
+        assert os.path.isfile(out / "images" / im["file_name"])
+    # --resplit folds the test images into our train/val split, and an earlier test.json goes
+    resplit = run(src, out, resplit=True)
+    assert resplit.images[2] == 0 and sum(resplit.images) == len(trainval["images"]) + len(expected)
+    assert not os.path.exists(out / "test.json")
+    assert set(expected) <= {im["file_name"] for im in load(str(out), "trainval")["images"]}
+
 
 @pytest.mark.parametrize("make", [make_label_studio, make_cvat, make_roboflow, make_voc, make_pets, make_open_images],
                          ids=lambda f: f.__name__)
@@ -593,7 +827,7 @@ def test_masks_flat_with_mapping_file_and_labels_option(tmp_path):
     result = run(src, tmp_path / "data", labels=["leaf"], echo=lines.append)
     assert lines == [f"masks/p{k}_1.png: label 'bug' not in --labels, skipped" for k in range(2)]
     coco = check_folder(str(tmp_path / "data"))
-    assert [c["name"] for c in coco["categories"]] == ["leaf"] and result.instances == {"leaf": [1, 1]}
+    assert [c["name"] for c in coco["categories"]] == ["leaf"] and result.instances == {"leaf": [1, 1, 0]}
 
 
 def test_imported_voc_folder_trains_mask_rcnn(tmp_path):

@@ -39,7 +39,10 @@ def test_checkpoint_is_self_contained_and_weights_only_loadable(trained_mini_che
     assert ckpt["class_names"] == ["disc", "square", "triangle"]
     assert ckpt["meta_architecture"] == "GeneralizedRCNN"
     assert "NUM_CLASSES: 3" in ckpt["config"]  # resolved from the dataset, not the -1 default
-    assert ckpt["iteration"] >= 0 and "optimizer" in ckpt["trainer"]["_trainer"] and "rng" in ckpt["trainer"]
+    assert ckpt["iteration"] == 199 and "trainer" not in ckpt  # for inference: weights and metadata
+    last = trained_mini_checkpoint.parent / (trained_mini_checkpoint.parent / "last_checkpoint").read_text().strip()
+    full = torch.load(last, map_location="cpu", weights_only=True)  # for --resume: the full state
+    assert last.name == "model_0000199.pth" and "optimizer" in full["trainer"]["_trainer"] and "rng" in full["trainer"]
 
     from segkit.engine.checkpoint import load_inference_config
 
@@ -65,6 +68,25 @@ def test_eval_only_writes_metrics(trained_mini_checkpoint, sample_data, tmp_path
     assert list((tmp_path / "eval").glob("pr_segm*.png"))
 
 
+def test_eval_only_on_the_test_split_as_the_import_summary_says(trained_mini_checkpoint, sample_data, tmp_path):
+    """The command the import summary prints for a test split runs and measures the model on test.json."""
+    import shlex
+    import shutil
+
+    from segkit.data.layout import eval_test_lines
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_data, data)
+    shutil.copy(data / "val.json", data / "test.json")
+    command = shlex.split(eval_test_lines(str(data))[-1].replace("CONFIG", str(MINI)).replace(
+        "OUTPUT_DIR/model_final.pth", str(trained_mini_checkpoint)))
+    assert command[:2] == ["python", "train_net.py"]
+    proc = run_train_net(*command[2:], "OUTPUT_DIR", tmp_path / "eval_test", *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval_test/eval/metrics_mydata_test.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"}
+
+
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -87,6 +109,35 @@ def test_resume_is_bit_identical(sample_data, tmp_path):
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     assert any(not torch.equal(a[k], mid[k]) for k in a), "the resumed run did not train"
+
+
+def test_keeps_last_checkpoints_and_writes_final_and_best_for_inference(sample_data, tmp_path):
+    """SOLVER.CHECKPOINTS_TO_KEEP (default 1) periodic checkpoints of a run stay (and the one a resumed
+    run started from); the last iteration's full state is one of them even off the period;
+    model_final/model_best hold no optimizer."""
+    common = ["SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "('mydata_val',)", "TEST.EVAL_PERIOD", "2",
+              "SOLVER.BEST_METRIC", "bbox/AP50", "TEST.PR_CURVES", "False", "SOLVER.WARMUP_ITERS", "1"]
+    first = _short_run(sample_data, tmp_path, 5, *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.glob("*.pth"))
+    assert files == ["model_0000004.pth", "model_best.pth", "model_final.pth"], files
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000004.pth"
+    full = torch.load(tmp_path / "model_0000004.pth", map_location="cpu", weights_only=True)
+    assert "optimizer" in full["trainer"]["_trainer"] and "rng" in full["trainer"]
+    assert "LRScheduler" in full["trainer"]["hooks"]
+    for name in ("model_final.pth", "model_best.pth"):
+        light = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
+        assert "trainer" not in light and not {"optimizer", "scheduler"} & set(light), sorted(light)
+        assert light["class_names"] == ["disc", "square", "triangle"] and "config" in light
+        assert (tmp_path / name).stat().st_size < 0.6 * (tmp_path / "model_0000004.pth").stat().st_size
+    assert torch.equal(_weights(tmp_path / "model_final.pth")["roi_heads.box_predictor.cls_score.weight"],
+                       full["model"]["roi_heads.box_predictor.cls_score.weight"])
+
+    second = _short_run(sample_data, tmp_path, 7, *common, flags=("--resume",))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Starting training from iteration 5" in (tmp_path / "log.txt").read_text()
+    files = sorted(p.name for p in tmp_path.glob("*.pth"))
+    assert files == ["model_0000004.pth", "model_0000006.pth", "model_best.pth", "model_final.pth"], files
 
 
 def test_training_batch_pictures_leave_training_unchanged(sample_data, tmp_path):
@@ -229,4 +280,5 @@ def test_trainer_init_mirrors_detectron2_default_trainer(sample_data, tmp_path):
     assert ours.max_iter == theirs.max_iter and ours.start_iter == theirs.start_iter == 0
     assert len(ours.optimizer.param_groups) == len(theirs.optimizer.param_groups)
     assert type(ours.scheduler) is type(theirs.scheduler)
-    assert {type(h) for h in theirs._hooks} <= {type(h) for h in ours._hooks}
+    # ours may be a subclass (PeriodicCheckpointer keeps the last N checkpoints)
+    assert all(any(isinstance(h, type(t)) for h in ours._hooks) for t in theirs._hooks)

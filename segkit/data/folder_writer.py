@@ -1,14 +1,16 @@
-"""Writes a data folder (``trainval.json``, ``train.json``, ``val.json``, ``images/``) from images any
-reader found: the part every importer shares (LabelMe, COCO, YOLO, VOC, masks, ...).
+"""Writes a data folder (``trainval.json``, ``train.json``, ``val.json``, ``images/``; ``test.json``
+when the source has a test split) from images any reader found: the part every importer shares
+(LabelMe, COCO, YOLO, VOC, masks, ...).
 
 A reader hands over :class:`SourceImage` objects (an image, where it came from, its annotations with a
 class *name*, no ids); :func:`write_data_folder` decides categories, the split, ids and image names,
 places the images and writes the COCO files. Rules of the output:
 
 - Category ids are 1..K: the ``categories`` given (the ``--labels`` order, or a format's own class
-  list), else the label names sorted. Image ids follow the order of the images handed over; image
-  and annotation ids start at 1 and are the same in ``trainval.json`` and in the split file. All
-  three files declare the same categories. No timestamps: the same input gives byte-identical JSON.
+  list), else the label names sorted. Image ids follow the order of the images handed over (test
+  images last); image and annotation ids start at 1 and are the same in ``trainval.json`` and in
+  the split file. All files declare the same categories. No timestamps: the same input gives
+  byte-identical JSON.
 - Crowd annotations (``iscrowd`` 1, e.g. LabelMe's ``__ignore__``) with the label None are written
   once per category, so COCO evaluation ignores detections of any class there.
 - Provenance: every image records ``source_file`` (the annotation file it came from, relative to the
@@ -16,10 +18,12 @@ places the images and writes the COCO files. Rules of the output:
   when local).
 - Images: copied byte for byte (``copy``) or symlinked (``symlink``) to ``images/<name>``; a name
   clash (case-insensitive) gets ``_2``, ``_3``... in processing order.
-- Split: kept from the source when every image has one (``train``; ``val``/``valid``/``validation``;
-  ``test`` joins val when the source has no val split, else it is left out and counted), unless
-  ``resplit``. Otherwise :func:`split_train_val` over groups of exact duplicate images (same bytes),
-  so the copies of a photo saved twice land in the same split.
+- Split, unless ``resplit`` (which folds every image into our split): the source's ``test`` split
+  is kept as ``test.json``, outside ``trainval.json``: the images the user held back to measure the
+  final model, never trained on nor used to pick a checkpoint (registered as ``<prefix>_test``).
+  The other images keep the source's ``train`` and ``val``/``valid``/``validation`` when each has
+  one of them and both occur; otherwise :func:`split_train_val` splits them, over groups of exact
+  duplicate images (same bytes), so the copies of a photo saved twice land in the same split.
 - Nothing is written when nothing usable remains, or with ``strict`` when a problem was reported.
 """
 
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 
 from segkit.data.atomic import place_file, write_bytes, write_text
 from segkit.data.file_names import unique_name
-from segkit.data.layout import WRITE_ORDER, config_lines, has_rle_instances, image_root, split_json
+from segkit.data.layout import TEST_SPLIT, WRITE_ORDER, config_lines, eval_test_lines, has_rle_instances, image_root, split_json
 from segkit.data.report import file_sha1, report_data_dir
 
 SOURCE_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -143,13 +147,15 @@ class ConversionResult:
     def __init__(self, log, num_files):
         self.log = log
         self.num_json = num_files  # annotation files looked at (the LabelMe converter's name for it)
-        self.coco = {}  # {"trainval": ..., "train": ..., "val": ...}
+        self.coco = {}  # {"trainval": ..., "train": ..., "val": ...} (+ "test")
         self.val_ids = set()
-        self.instances = {}  # class name -> [train, val]
-        self.crowd_regions = [0, 0]  # crowd regions in [train, val]
-        self.images = [0, 0]  # [train, val]
-        self.negatives = [0, 0]
-        self.split_from_source = False
+        self.test_ids = set()
+        self.instances = {}  # class name -> [train, val, test]
+        self.crowd_regions = [0, 0, 0]  # crowd regions in [train, val, test]
+        self.images = [0, 0, 0]  # [train, val, test]
+        self.negatives = [0, 0, 0]
+        self.split_from_source = False  # train/val as the source split them
+        self.test_from_source = False  # the source's test split kept as test.json
         self.crowd_name = "crowd regions"  # how the summary names crowd annotations
         self.written = False
         self.exit_code = 0
@@ -165,17 +171,17 @@ class ConversionResult:
         return has_rle_instances(self.coco.get("trainval", {}).get("annotations", []))
 
 
-def _source_split(images, log):
-    """'train'/'val' per image from the source's splits, or None when they cannot be kept."""
-    names = [SOURCE_SPLITS.get((im.split or "").lower()) for im in images]
-    if not images or None in names:
-        return None
-    has_val = "val" in names
-    if "train" not in names or not (has_val or "test" in names):
-        return None
-    if has_val and "test" in names:
-        log.skip("images of the source's test split (not imported: it has a val split)", names.count("test"))
-    return [None if (s == "test" and has_val) else ("val" if s == "test" else s) for s in names]
+def source_splits(images, resplit=False):
+    """'train', 'val' or 'test' per image as the source splits them; None for the images our seeded
+    split places: all of them with ``resplit``, and all but the test images when the source's
+    train/val split is incomplete (an image without a split, or no train or no val)."""
+    names = [None if resplit else SOURCE_SPLITS.get((im.split or "").lower()) for im in images]
+    if all(n == "test" for n in names):  # nothing else to train on: the labels are the data
+        return [None] * len(names)
+    rest = [n for n in names if n != "test"]
+    if None in rest or "train" not in rest or "val" not in rest:
+        return [n if n == "test" else None for n in names]
+    return names
 
 
 def write_data_folder(images, output_dir, log, categories=None, source=None, description="",
@@ -187,38 +193,43 @@ def write_data_folder(images, output_dir, log, categories=None, source=None, des
     if mode not in ("copy", "symlink"):
         raise ValueError(f"mode must be 'copy' or 'symlink', not {mode!r}")
     result = ConversionResult(log, len(images) if num_files is None else num_files)
-    splits = None if resplit else _source_split(images, log)
-    if splits is not None:
-        images = [im for im, s in zip(images, splits) if s is not None]
-        splits = [s for s in splits if s is not None]
-        result.split_from_source = True
+    splits = source_splits(images, resplit)
+    # Test images last: train and val keep the ids they would have without them.
+    order = sorted(range(len(images)), key=lambda i: splits[i] == TEST_SPLIT)
+    images, splits = [images[i] for i in order], [splits[i] for i in order]
+    num_trainval = len(images) - splits.count(TEST_SPLIT)
+    test_idx = set(range(num_trainval, len(images)))
+    result.test_from_source = bool(test_idx)
     if categories is None:
         categories = sorted({a["label"] for im in images for a in im.annotations if not a["iscrowd"]})
     categories = list(categories)
     cat_id = {name: i + 1 for i, name in enumerate(categories)}
     image_classes = [{a["label"] for a in im.annotations if not a["iscrowd"]} for im in images]
-    if splits is not None:
+    if num_trainval and None not in splits[:num_trainval]:
         val_idx = {i for i, s in enumerate(splits) if s == "val"}
+        result.split_from_source = True
     else:
-        groups = duplicate_groups(images) if len(images) > 1 and val_fraction > 0 else [[i] for i in range(len(images))]
+        trainval = images[:num_trainval]
+        groups = duplicate_groups(trainval) if len(trainval) > 1 and val_fraction > 0 else [[i] for i in range(len(trainval))]
         group_classes = [set().union(*(image_classes[i] for i in g)) for g in groups]
         val_groups = split_train_val(group_classes, val_fraction, seed, sizes=[len(g) for g in groups])
         val_idx = {i for k in val_groups for i in groups[k]}
     result.val_ids = {i + 1 for i in val_idx}
-    result.instances = {name: [0, 0] for name in categories}
+    result.test_ids = {i + 1 for i in test_idx}
+    result.instances = {name: [0, 0, 0] for name in categories}
     for i, image in enumerate(images):
-        in_val = int(i in val_idx)
-        result.images[in_val] += 1
-        result.negatives[in_val] += not image_classes[i]
+        column = 2 if i in test_idx else int(i in val_idx)
+        result.images[column] += 1
+        result.negatives[column] += not image_classes[i]
         for a in image.annotations:
             if a["iscrowd"]:
-                result.crowd_regions[in_val] += 1
+                result.crowd_regions[column] += 1
             else:
-                result.instances[a["label"]][in_val] += 1
+                result.instances[a["label"]][column] += 1
 
-    if not images:
+    if not num_trainval:
         result.reason = "no usable image"
-    elif not any(image_classes):
+    elif not any(image_classes[:num_trainval]):
         result.reason = "no instance in any image"
     elif strict and log.problems:
         result.reason = f"--strict and {len(log.problems)} problem(s)"
@@ -251,29 +262,43 @@ def write_data_folder(images, output_dir, log, categories=None, source=None, des
                 "annotations": [a for a in coco_anns if keep(a["image_id"])],
                 "categories": cats}
 
-    val_ids = result.val_ids
-    result.coco = {"trainval": subset(lambda i: True), "train": subset(lambda i: i not in val_ids),
+    val_ids, test_ids = result.val_ids, result.test_ids
+    result.coco = {"trainval": subset(lambda i: i not in test_ids),
+                   "train": subset(lambda i: i not in val_ids and i not in test_ids),
                    "val": subset(lambda i: i in val_ids)}
+    if test_ids:
+        result.coco[TEST_SPLIT] = subset(lambda i: i in test_ids)
     for image in progress_bar(images, len(images), mode, progress):
         place_image(image, os.path.join(image_root(output_dir), image.image_name), mode)
-    for split in WRITE_ORDER:  # after the images: a JSON never names a missing image
+    for split in written_splits(result):  # after the images: a JSON never names a missing image
         write_text(split_json(output_dir, split), dumps_coco(result.coco[split]))
+    stale_test = split_json(output_dir, TEST_SPLIT)
+    if not test_ids and os.path.isfile(stale_test):
+        # An earlier import's test.json names images of that import: evaluating on it now would be wrong.
+        os.remove(stale_test)
     result.written = True
     return result
 
 
+def written_splits(result):
+    """The split files a conversion writes, in the order they are written and printed."""
+    return WRITE_ORDER + ((TEST_SPLIT,) if result.test_ids else ())
+
+
 def summary_lines(result):
-    """The summary table: images, instances per class (train/val/total), skipped items by reason."""
-    def row(name, pair, note=""):
-        return f"{name:<34}{pair[0]:>8}{pair[1]:>8}{pair[0] + pair[1]:>8}{note}"
+    """The summary table: images, instances per class (train/val[/test]/total), skipped items by reason."""
+    columns = 3 if result.test_ids else 2
+
+    def row(name, counts, note=""):
+        return f"{name:<34}" + "".join(f"{n:>8}" for n in counts[:columns]) + f"{sum(counts):>8}{note}"
 
     def head(title):
-        return f"{title:<34}{'train':>8}{'val':>8}{'total':>8}"
+        return f"{title:<34}" + "".join(f"{c:>8}" for c in ("train", "val", "test")[:columns]) + f"{'total':>8}"
 
     lines = [head("images"), row("  converted", result.images),
              row("  without instances (negatives)", result.negatives), head("instances per class")]
-    for name, pair in result.instances.items():
-        lines.append(row(f"  {name}", pair, "   (none in val)" if pair[0] + pair[1] and not pair[1] else ""))
+    for name, counts in result.instances.items():
+        lines.append(row(f"  {name}", counts, "   (none in val)" if counts[0] + counts[1] and not counts[1] else ""))
     if any(result.crowd_regions):
         lines.append(row(f"  {result.crowd_name}", result.crowd_regions))
     for key, n in sorted(result.log.notes.items()):
@@ -293,13 +318,15 @@ def print_outcome(result, output_dir, header, report=True):
     if not result.written:
         print(f"error: {result.reason}; nothing written to {output_dir}", file=sys.stderr)
         return result.exit_code
-    written = [split_json(output_dir, split) for split in WRITE_ORDER]
+    written = [split_json(output_dir, split) for split in written_splits(result)]
     print(f"wrote {', '.join(written)} and {image_root(output_dir)}/")
     lines = config_lines(output_dir)
     if result.needs_bitmask:
         lines.append('INPUT.MASK_FORMAT "bitmask"')
     print("config lines (or pass them as KEY VALUE overrides):")
     print("\n".join("  " + line for line in lines))
+    if result.test_ids:
+        print("\n".join(eval_test_lines(output_dir)))
     if report:
         report_data_dir(output_dir)
     return result.exit_code

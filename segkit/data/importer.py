@@ -7,8 +7,12 @@
 Each format has one reader in :mod:`segkit.data.formats`; the data folder is written by
 :mod:`segkit.data.folder_writer` (same files, split rules and report as ``labelme2coco.py``).
 ``--format auto`` asks every reader whether the folder looks like its format and says which one
-matched; when none or several match it stops with one line and asks for ``--format``.
-Splits the export already has are kept unless ``--resplit``. Exit status: 0; 1 when nothing usable
+matched. A format's own marker file (the Open Images CSV, a COCO JSON, data.yaml, ...) decides over
+formats that matched generic folder names only (images/ + masks/, labels/, instances/), and the
+summary names those; when none, or several markers (or only several generic matches) are found it
+stops with one line and asks for ``--format``.
+Splits the export already has are kept unless ``--resplit``; its test split becomes ``test.json``
+(``mydata_test``), outside ``trainval.json``. Exit status: 0; 1 when nothing usable
 remains or with ``--strict`` on any problem (nothing written); 2 on bad arguments or layout.
 """
 
@@ -40,15 +44,21 @@ def detect_format(src_dir):
     """``(format name, evidence)`` of the one format the folder looks like; LayoutError otherwise."""
     found = {}
     for name in FORMATS:
-        evidence = reader(name).detect(src_dir)
-        if evidence:
-            found[name] = evidence
+        detection = reader(name).detect(src_dir)
+        if detection:
+            found[name] = detection
     if not found:
         raise LayoutError(f"{src_dir}: no known annotation layout found (formats: {', '.join(FORMATS)}); pass --format")
-    if len(found) > 1:
-        what = "; ".join(f"{k}: {v}" for k, v in found.items())
+    by_marker = [name for name, d in found.items() if d.marker]
+    if len(found) > 1 and len(by_marker) != 1:
+        what = "; ".join(f"{k}: {d.evidence}" for k, d in found.items())
         raise LayoutError(f"{src_dir}: ambiguous layout ({what}); pass --format")
-    return next(iter(found.items()))
+    name = by_marker[0] if by_marker else next(iter(found))
+    others = [k for k in found if k != name]
+    evidence = found[name].evidence
+    if others:
+        evidence += f" (decides over generic folders that also fit {', '.join(others)}: pass --format to read those)"
+    return name, evidence
 
 
 def import_folder(src_dir, output_dir="data", fmt="auto", labels=None, classes=None, val_fraction=0.2, seed=0,
@@ -75,7 +85,8 @@ def build_parser():
         prog="import_data.py",
         description="Import annotations (COCO from Label Studio/CVAT/Roboflow, YOLO-seg, PASCAL VOC, binary masks, "
                     "Open Images, semantic label folders, LabelMe) into a data folder: OUTPUT/trainval.json, "
-                    "train.json, val.json and OUTPUT/images/, as labelme2coco.py writes it.")
+                    "train.json, val.json (test.json: the source's test split) and OUTPUT/images/, as "
+                    "labelme2coco.py writes it.")
     p.add_argument("src", metavar="SRC", help="folder of the export; or s3://, gs://, https:// "
                                               "(downloaded into OUTPUT/.remote-source first)")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
@@ -88,7 +99,8 @@ def build_parser():
                    help="share of images in val.json when the source has no split or with --resplit (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     add_place_mode_options(p)
-    p.add_argument("--resplit", action="store_true", help="ignore the source's splits and make ours")
+    p.add_argument("--resplit", action="store_true",
+                   help="ignore the source's splits (its test split included) and make ours")
     p.add_argument("--strict", action="store_true", help="any reported problem fails the import (nothing written)")
     p.add_argument("--no-report", action="store_true", help="skip the dataset report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -114,6 +126,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     how = f"detected {result.format}: {result.evidence}" if result.evidence else f"format {result.format}"
-    split = "splits kept from the source" if result.split_from_source else "split made here (seeded)"
+    split = "splits kept from the source" if result.split_from_source else "train/val split made here (seeded)"
+    if result.test_from_source:
+        split += "; its test split kept apart as test.json"
     header = f"{redact(source)}: {how}\n{result.num_json} annotation file(s) read; {split}"
     return print_outcome(result, args.output, header, report=not args.no_report)

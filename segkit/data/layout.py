@@ -3,6 +3,8 @@
 A data folder (``labelme2coco.py`` and ``import_data.py`` write it) holds::
 
     DIR/trainval.json  DIR/train.json  DIR/val.json   COCO instance files (ids shared between them)
+    DIR/test.json                                     the source's test split, when it has one: not in
+                                                      trainval.json, never trained on
     DIR/images/...                                    the images, ``file_name`` relative to here
     DIR/report.json  DIR/report.png                   the dataset report
     DIR/browse/<split>/                               ground-truth overlays
@@ -15,8 +17,9 @@ semantic view); which file a registered dataset reads is its ``MetadataCatalog``
 import json
 import os
 
-SPLITS = ("train", "val", "trainval")
-WRITE_ORDER = ("trainval", "train", "val")  # what converters write, and print, in this order
+TEST_SPLIT = "test"
+SPLITS = ("train", "val", "trainval", TEST_SPLIT)
+WRITE_ORDER = ("trainval", "train", "val")  # what converters write, and print, in this order (then test)
 DEFAULT_PREFIX = "mydata"
 IMAGES_DIR = "images"
 REPORT_JSON = "report.json"
@@ -43,6 +46,17 @@ def config_lines(data_dir="data", prefix=DEFAULT_PREFIX):
         f'DATASETS.DATA_DIR "{data_dir}"',
         f'DATASETS.TRAIN "(\'{dataset_name("train", prefix)}\',)"',
         f'DATASETS.TEST "(\'{dataset_name("val", prefix)}\',)"',
+    ]
+
+
+def eval_test_lines(data_dir="data", prefix=DEFAULT_PREFIX):
+    """What to run to measure a trained model on the test split (kept out of training and of the
+    choice of model_best)."""
+    return [
+        f"test split: {split_json(data_dir, TEST_SPLIT)} ({dataset_name(TEST_SPLIT, prefix)}; not trained on). "
+        "Measure the final model on it with:",
+        f"  python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth "
+        f'DATASETS.DATA_DIR "{data_dir}" DATASETS.TEST "(\'{dataset_name(TEST_SPLIT, prefix)}\',)"',
     ]
 
 

@@ -9,7 +9,8 @@ image files that are missing, and classes that have no instance in val. Crowd / 
 (``iscrowd=1``) are counted apart and left out of the per-class and size figures.
 
 The report is printed as aligned tables and written as ``DIR/report.json`` and ``DIR/report.png``
-(atomically). ``trainval.json`` is required; ``train.json`` and ``val.json`` are used when present.
+(atomically). ``trainval.json`` is required; ``train.json``, ``val.json`` and ``test.json`` are used
+when present.
 
     python -m segkit.data.report DIR
 """
@@ -27,7 +28,7 @@ import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json
 from segkit.data.coco_masks import mask_geometry
-from segkit.data.layout import REPORT_JSON, REPORT_PNG, SPLITS, image_root, split_json
+from segkit.data.layout import REPORT_JSON, REPORT_PNG, SPLITS, TEST_SPLIT, image_root, split_json
 
 TINY_AREA = 16  # px: masks smaller than this are reported
 MIN_BBOX_SIDE = 2  # px: boxes thinner than this are reported
@@ -158,7 +159,7 @@ def file_sha1(path):
 def build_report(data_dir):
     """Compute the report dict for ``data_dir`` (nothing printed or written)."""
     files = {"trainval": load_coco(split_json(data_dir, "trainval"))}  # required, checked first
-    for split in ("train", "val"):
+    for split in ("train", "val", TEST_SPLIT):
         path = split_json(data_dir, split)
         if os.path.exists(path):
             files[split] = load_coco(path)
@@ -172,7 +173,7 @@ def build_report(data_dir):
             analysed[split] = _analyse_split(files[split])
             splits[split] = analysed[split][0]
     _, negatives, areas, problems, per_image = analysed["trainval"]
-    for split in ("train", "val"):
+    for split in ("train", "val", TEST_SPLIT):
         if split in files and [c["name"] for c in sorted(files[split]["categories"], key=lambda c: c["id"])] != classes:
             warnings.append(f"{split}.json declares other categories than trainval.json")
 
@@ -290,12 +291,12 @@ def render_png(report):
     from matplotlib.figure import Figure
 
     splits = report["splits"]
-    order = [s for s in ("train", "val") if s in splits] or ["trainval"]
+    order = [s for s in ("train", "val", TEST_SPLIT) if s in splits] or ["trainval"]
     classes = list(splits["trainval"]["instances_per_class"])
     fig = Figure(figsize=(15, max(8.5, 0.22 * len(classes) + 5)), dpi=90)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
-    colors = {"train": "#1f77b4", "val": "#ff7f0e", "trainval": "#2ca02c"}
+    colors = {"train": "#1f77b4", "val": "#ff7f0e", "trainval": "#2ca02c", TEST_SPLIT: "#9467bd"}
 
     ax = axes[0, 0]
     y = np.arange(len(classes))

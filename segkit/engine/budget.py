@@ -162,7 +162,8 @@ class TimeBudget(HookBase):
 
     @staticmethod
     def _final_save_estimate():
-        # The last iteration writes model_final.pth twice (PeriodicCheckpointer, then the Trainer).
+        # The last iteration writes model_final.pth twice (PeriodicCheckpointer, then the Trainer) and
+        # its full state once (model_<iter>.pth, for --resume).
         return 2.0
 
     def _choose(self, it):

@@ -5,6 +5,9 @@
   ``meta_architecture`` and ``iteration``, so ``model_final.pth`` alone is deployable; after an
   evaluation also ``score_thresholds`` ({class: F1-maximising score threshold}) and
   ``score_threshold`` (one for all classes), which predict.py and the app start from;
+- ``model_final.pth`` and ``model_best.pth`` hold the weights and that metadata only: the optimizer,
+  scheduler and RNG states (half a checkpoint's size) serve ``--resume`` alone, which reads the last
+  periodic checkpoint ``model_<iteration>.pth`` (``last_checkpoint`` never names the other two);
 - ``torchvision://resnet18`` (..50, 101) as MODEL.WEIGHTS, converted on load the way detectron2's
   ``tools/convert-torchvision-to-d2.py`` does;
 - ``imagenet://efficientnet_lite0`` (lite1, lite2) as MODEL.WEIGHTS: ImageNet weights that install
@@ -33,6 +36,7 @@ from segkit.modeling.weights import WeightsUnavailableError
 logger = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision://"
+INFERENCE_ONLY = ("model_final", "model_best")
 
 
 def cached_path_of(url):
@@ -103,9 +107,11 @@ class SegkitCheckpointer(DetectionCheckpointer):
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return
+        resumable = name not in INFERENCE_ONLY
         data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        if resumable:
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
         data.update(self.inference_metadata())
         data.update(kwargs)
         basename = f"{name}.pth"
@@ -113,7 +119,8 @@ class SegkitCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saving checkpoint to {save_file}")
         with atomic_path(save_file) as tmp:
             torch.save(data, tmp)
-        self.tag_last_checkpoint(basename)
+        if resumable:  # --resume loads the tagged file: one without optimizer state would resume differently
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
         write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

@@ -1,6 +1,6 @@
 """Training hooks detectron2 does not ship: validation loss, live loss curves, a per-iteration
 progress bar with ETA, early stopping, pictures of augmented training batches, and a checkpoint on
-Ctrl-C."""
+Ctrl-C; and detectron2's PeriodicCheckpointer with a resumable last checkpoint."""
 
 import contextlib
 import json
@@ -12,7 +12,7 @@ import random
 import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
 from segkit.data.atomic import atomic_path
@@ -73,6 +73,37 @@ class ValidationLoss(HookBase):
                 scalars["val_total_loss"] = sum(losses.values())
                 self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
                 logger.info("Validation loss: " + ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's hook with ``max_to_keep`` (SOLVER.CHECKPOINTS_TO_KEEP). model_final.pth holds
+    weights only now (checkpoint.INFERENCE_ONLY), so the last iteration's full state is written as a
+    periodic checkpoint too: ``--resume`` after a finished or stopped run continues from its end, not
+    from the last multiple of the period. As in detectron2, only checkpoints this process wrote are
+    deleted: the one a run resumed from stays."""
+
+    _saved_iter = None  # iteration of the last full state this process wrote
+
+    def step(self, iteration, **kwargs):
+        super().step(iteration, **kwargs)
+        iteration = int(iteration)
+        if (iteration + 1) % self.period == 0:
+            self._saved_iter = iteration  # fvcore's step wrote it
+        elif self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.save_resumable(iteration)
+
+    def save_resumable(self, iteration):
+        """The full state at ``iteration`` as ``model_<iteration>.pth``, unless already written."""
+        if iteration == self._saved_iter:
+            return
+        self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", iteration=iteration)
+        self._saved_iter = iteration
+        if self.max_to_keep is not None:  # fvcore's PeriodicCheckpointer.step prunes the same way
+            self.recent_checkpoints.append(self.checkpointer.get_checkpoint_file())
+            while len(self.recent_checkpoints) > self.max_to_keep:
+                old = self.recent_checkpoints.pop(0)
+                if self.path_manager.exists(old):
+                    self.path_manager.rm(old)
 
 
 def read_metrics(path):

@@ -1,6 +1,6 @@
 """Training length in the user's units: epochs (``SOLVER.EPOCHS``) instead of iterations.
 
-The rule, applied when SOLVER.EPOCHS > 0 (see README "Training length"):
+The rule, applied when SOLVER.EPOCHS > 0 (see docs/training.md, "How long to train"):
 
     MAX_ITER         = max(ceil(EPOCHS x training images / IMS_PER_BATCH), MIN_ITER)
     STEPS            = 80% and 93.3% of MAX_ITER (LR x GAMMA at each)

@@ -23,6 +23,7 @@ import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture
 from segkit.engine.hooks import (
     EarlyStopping,
     LossCurvePlot,
+    PeriodicCheckpointer,
     ProgressBar,
     StopTraining,
     TrainingBatchPictures,
@@ -184,7 +185,8 @@ class Trainer(DefaultTrainer):
         if main:
             ret.append(ProgressBar(self.max_iter, images_per_epoch=len(self._batch_sampler.stream.dataset_dicts),
                                    images_per_iter=cfg.SOLVER.IMS_PER_BATCH))
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
+                                            max_to_keep=cfg.SOLVER.CHECKPOINTS_TO_KEEP or None))
         if val_period > 0 and cfg.DATASETS.TEST:
             ret.append(ValidationLoss(cfg, val_period, cfg.DATASETS.TEST, cfg.TEST.VAL_LOSS_MAX_IMAGES))
         ret.append(hooks.EvalHook(eval_period, test_and_save_results))
@@ -234,6 +236,13 @@ class Trainer(DefaultTrainer):
         # The data stream continues where the checkpoint left it: one batch per iteration.
         self._batch_sampler.start_batch = self.start_iter
 
+    def _save_resumable(self, iteration):
+        """The full state at ``iteration`` for --resume, through the periodic hook so that it counts
+        towards SOLVER.CHECKPOINTS_TO_KEEP (main process: the only one with the hook)."""
+        for h in self._hooks:
+            if isinstance(h, PeriodicCheckpointer):
+                h.save_resumable(iteration)
+
     # ---- the loop -----------------------------------------------------------------------------
     def after_step(self):
         # Before the hooks: a hook that ends training (StopTraining) does so after a completed step.
@@ -247,15 +256,15 @@ class Trainer(DefaultTrainer):
             return super().train()
         except StopTraining:
             # Raised by a hook after this iteration's step: the weights are those of self.iter.
+            self._save_resumable(self.iter)
             self.checkpointer.save("model_final", iteration=self.iter)
             return getattr(self, "_last_eval_results", None)
         except KeyboardInterrupt:
             if comm.is_main_process() and self._last_completed_iter >= 0:
                 self.iter = self._last_completed_iter
-                name = f"model_{self.iter:07d}"
-                self.checkpointer.save(name, iteration=self.iter)
+                self._save_resumable(self.iter)
                 logger.warning(
-                    f"Interrupted: saved {os.path.join(self.cfg.OUTPUT_DIR, name)}.pth; "
+                    f"Interrupted: saved {self.checkpointer.get_checkpoint_file()}; "
                     f"continue with the same command and --resume."
                 )
             raise

@@ -45,6 +45,10 @@ def add_segkit_config(cfg):
     # Wall-clock budget in seconds for the whole run (train_net.py --time-budget 10m); > 0 lets the
     # trainer choose MAX_ITER after a measured warm-up (engine/budget.py). 0 turns it off.
     cfg.SOLVER.TIME_BUDGET = 0
+    # Periodic checkpoints (model_<iter>.pth, the full state --resume needs) kept on disk, the newest;
+    # 0 keeps all. 1 is Ultralytics' last.pt: with model_best.pth and model_final.pth (weights only)
+    # a run keeps "last" and "best" instead of filling the disk.
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 1
 
     # Validation loss on DATASETS.TEST every N iterations; 0 means "with TEST.EVAL_PERIOD".
     cfg.TEST.VAL_LOSS_PERIOD = 0

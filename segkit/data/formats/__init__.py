@@ -1,12 +1,22 @@
 """One reader per annotation format; each turns a LOCAL source folder into
 :class:`~segkit.data.folder_writer.SourceImage` objects for :mod:`segkit.data.folder_writer`.
 
-Every reader module offers ``NAME``, ``detect(src_dir) -> str or None`` (the evidence it found,
-said to the user) and ``read(src_dir, log, options) -> ReadResult``. A remote source is
+Every reader module offers ``NAME``, ``detect(src_dir) -> Detection or None`` (the evidence it
+found, said to the user) and ``read(src_dir, log, options) -> ReadResult``. A remote source is
 materialised into a local folder first, then read the same way.
 """
 
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Why a folder looks like a format. ``marker``: the evidence is a file (or folder) of that format's
+    own (the Open Images CSV, a COCO JSON, data.yaml, VOC's SegmentationObject/, a LabelMe JSON);
+    False when only generic folder names matched (images/ with masks/, labels/ or instances/), which
+    other formats' downloads contain too: a marker then decides (importer.detect_format)."""
+    evidence: str
+    marker: bool = True
 
 
 @dataclass

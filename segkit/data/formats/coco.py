@@ -25,7 +25,7 @@ import re
 from urllib.parse import urlparse
 
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_reported
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import coco_segmentation_annotation
 from segkit.data.formats.images import is_hidden, is_inside, placed_name, posix_rel, sized_image
 from segkit.data.labelme import read_json_file
@@ -77,7 +77,7 @@ def detect(src_dir):
     if not files:
         return None
     rels = [posix_rel(p, src_dir) for p in files]
-    return f"COCO JSON ({', '.join(rels[:3])}{', ...' if len(rels) > 3 else ''})"
+    return Detection(f"COCO JSON ({', '.join(rels[:3])}{', ...' if len(rels) > 3 else ''})")
 
 
 def split_of(path, src_dir):
@@ -143,6 +143,10 @@ def read(src_dir, log, options):
                 log.problem(rel_json, "malformed annotation", f"annotations[{k}]: not an object with an image_id")
                 continue
             anns_by_image.setdefault(a["image_id"], []).append(a)
+        listed = {im.get("id") for im in data["images"] if isinstance(im, dict)}
+        for image_id in anns_by_image.keys() - listed:
+            log.problem(rel_json, "annotation of an unlisted image",
+                        f"{len(anns_by_image[image_id])} annotation(s) of image_id {image_id!r}, which images does not list, skipped")
         split = split_of(path, src_dir)
         json_dir = os.path.dirname(path)
         for k, im in enumerate(data["images"]):

@@ -3,7 +3,7 @@
 import json
 
 from segkit.data.coco_convert import read_labelme_folder
-from segkit.data.formats import ReadResult, final_categories
+from segkit.data.formats import Detection, ReadResult, final_categories
 from segkit.data.formats.images import posix_rel
 from segkit.data.labelme import find_labelme_files
 
@@ -18,7 +18,7 @@ def detect(src_dir):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(data, dict) and isinstance(data.get("shapes"), list):
-            return f"LabelMe JSON files ({posix_rel(path, src_dir)}, ...)"
+            return Detection(f"LabelMe JSON files ({posix_rel(path, src_dir)}, ...)")
     return None
 
 

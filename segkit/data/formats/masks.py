@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.folder_writer import SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
 from segkit.data.formats.images import is_hidden, list_images, placed_name, posix_rel, sized_image
 
@@ -35,17 +35,32 @@ def _pngs(folder):
     return sorted(found)
 
 
-def detect(src_dir):
-    if not os.path.isdir(os.path.join(src_dir, "images")):
+def _object_stem(rel):
+    """The image stem a mask path (relative to masks/) names: ``<class>/<stem>_<k>.png`` or
+    ``<stem>_<k>.png``; None when the name has no ``_<k>``."""
+    folder, base = os.path.split(rel)
+    match = _OBJECT_NAME.match(os.path.splitext(base)[0])
+    if match is None:
         return None
+    return "/".join(folder.split("/")[1:] + [match["stem"]]) if folder else match["stem"]
+
+
+def detect(src_dir):
+    # images/ + masks/ (or instances/) are generic names (Open Images unzips its masks into masks/):
+    # evidence of this format only when the PNGs name the images beside them.
+    images_dir = os.path.join(src_dir, "images")
+    if not os.path.isdir(images_dir):
+        return None
+    stems = {os.path.splitext(posix_rel(p, images_dir))[0] for p in list_images(images_dir)}
     instances = os.path.join(src_dir, "instances")
-    if os.path.isdir(instances) and _pngs(instances):
-        return "binary masks (images/ + instance-id PNGs in instances/)"
+    if os.path.isdir(instances) and any(os.path.splitext(posix_rel(p, instances))[0] in stems for p in _pngs(instances)):
+        return Detection("binary masks (images/ + instance-id PNGs in instances/)", marker=False)
     masks = os.path.join(src_dir, "masks")
     if os.path.isdir(masks):
-        named = [p for p in _pngs(masks) if _OBJECT_NAME.match(os.path.splitext(os.path.basename(p))[0])]
+        named = next((p for p in _pngs(masks) if _object_stem(posix_rel(p, masks)) in stems), None)
         if named:
-            return f"binary masks (images/ + one PNG per object in masks/, e.g. {posix_rel(named[0], src_dir)})"
+            return Detection(f"binary masks (images/ + one PNG per object in masks/, e.g. {posix_rel(named, src_dir)})",
+                             marker=False)
     return None
 
 
@@ -102,15 +117,13 @@ def read(src_dir, log, options):
         mapping = _read_json(mapping_file, log, "classes.json") if os.path.isfile(mapping_file) else None
         for path in _pngs(masks_dir):
             rel = posix_rel(path, masks_dir)
-            folder, base = os.path.split(rel)
-            match = _OBJECT_NAME.match(os.path.splitext(base)[0])
-            if match is None:
+            folder = os.path.dirname(rel)
+            stem = _object_stem(rel)
+            if stem is None:
                 log.problem(posix_rel(path, src_dir), "mask name", "not named <image stem>_<k>.png, skipped")
                 continue
-            stem = match["stem"]
             if folder:
                 name = folder.split("/")[0]
-                stem = "/".join(folder.split("/")[1:] + [stem])
             elif mapping is not None:
                 name = mapping.get(rel)
                 if name is None:

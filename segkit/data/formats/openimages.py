@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
 from segkit.data.formats.images import IMAGE_EXTS, is_hidden, placed_name, posix_rel, sized_image
 
@@ -37,7 +37,7 @@ def detect(src_dir):
     files = _annotation_csvs(src_dir)
     if not files:
         return None
-    return f"Open Images segmentation CSV ({', '.join(posix_rel(p, src_dir) for p in files)})"
+    return Detection(f"Open Images segmentation CSV ({', '.join(posix_rel(p, src_dir) for p in files)})")
 
 
 def read_class_names(src_dir, log):

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.folder_writer import SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
 from segkit.data.formats.images import is_hidden, list_images, placed_name, posix_rel, sized_image
 
@@ -56,10 +56,10 @@ def _generic_dirs(src_dir):
 
 def detect(src_dir):
     if _pets_dirs(src_dir):
-        return "Oxford-IIIT Pets layout (images/ + annotations/trimaps/)"
+        return Detection("Oxford-IIIT Pets layout (images/ + annotations/trimaps/)")
     found = _generic_dirs(src_dir)
     if found:
-        return f"semantic label folder ({os.path.basename(found[0])}/ + classes.json)"
+        return Detection(f"semantic label folder ({os.path.basename(found[0])}/ + classes.json)", marker=False)
     return None
 
 
@@ -177,5 +177,10 @@ def read(src_dir, log, options):
         used.update(a["label"] for a in annotations if not a["iscrowd"])
         result.images.append(SourceImage(source_file=label_rel, image_name=placed_name(rel), width=size[0],
                                          height=size[1], image_file=path, annotations=annotations, split=split))
+    stems = {os.path.splitext(posix_rel(p, images_dir))[0] for p in list_images(images_dir)}
+    for path in list_images(labels_dir):
+        if path.lower().endswith(".png") and os.path.splitext(posix_rel(path, labels_dir))[0] not in stems:
+            log.problem(posix_rel(path, src_dir), "label PNG without an image",
+                        f"no image {posix_rel(images_dir, src_dir)}/<same stem>.* for this label PNG, skipped")
     result.categories = final_categories([c for c in class_order if c in used], options)
     return result

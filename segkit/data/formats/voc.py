@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.folder_writer import SourceImage
-from segkit.data.formats import ReadResult, final_categories, keep_class
+from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
 from segkit.data.formats.images import IMAGE_EXTS, is_hidden, placed_name, posix_rel, sized_image
 
@@ -52,7 +52,7 @@ def detect(src_dir):
     if root is None:
         return None
     variant = "CVAT labelmap.txt" if os.path.isfile(os.path.join(root, "labelmap.txt")) else "VOC palette"
-    return f"PASCAL VOC layout ({posix_rel(root, src_dir)}/SegmentationObject/, {variant})"
+    return Detection(f"PASCAL VOC layout ({posix_rel(root, src_dir)}/SegmentationObject/, {variant})")
 
 
 def read_labelmap(path):
