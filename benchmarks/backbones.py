@@ -127,6 +127,8 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--budget", default="3m", help="--time-budget of every training run (default 3m)")
     p.add_argument("--iters", type=int, default=10, help="timed inference runs per model and runtime")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="part ap only for these; part speed runs when both are given")
     p.add_argument("--table", action="store_true")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "segkit_bench_backbones"))
     args = p.parse_args()
@@ -137,30 +139,36 @@ def main():
         os.makedirs(args.work, exist_ok=True)
         os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
         runs, t_start = [], time.monotonic()
-        todo = [(s, seed, name) for s in args.sets for seed in args.seeds for name in CONFIGS]
+        todo = [(s, seed, name) for s in args.sets for seed in args.seeds for name in args.configs]
         for i, (s, seed, name) in enumerate(todo):
             eta = f", ETA {(time.monotonic() - t_start) / i * (len(todo) - i) / 60:.0f} min" if i else ""
             print(f"[{i + 1}/{len(todo)}] {name} on {s} seed {seed}, budget {args.budget}{eta}", flush=True)
             run = ap_at_budget(name, data_for(s, seed, args.work), seed, args.budget, args.work) | {"set": s}
-            print(f"    {run['iterations']} iterations, segm AP {run['segm_AP']:.1f}, bbox AP {run['bbox_AP']:.1f}, "
-                  f"{run['wall_s']:.0f} s", flush=True)
+            print(f"    {run['iterations']} iterations, segm AP {run['segm_AP'] or 0:.1f}, "
+                  f"bbox AP {run['bbox_AP'] or 0:.1f}, {run['wall_s']:.0f} s", flush=True)
             runs.append(run)
+        models = result.get("speed", {}).get("models", {})
         first = args.sets[0]
-        data = data_for(first, args.seeds[0], args.work)
-        ckpts = {r["config"]: r["checkpoint"] for r in runs if r["set"] == first and r["seed"] == args.seeds[0]}
-        with open(os.path.join(data, "val.json"), encoding="utf-8") as f:
-            image = os.path.join(data, "images", json.load(f)["images"][0]["file_name"])
-        models = {}
-        for name in CONFIGS:  # training speed: one process each, one after the other
-            models[name] = train_speed(name, data, args.work)
-            print(f"  {name}: {models[name]['sec_per_iter']:.2f} s/iteration, {models[name]['peak_rss_mb']:.0f} MB", flush=True)
-        for name, r in inference_speed(ckpts, image, args.iters).items():
-            models[name].update(r)
+        if set(args.configs) == set(CONFIGS):
+            first = args.sets[0]
+            data = data_for(first, args.seeds[0], args.work)
+            ckpts = {r["config"]: r["checkpoint"] for r in runs if r["set"] == first and r["seed"] == args.seeds[0]}
+            with open(os.path.join(data, "val.json"), encoding="utf-8") as f:
+                image = os.path.join(data, "images", json.load(f)["images"][0]["file_name"])
+            for name in CONFIGS:  # training speed: one process each, one after the other
+                models[name] = train_speed(name, data, args.work)
+                print(f"  {name}: {models[name]['sec_per_iter']:.2f} s/iteration, {models[name]['peak_rss_mb']:.0f} MB", flush=True)
+            for name, r in inference_speed(ckpts, image, args.iters).items():
+                models[name].update(r)
+        # Runs of other sets, seeds or budgets stay; the same run measured again replaces the old one.
+        key = ("set", "seed", "config", "budget")
+        fresh = [{k: v for k, v in r.items() if k != "checkpoint"} for r in runs]
+        kept = [r for r in result.get("ap", []) if not any(all(r[k] == f[k] for k in key) for f in fresh)]
         result = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                               "python": platform.python_version(), "torch": torch.__version__},
-                  "ap": [{k: v for k, v in r.items() if k != "checkpoint"} for r in runs],
-                  "speed": {"set": first, "image": os.path.basename(image), "threads": torch.get_num_threads(),
-                            "models": models}}
+                  "ap": kept + fresh,
+                  "speed": {"set": first, "threads": torch.get_num_threads(), "models": models}
+                  if set(args.configs) == set(CONFIGS) else result.get("speed")}
         write_json(RESULTS, result)
     print_table(result)
     print(f"\nresults in {RESULTS}")

@@ -102,12 +102,13 @@ def one_run(config, name, seed, data, work, max_iter, eval_period):
         raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-3000:]}")
     rows = read_metrics(os.path.join(out, "metrics.json"))
     train_images = len(json.load(open(os.path.join(data, "train.json")))["images"])
-    # EvalHook stores an evaluation at iteration N - 1 (N a multiple of the period); the final one
-    # at MAX_ITER - 1 too.
+    # EvalHook stores an evaluation at iteration N - 1 (N a multiple of the period), the final one
+    # at MAX_ITER (after the loop).
     evals = {}
     for r in rows:
         if "segm/AP" in r:
-            evals[r["iteration"] + 1] = {"iteration": r["iteration"] + 1, "segm_AP": r["segm/AP"], "bbox_AP": r["bbox/AP"]}
+            it = min(r["iteration"] + 1, max_iter)
+            evals[it] = {"iteration": it, "segm_AP": r["segm/AP"], "bbox_AP": r["bbox/AP"]}
     times = [r["time"] for r in rows if "time" in r]
     return {"config": os.path.basename(config), "set": name, "seed": seed, "train_images": train_images,
             "wall_s": wall, "s_per_iter": statistics.median(times) if times else None,
