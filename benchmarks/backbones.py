@@ -29,9 +29,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from schedule import SETS, data_for, write_json  # noqa: E402  (benchmarks/ is the script's folder)
+from schedule import SETS, data_for  # noqa: E402  (benchmarks/ is the script's folder)
 from train import _WORKER  # noqa: E402
 
+from segkit.data.atomic import write_json  # noqa: E402
 from segkit.engine.hooks import read_metrics  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "backbones.json")

@@ -31,20 +31,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from budget import sample_data  # noqa: E402  (benchmarks/ is the script's folder)
 
-from segkit.engine.hooks import read_metrics  # noqa: E402  (after the repo is on the path)
+from segkit.data.atomic import atomic_path, write_json  # noqa: E402  (after the repo is on the path)
+from segkit.engine.hooks import read_metrics  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "schedule.json")
 PLOT = os.path.join(ROOT, "benchmarks", "results", "schedule.png")
 LITE0 = os.path.join(ROOT, "configs", "mask_rcnn_lite0_FPN.yaml")
 CONTROLLERS = os.path.join(ROOT, "..", "shared", "datasets", "controllers")
 SETS = ("controllers-20", "controllers-81", "sample-32")
-
-
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def controllers_data(work, every, offset):
@@ -160,9 +154,8 @@ def plot(runs, path):
     ax_it.legend(fontsize=8)
     fig.suptitle("Pretrained Lite0 Mask R-CNN: AP against training length (mean ± stdev over seeds)")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def main():

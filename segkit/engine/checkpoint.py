@@ -130,7 +130,7 @@ class SegkitCheckpointer(DetectionCheckpointer):
             return self._load_torchvision(path[len(TORCHVISION_PREFIX):])
         if path.startswith(IMAGENET_PREFIX):
             name = path[len(IMAGENET_PREFIX):]
-            loaded = load_imagenet_weights(self.model.module if hasattr(self.model, "module") else self.model, name)
+            loaded = load_imagenet_weights(self.model, name)  # fvcore's Checkpointer unwrapped DDP already
             logger.info(f"Initialised {len(loaded['model'])} backbone tensors from the ImageNet weights of {name} (pip)")
             return {}
         if path and is_remote(path):

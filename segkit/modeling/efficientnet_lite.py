@@ -85,7 +85,7 @@ class EfficientNetLite(Backbone):
         # Block i belongs to the stage of the first feature map at or after it (module names "blocks.N").
         last_block = [int(n.split(".")[1]) for n in self.body.feature_info.module_name()]
         first = 0
-        for stage, end in enumerate(last_block[: freeze_at - 1]):
+        for end in last_block[: freeze_at - 1]:
             frozen += [self.body.blocks[b] for b in range(first, end + 1)]
             first = end + 1
         for module in frozen:
