@@ -30,6 +30,7 @@ import sys
 import warnings
 
 from segkit.data.file_names import unique_name
+from segkit.inference import sharded_predict
 from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
@@ -74,6 +75,7 @@ def get_parser():
                    help="with --rank: how many of the most uncertain images to predict / pre-label "
                         "(default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sharded_predict.add_arguments(p)
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides as KEY VALUE pairs (last on the line)")
     return p
@@ -171,13 +173,13 @@ def _progress(total, quiet, unit):
     return tqdm(total=total, disable=quiet, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
-def run_images(args, predictor, paths):
+def run_images(args, predictor, paths, names=None, writer=None, summary=True):
     from tqdm import tqdm
 
     from segkit.inference.labelme_writer import write_labelme
 
-    writer = Writer(args, predictor)
-    names = unique_names(paths)
+    writer = writer or Writer(args, predictor)
+    names = names or unique_names(paths)
     skipped, kept_json, image_id = [], [], 0
     bar = _progress(len(paths), args.quiet, "img")
 
@@ -219,6 +221,8 @@ def run_images(args, predictor, paths):
             bar.update(1)
     bar.close()
     writer.finish()
+    if not summary:
+        return 0 if image_id else 1
     where = f"; results in {args.output}" if args.output else ""
     print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}); "
           f"{len(skipped)} skipped"
@@ -309,6 +313,19 @@ def rank_by_uncertainty(args, predictor, paths):
     return [r["file"] for r in rows[:top]]
 
 
+def build_predictor(args, announce=True):
+    warnings.filterwarnings("ignore", message="torch.meshgrid")
+    from segkit.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
+                                          device=args.device,
+                                          confidence_threshold=args.confidence_threshold,
+                                          opts=args.opts, use_checkpoint_thresholds=True)
+    if announce and not predictor.semantic:
+        print(f"Using {predictor.threshold_note}.", file=sys.stderr)
+    return predictor
+
+
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -331,6 +348,9 @@ def main(argv=None):
     if args.video_input and not os.path.isfile(args.video_input):
         print(f"error: no video file {args.video_input}", file=sys.stderr)
         return 2
+    sharded_predict.check_arguments(parser, args)
+    if sharded_predict.requested(args):
+        return sharded_predict.run(args)
 
     paths = []
     if args.input:
@@ -341,15 +361,7 @@ def main(argv=None):
             print("error: no input images found", file=sys.stderr)
             return 1
 
-    warnings.filterwarnings("ignore", message="torch.meshgrid")
-    from segkit.inference.predictor import Predictor
-
-    predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
-                                          device=args.device,
-                                          confidence_threshold=args.confidence_threshold,
-                                          opts=args.opts, use_checkpoint_thresholds=True)
-    if not predictor.semantic:
-        print(f"Using {predictor.threshold_note}.", file=sys.stderr)
+    predictor = build_predictor(args)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     status = 0
