@@ -25,27 +25,6 @@ def predict(*args, wait=True):
 
 
 @pytest.fixture(scope="module")
-def random_mask_rcnn(tmp_path_factory):
-    """A Mask R-CNN checkpoint in our format (the mini config, random weights, 3 classes): at a low
-    threshold it finds many instances, which is all the comparison needs."""
-    import torch
-    from detectron2.modeling import build_model
-
-    from segkit.modeling.config import get_segkit_cfg
-
-    cfg = get_segkit_cfg()
-    cfg.merge_from_file(str(ROOT / "configs" / "mask_rcnn_R_18_FPN_mini.yaml"))
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = tmp_path_factory.mktemp("random_mask_rcnn") / "model.pth"
-    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": ["disc", "square", "triangle"],
-                "iteration": 0}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def folder(sample_data, tmp_path_factory):
     """Nine images (two with the same stem in a sub-folder) and a broken one."""
     images = sorted((sample_data / "images").glob("*.jpg"))
@@ -116,3 +95,29 @@ def test_killed_run_continues_with_skip_done(random_mask_rcnn, folder, tmp_path)
 def test_several_machines_need_an_address(random_mask_rcnn, folder, tmp_path):
     proc = predict(*_common(random_mask_rcnn, folder, tmp_path / "o"), "--num-machines", "2")
     assert proc.returncode == 2 and "--dist-url" in proc.stderr.splitlines()[-1]
+
+
+def test_s3_input_and_output_give_what_local_files_give(moto_s3, random_mask_rcnn, folder, tmp_path):
+    """--input s3://bucket/prefix is listed and read image by image (nothing mirrored into the
+    output); --output s3://... receives what a local --output folder holds."""
+    moto_s3.create_bucket(Bucket="shots")
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
+            moto_s3.upload_file(os.path.join(dirpath, f), "shots", f"in/{rel}")
+    local = predict(*_common(random_mask_rcnn, folder, tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    cloud = predict(*_common(random_mask_rcnn, "s3://shots/in", "s3://shots/out"))
+    assert cloud.returncode == 0, cloud.stderr[-3000:]
+    assert [l for l in cloud.stderr.splitlines() if "broken.jpg" in l], cloud.stderr[-2000:]
+    assert "9 image(s)" in cloud.stdout and "uploaded" in cloud.stderr
+
+    listed = moto_s3.list_objects_v2(Bucket="shots", Prefix="out/")["Contents"]
+    uploaded = sorted(o["Key"][len("out/"):] for o in listed)
+    written = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "local").replace(os.sep, "/")
+                     for d, _, files in os.walk(tmp_path / "local") for f in files)
+    assert uploaded == written  # overlays/, results.json, images.json: no copy of the inputs
+    body = {k: json.loads(moto_s3.get_object(Bucket="shots", Key=f"out/{k}")["Body"].read())
+            for k in ("results.json", "images.json")}
+    assert body["results.json"] == json.loads((tmp_path / "local" / "results.json").read_text())
+    assert body["images.json"] == json.loads((tmp_path / "local" / "images.json").read_text())

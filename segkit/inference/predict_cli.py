@@ -3,6 +3,8 @@
     python predict.py --input img.jpg more/ "shots/*.png" --output results/
     python predict.py --video-input clip.mp4 --output results/
     python predict.py --input new_images/ --labelme            # LabelMe JSON next to each image
+    python predict.py --input s3://bucket/prefix --output s3://bucket/out   # images streamed, not mirrored
+    python predict.py --input images/ --output results/ --num-gpus 2      # shared among 2 processes
     python predict.py --input ... --output ... --weights output/model_final.pth \
         --confidence-threshold 0.5 --opts MODEL.DEVICE cpu
 
@@ -30,6 +32,7 @@ import sys
 import warnings
 
 from segkit.data.file_names import unique_name
+from segkit.data.remote import RemoteSourceError, is_remote, list_files, staged_output
 from segkit.inference import sharded_predict
 from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
 
@@ -86,7 +89,12 @@ def expand_inputs(items):
     paths, missing = [], []
     for item in items:
         item = os.path.expanduser(item)
-        if os.path.isdir(item):
+        if is_remote(item):
+            try:
+                paths += list_files(item, IMAGE_EXTENSIONS)
+            except RemoteSourceError as e:
+                missing.append(str(e))
+        elif os.path.isdir(item):
             found = []
             for root, dirs, files in os.walk(item):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -341,6 +349,8 @@ def main(argv=None):
         parser.error("--video-input needs --output DIR")
     if args.overwrite and not args.labelme:
         parser.error("--overwrite only applies to --labelme")
+    if args.labelme and any(is_remote(i) for i in args.input or []):
+        parser.error("--labelme writes next to each image: it needs local --input files")
     if not os.path.isfile(args.weights):
         print(f"error: no checkpoint at {args.weights}. Train one first ({TRAIN_HINT}) or pass "
               f"--weights PATH.", file=sys.stderr)
@@ -361,6 +371,14 @@ def main(argv=None):
             print("error: no input images found", file=sys.stderr)
             return 1
 
+    if not args.output:
+        return predict_into(args, paths)
+    with staged_output(args.output) as folder:  # s3://...: written here, uploaded at the end
+        args.output = folder
+        return predict_into(args, paths)
+
+
+def predict_into(args, paths):
     predictor = build_predictor(args)
     if args.output:
         os.makedirs(args.output, exist_ok=True)

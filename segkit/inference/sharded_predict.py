@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from segkit.data.remote import is_remote, staged_output
+
 RECORDS_DIR = "per_image"
 # Ranks finish their shares at different times and the merge waits for the slowest: detectron2's
 # 30-minute default would cut long jobs short.
@@ -47,6 +49,8 @@ def check_arguments(parser, args):
     if args.video_input or args.rank:
         parser.error("--num-gpus/--num-machines/--skip-done apply to --input images, not to "
                      "--video-input or --rank")
+    if args.skip_done and is_remote(args.output):
+        parser.error("--skip-done reads the records of a local --output folder, not of a URL")
     if args.num_machines > 1 and args.dist_url == "auto":
         parser.error("--num-machines > 1 needs --dist-url tcp://HOST:PORT (machine 0's address)")
 
@@ -123,6 +127,12 @@ def _input_list(args):
 
 
 def _predict_share(args):
+    with staged_output(args.output) as folder:  # s3://...: each rank uploads what it wrote
+        args.output = folder
+        _predict_share_into(args)
+
+
+def _predict_share_into(args):
     from detectron2.utils import comm
 
     from segkit.inference import predict_cli
