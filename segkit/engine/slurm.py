@@ -77,8 +77,14 @@ class TrainingJob:
             sys.argv = saved
 
     def checkpoint(self):
+        import multiprocessing
+
         import submitit
 
+        # launch's training processes are not daemons: the task could not exit (and requeue) before
+        # they ended. Their work since the last checkpoint is lost either way.
+        for child in multiprocessing.active_children():
+            child.terminate()
         args = self.train_args if "--resume" in self.train_args else ["--resume", *self.train_args]
         return submitit.helpers.DelayedSubmission(TrainingJob(self.script, args, self.gpus_per_node, self.port))
 
