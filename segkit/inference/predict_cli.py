@@ -360,7 +360,8 @@ def main(argv=None):
         return 2
     sharded_predict.check_arguments(parser, args)
     if sharded_predict.requested(args):
-        return sharded_predict.run(args)
+        return sharded_predict.run(args, sharded_predict.PredictSteps(
+            expand_inputs, unique_names, build_predictor, run_images, Writer))
 
     paths = []
     if args.input:

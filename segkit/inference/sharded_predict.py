@@ -15,10 +15,21 @@ import datetime
 import json
 import os
 import sys
+from typing import Callable, NamedTuple
 
 from segkit.data.remote import is_remote, staged_output
 
 RECORDS_DIR = "per_image"
+
+
+class PredictSteps(NamedTuple):
+    """predict_cli's functions this module runs in each process (passed in: predict_cli imports us)."""
+
+    expand_inputs: Callable
+    unique_names: Callable
+    build_predictor: Callable
+    run_images: Callable
+    writer_class: type
 # Ranks finish their shares at different times and the merge waits for the slowest: detectron2's
 # 30-minute default would cut long jobs short.
 MERGE_TIMEOUT = datetime.timedelta(hours=48)
@@ -109,12 +120,11 @@ def merge(args, class_names, names, records, threshold_note):
     return 0 if images else 1
 
 
-def _input_list(args):
+def _input_list(args, expand_inputs):
     """Rank 0's input list (None when it found no image), the same on every rank."""
     from detectron2.utils import comm
 
     from segkit.engine.distributed import broadcast_from_main
-    from segkit.inference.predict_cli import expand_inputs
 
     paths = None
     if comm.is_main_process():
@@ -126,32 +136,31 @@ def _input_list(args):
     return broadcast_from_main(paths)
 
 
-def _predict_share(args):
+def _predict_share(args, cli):
     with staged_output(args.output) as folder:  # s3://...: each rank uploads what it wrote
         args.output = folder
-        _predict_share_into(args)
+        _predict_share_into(args, cli)
 
 
-def _predict_share_into(args):
+def _predict_share_into(args, cli):
     from detectron2.utils import comm
 
-    from segkit.inference import predict_cli
-
-    paths = _input_list(args)
+    steps = PredictSteps(*cli)
+    paths = _input_list(args, steps.expand_inputs)
     if not paths:
         raise SystemExit(1)
-    names = predict_cli.unique_names(paths)
+    names = steps.unique_names(paths)
     rank, world = comm.get_rank(), comm.get_world_size()
     share = list(range(rank, len(paths), world))
     todo = [i for i in share if not (args.skip_done and read_record(args.output, names[i], paths[i]))]
-    predictor = predict_cli.build_predictor(args, announce=comm.is_main_process())
+    predictor = steps.build_predictor(args, announce=comm.is_main_process())
     os.makedirs(os.path.join(args.output, RECORDS_DIR), exist_ok=True)
     if len(todo) < len(share) and comm.is_main_process():
         print(f"--skip-done: rank 0 skips {len(share) - len(todo)} image(s) already predicted", file=sys.stderr)
     if todo:
         args.quiet = args.quiet or not comm.is_main_process()  # one bar; shares are the same size
-        predict_cli.run_images(args, predictor, [paths[i] for i in todo], names=[names[i] for i in todo],
-                               writer=make_shard_writer(predict_cli.Writer)(args, predictor), summary=False)
+        steps.run_images(args, predictor, [paths[i] for i in todo], names=[names[i] for i in todo],
+                         writer=make_shard_writer(steps.writer_class)(args, predictor), summary=False)
     mine = {names[i]: r for i in share if (r := read_record(args.output, names[i], paths[i])) is not None}
     gathered = comm.gather(mine, dst=0)
     if comm.is_main_process():
@@ -160,14 +169,15 @@ def _predict_share_into(args):
             raise SystemExit(1)
 
 
-def run(args):
-    """Predict ``args.input`` with ``args.num_gpus`` processes on each of ``args.num_machines`` machines."""
+def run(args, steps):
+    """Predict ``args.input`` with ``args.num_gpus`` processes on each of ``args.num_machines``
+    machines; ``steps``: a :class:`PredictSteps` of predict_cli's functions."""
     from detectron2.engine import launch
     from torch.multiprocessing import ProcessExitedException
 
     try:
         launch(_predict_share, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,), timeout=MERGE_TIMEOUT)
+               dist_url=args.dist_url, args=(args, tuple(steps)), timeout=MERGE_TIMEOUT)
     except SystemExit as e:  # one process: the worker ran here
         return e.code
     except ProcessExitedException as e:  # a spawned worker exited with a status (its lines are printed)
