@@ -27,6 +27,13 @@ the model zoo's 0.043 s/image (V100) was measured at.
 
 Latency: median of ``--iters`` timed runs after ``--warmup`` untimed ones; images/s = 1 / latency
 (one image at a time). Prints a table and writes benchmarks/results/infer.json.
+
+    python benchmarks/infer.py --processes 1 2 --images 24 --rounds 2
+
+instead measures ``predict.py`` over a folder of ``--images`` sample images with each number of CPU
+processes (``--num-gpus N``, one thread each), the runs interleaved over ``--rounds``: images/s =
+images / wall time of the whole command (start-up included), and the speed-up against 1 process.
+Writes benchmarks/results/infer_processes.json.
 """
 
 import argparse
@@ -207,6 +214,44 @@ def format_row(r):
 HEADER = f"{'model':<14}{'size':>5}  {'dev':<5}{'variant':<16}{'threads':>7}{'median ms':>11}{'img/s':>8}{'det':>6}{'peak GPU MB':>13}"
 
 
+def processes_benchmark(counts, num_images, rounds, out):
+    """predict.py on the same folder with each process count, interleaved; prints and writes a table."""
+    import subprocess
+
+    from segkit.data.atomic import write_json
+    from segkit.data.sample import make_instance_sample
+
+    times = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory(prefix="segkit_bench_") as tmp:
+        weights = random_checkpoint("mini", tmp)
+        make_instance_sample(os.path.join(tmp, "images"), num_images=num_images, size=(256, 192), seed=1)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        for r in range(rounds):
+            for n in counts:
+                cmd = [sys.executable, os.path.join(ROOT, "predict.py"), "--input", os.path.join(tmp, "images"),
+                       "--output", os.path.join(tmp, f"out_{n}_{r}"), "--weights", weights, "--device", "cpu",
+                       "--no-masks", "--quiet", "--num-gpus", str(n)]
+                if n == 1:
+                    cmd.remove("--num-gpus"), cmd.remove("1")  # the plain one-process path
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, env=env, capture_output=True)
+                times[n].append(time.perf_counter() - start)
+                print(f"round {r + 1}/{rounds}, {n} process(es): {times[n][-1]:.1f} s", flush=True)
+    rows = [{"processes": n, "median_s": round(statistics.median(times[n]), 2),
+             "images_per_s": round(num_images / statistics.median(times[n]), 3)} for n in counts]
+    for row in rows:
+        row["speedup"] = round(row["images_per_s"] / rows[0]["images_per_s"], 2)
+    print(f"\n{'processes':>9}{'median s':>10}{'img/s':>8}{'speed-up':>10}")
+    for row in rows:
+        print(f"{row['processes']:>9}{row['median_s']:>10.1f}{row['images_per_s']:>8.2f}{row['speedup']:>10.2f}")
+    write_json(out, {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
+                              "images": num_images, "image_size": "256x192", "model": "mini, random weights",
+                              "rounds": rounds, "note": "wall time of predict.py, start-up included"},
+                     "results": rows})
+    print(f"\nwrote {out}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -220,7 +265,14 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of --out that this run does not measure again")
+    p.add_argument("--processes", nargs="+", type=int, default=None, metavar="N",
+                   help="instead: images/s of predict.py over a folder with N CPU processes each")
+    p.add_argument("--images", type=int, default=24, help="with --processes: images in the folder")
+    p.add_argument("--rounds", type=int, default=2, help="with --processes: interleaved rounds")
     args = p.parse_args(argv)
+    if args.processes:
+        out = args.out if args.out != RESULTS else RESULTS.replace("infer.json", "infer_processes.json")
+        return processes_benchmark(args.processes, args.images, args.rounds, out)
 
     import torch
 

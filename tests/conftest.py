@@ -121,6 +121,27 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def random_mask_rcnn(tmp_path_factory):
+    """A Mask R-CNN checkpoint in our format (the mini config, random weights, 3 classes): at a low
+    threshold it finds many instances, which is all the comparison needs."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from segkit.modeling.config import get_segkit_cfg
+
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "mask_rcnn_R_18_FPN_mini.yaml"))
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path_factory.mktemp("random_mask_rcnn") / "model.pth"
+    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": ["disc", "square", "triangle"],
+                "iteration": 0}, path)
+    return path
+
+
 class UnetCheckpoint(NamedTuple):
     path: Path
     class_names: List[str]
@@ -197,6 +218,36 @@ def uncompressed_rle_counts(mask):
         run_length += 1
     counts.append(run_length)
     return counts
+
+
+# ---------------------------------------------------------------- S3 on 127.0.0.1
+
+SECRET = "testing-secret-never-printed"
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory):
+    """A boto3 client of a moto S3 server on 127.0.0.1, with the usual AWS environment (credentials
+    and ``AWS_ENDPOINT_URL_S3``, nothing else) pointing at it for the module's tests and their
+    subprocesses."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+    from s3fs import S3FileSystem
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    none = str(tmp_path_factory.mktemp("aws") / "none")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+                           "AWS_CONFIG_FILE": none, "AWS_SHARED_CREDENTIALS_FILE": none}.items():
+            env.setenv(key, value)
+        S3FileSystem.clear_instance_cache()  # a cached filesystem would keep another endpoint
+        yield boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        S3FileSystem.clear_instance_cache()
+    server.stop()
 
 
 # ---------------------------------------------------------------- import fixtures

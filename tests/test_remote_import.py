@@ -8,7 +8,7 @@ import os
 import threading
 
 import pytest
-from conftest import make_label_studio
+from conftest import SECRET, make_label_studio
 
 from segkit.data import importer
 from segkit.data.coco_convert import main
@@ -16,9 +16,7 @@ from segkit.data.remote import RemoteSourceError, materialise, redact
 from segkit.data.sample import make_instance_sample
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-
-SECRET = "testing-secret-never-printed"
+pytest.importorskip("moto.server")
 
 
 @pytest.fixture(scope="module")
@@ -32,31 +30,15 @@ def labelme_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3(labelme_folder, tmp_path_factory):
-    import boto3
-    from s3fs import S3FileSystem
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    none = str(tmp_path_factory.mktemp("aws") / "none")
-    with pytest.MonkeyPatch.context() as env:
-        # the usual AWS environment, nothing else: credentials and an S3-compatible endpoint
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-                           "AWS_CONFIG_FILE": none, "AWS_SHARED_CREDENTIALS_FILE": none}.items():
-            env.setenv(key, value)
-        S3FileSystem.clear_instance_cache()  # a cached filesystem would keep another endpoint
-        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        client.create_bucket(Bucket="seed000")
-        for folder in ("labelme", "coco"):
-            for dirpath, _, files in os.walk(labelme_folder / folder):
-                for f in files:
-                    rel = os.path.relpath(os.path.join(dirpath, f), labelme_folder).replace(os.sep, "/")
-                    client.upload_file(os.path.join(dirpath, f), "seed000", f"project/{rel}")
-        yield client
-        S3FileSystem.clear_instance_cache()
-    server.stop()
+def s3(labelme_folder, moto_s3):
+    client = moto_s3
+    client.create_bucket(Bucket="seed000")
+    for folder in ("labelme", "coco"):
+        for dirpath, _, files in os.walk(labelme_folder / folder):
+            for f in files:
+                rel = os.path.relpath(os.path.join(dirpath, f), labelme_folder).replace(os.sep, "/")
+                client.upload_file(os.path.join(dirpath, f), "seed000", f"project/{rel}")
+    return client
 
 
 def _outputs(folder, skip_report=False):

@@ -1,5 +1,8 @@
 """Import sources in cloud storage: ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``https://host/folder/``.
 
+(Prediction reads such URLs one image at a time instead, :func:`list_files` and :func:`read_bytes`,
+and writes to them through :func:`staged_output`.)
+
 The remote tree is mirrored into a staging folder inside the output folder (through fsspec, with a
 progress bar), then the local converter runs on that copy, so a remote import writes what a local
 import of the same files writes. A re-run downloads only files whose size changed.
@@ -13,9 +16,11 @@ import of the same files writes. A re-run downloads only files whose size change
   string (signed URLs carry tokens there).
 """
 
+import contextlib
 import os
 import re
 import sys
+import tempfile
 from urllib.parse import urlsplit, urlunsplit
 
 STAGING_DIR = ".remote-source"  # inside the output folder
@@ -102,3 +107,56 @@ def materialise(src, output_dir, progress=True):
     except Exception as e:  # every backend raises its own types; the user needs one line
         raise RemoteSourceError(f"{shown}: {_reason(e)}") from None
     return next(iter(mirror.values()))[0] if single_file else staging
+
+
+def list_files(url, extensions):
+    """Sorted URLs of the files under ``url`` (or ``url`` itself, a file) whose extension is in
+    ``extensions``, found by listing, nothing downloaded. Raises :class:`RemoteSourceError`."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        protocol = url.split("://", 1)[0]
+        if fs.isfile(root):
+            return [url]
+        found = sorted(p for p in fs.find(root) if os.path.splitext(p)[1].lower() in extensions
+                       and not any(part.startswith(".") for part in p[len(root.rstrip("/")):].split("/")))
+    except Exception as e:  # every backend raises its own types; the user needs one line
+        raise RemoteSourceError(f"{redact(url)}: {_reason(e)}") from None
+    if not found and not fs.exists(root):
+        raise RemoteSourceError(f"{redact(url)}: {_reason(FileNotFoundError(root))}")
+    return [f"{protocol}://{p}" for p in found]
+
+
+def read_bytes(url):
+    """The content of one remote file, streamed into memory (no copy on disk). Raises
+    :class:`RemoteSourceError`."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    except Exception as e:
+        raise RemoteSourceError(f"{redact(url)}: {_reason(e)}") from None
+
+
+@contextlib.contextmanager
+def staged_output(output):
+    """``with staged_output(dest) as folder:`` write into ``folder``; a remote ``dest`` gets a local
+    temporary folder whose files are uploaded when the block ends without an error (and then
+    removed). A local ``dest`` is used as it is."""
+    if not is_remote(output):
+        yield output
+        return
+    import fsspec
+
+    with tempfile.TemporaryDirectory(prefix="segkit-upload-") as local:
+        yield local
+        try:
+            fs, root = fsspec.core.url_to_fs(output)
+            files = [os.path.join(d, f) for d, _, names in os.walk(local) for f in names]
+            remote = [root.rstrip("/") + "/" + os.path.relpath(p, local).replace(os.sep, "/") for p in files]
+            fs.put(files, remote)
+        except Exception as e:
+            raise RemoteSourceError(f"{redact(output)}: upload failed, {_reason(e)}") from None
+        print(f"uploaded {len(files)} file(s) to {redact(output)}", file=sys.stderr)

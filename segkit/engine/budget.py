@@ -233,6 +233,8 @@ class TimeBudget(HookBase):
                 h._period = plan["eval_period"]
             elif type(h).__name__ == "ValidationLoss" and not cfg.TEST.VAL_LOSS_PERIOD:
                 h._period = plan["eval_period"]
+            elif type(h).__name__ == "EarlyStopping":
+                h._period = plan["eval_period"]  # it judges the evaluations EvalHook now runs
             elif isinstance(h, hooks.PeriodicWriter):
                 for writer in h._writers:
                     if hasattr(writer, "_max_iter"):

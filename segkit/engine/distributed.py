@@ -1,5 +1,7 @@
 """Decisions that every training process must take together."""
 
+import os
+
 import torch.distributed as dist
 from detectron2.utils import comm
 
@@ -15,3 +17,43 @@ def broadcast_from_main(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def annotation_fingerprints(dataset_names):
+    """{dataset name: sha256 of its COCO file, or None when this process cannot read it}."""
+    import hashlib
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    prints = {}
+    for name in dataset_names:
+        json_file = MetadataCatalog.get(name).get("json_file", None) if name in DatasetCatalog.list() else None
+        try:
+            with open(json_file, "rb") as f:
+                prints[name] = hashlib.sha256(f.read()).hexdigest()
+        except (TypeError, OSError):
+            prints[name] = None
+    return prints
+
+
+def check_same_data_everywhere(data_dir, dataset_names):
+    """Every machine reads DATASETS.DATA_DIR from its own disk: stop every rank with one line when
+    one machine lacks it or holds other annotations than rank 0, instead of training on
+    inconsistent data (or leaving rank 0 waiting for a rank that exited)."""
+    import socket
+
+    if comm.get_world_size() == 1:
+        return
+    mine = (socket.gethostname(), os.path.abspath(data_dir), annotation_fingerprints(dataset_names))
+    everyone = comm.all_gather(mine)
+    host0, _, reference = everyone[0]
+    for rank, (host, folder, prints) in enumerate(everyone[1:], start=1):
+        for name, digest in prints.items():
+            if digest != reference.get(name):
+                detail = ("is missing there but not" if digest is None else
+                          "exists there but not" if reference.get(name) is None else "differs from the one")
+                raise SystemExit(
+                    f"error: {folder}: the annotations of {name!r} on rank {rank} (host {host}) {detail} "
+                    f"on rank 0 (host {host0}); every machine needs the same data folder (copy it, or "
+                    f"use a shared file system)."
+                )

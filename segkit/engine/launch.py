@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 from segkit.data.catalog import coco_has_rle_instances, register_data_dir
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
 from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
+from segkit.engine.distributed import check_same_data_everywhere
 from segkit.engine.schedule import apply_epochs
 from segkit.engine.trainer import HideDivergenceTraceback, Trainer, TrainingDiverged, dataset_classes
 from segkit.modeling.config import get_segkit_cfg, is_semantic
@@ -97,6 +98,8 @@ def setup(args):
         if comm.is_main_process():
             print("No CUDA GPU found: training on the CPU (MODEL.DEVICE cpu).", file=sys.stderr)
     register_datasets(cfg)
+    # Before anything can fail on one rank only: a rank that exits alone leaves the others waiting.
+    check_same_data_everywhere(cfg.DATASETS.DATA_DIR, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     resolve_num_classes(cfg)
     use_bitmask_if_needed(cfg)
     schedule = apply_epochs(cfg, args.opts) if not args.eval_only else None

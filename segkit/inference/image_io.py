@@ -1,18 +1,21 @@
 """Turning whatever a user hands us into the 3-channel 8-bit image the model expects.
 
-Accepted: a file path (EXIF orientation applied, as detectron2's ``read_image`` and LabelMe do), a
-PIL image (EXIF applied too), or a numpy array (BGR like ``cv2.imread`` unless ``rgb=True``).
+Accepted: a file path or an ``s3://``-style URL read through fsspec (EXIF orientation applied, as
+detectron2's ``read_image`` and LabelMe do), a PIL image (EXIF applied too), or a numpy array (BGR like ``cv2.imread`` unless ``rgb=True``).
 Grayscale, grayscale+alpha, RGBA, palette, CMYK, 16-bit and float images become 3-channel uint8:
 alpha is dropped (as ``read_image`` does for training), 16-bit values are divided by 257 (full
 range 0-65535 -> 0-255), float images in 0-1 are scaled to 0-255.
 """
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from segkit.data.remote import RemoteSourceError, is_remote, read_bytes
 
 # Above this many pixels an upload is refused before it is decoded (20000 x 20000 is 400 MP).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -95,16 +98,24 @@ def open_image_file(path, max_pixels=DEFAULT_MAX_PIXELS):
     """Open ``path`` lazily and check it before decoding; raises ImageLoadError with a reason."""
     path = os.fspath(path)
     name = os.path.basename(path)
-    if not os.path.isfile(path):
+    source = path
+    if is_remote(path):  # s3://... : streamed into memory, one image at a time
+        try:
+            source = io.BytesIO(read_bytes(path))
+        except RemoteSourceError as e:
+            raise ImageLoadError(str(e).split(": ", 1)[-1], name) from None
+        if not source.getbuffer().nbytes:
+            raise ImageLoadError("the file is empty (0 bytes)", name)
+    elif not os.path.isfile(path):
         raise ImageLoadError("no such file", name)
-    if os.path.getsize(path) == 0:
+    elif os.path.getsize(path) == 0:
         raise ImageLoadError("the file is empty (0 bytes)", name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                im = Image.open(path)
+                im = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:

@@ -3,6 +3,8 @@
     python predict.py --input img.jpg more/ "shots/*.png" --output results/
     python predict.py --video-input clip.mp4 --output results/
     python predict.py --input new_images/ --labelme            # LabelMe JSON next to each image
+    python predict.py --input s3://bucket/prefix --output s3://bucket/out   # images streamed, not mirrored
+    python predict.py --input images/ --output results/ --num-gpus 2      # shared among 2 processes
     python predict.py --input ... --output ... --weights output/model_final.pth \
         --confidence-threshold 0.5 --opts MODEL.DEVICE cpu
 
@@ -30,6 +32,8 @@ import sys
 import warnings
 
 from segkit.data.file_names import unique_name
+from segkit.data.remote import RemoteSourceError, is_remote, list_files, staged_output
+from segkit.inference import sharded_predict
 from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
@@ -74,6 +78,7 @@ def get_parser():
                    help="with --rank: how many of the most uncertain images to predict / pre-label "
                         "(default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sharded_predict.add_arguments(p)
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides as KEY VALUE pairs (last on the line)")
     return p
@@ -84,7 +89,12 @@ def expand_inputs(items):
     paths, missing = [], []
     for item in items:
         item = os.path.expanduser(item)
-        if os.path.isdir(item):
+        if is_remote(item):
+            try:
+                paths += list_files(item, IMAGE_EXTENSIONS)
+            except RemoteSourceError as e:
+                missing.append(str(e))
+        elif os.path.isdir(item):
             found = []
             for root, dirs, files in os.walk(item):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -171,13 +181,13 @@ def _progress(total, quiet, unit):
     return tqdm(total=total, disable=quiet, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
-def run_images(args, predictor, paths):
+def run_images(args, predictor, paths, names=None, writer=None, summary=True):
     from tqdm import tqdm
 
     from segkit.inference.labelme_writer import write_labelme
 
-    writer = Writer(args, predictor)
-    names = unique_names(paths)
+    writer = writer or Writer(args, predictor)
+    names = names or unique_names(paths)
     skipped, kept_json, image_id = [], [], 0
     bar = _progress(len(paths), args.quiet, "img")
 
@@ -219,6 +229,8 @@ def run_images(args, predictor, paths):
             bar.update(1)
     bar.close()
     writer.finish()
+    if not summary:
+        return 0 if image_id else 1
     where = f"; results in {args.output}" if args.output else ""
     print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}); "
           f"{len(skipped)} skipped"
@@ -309,6 +321,19 @@ def rank_by_uncertainty(args, predictor, paths):
     return [r["file"] for r in rows[:top]]
 
 
+def build_predictor(args, announce=True):
+    warnings.filterwarnings("ignore", message="torch.meshgrid")
+    from segkit.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
+                                          device=args.device,
+                                          confidence_threshold=args.confidence_threshold,
+                                          opts=args.opts, use_checkpoint_thresholds=True)
+    if announce and not predictor.semantic:
+        print(f"Using {predictor.threshold_note}.", file=sys.stderr)
+    return predictor
+
+
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -324,6 +349,8 @@ def main(argv=None):
         parser.error("--video-input needs --output DIR")
     if args.overwrite and not args.labelme:
         parser.error("--overwrite only applies to --labelme")
+    if args.labelme and any(is_remote(i) for i in args.input or []):
+        parser.error("--labelme writes next to each image: it needs local --input files")
     if not os.path.isfile(args.weights):
         print(f"error: no checkpoint at {args.weights}. Train one first ({TRAIN_HINT}) or pass "
               f"--weights PATH.", file=sys.stderr)
@@ -331,6 +358,10 @@ def main(argv=None):
     if args.video_input and not os.path.isfile(args.video_input):
         print(f"error: no video file {args.video_input}", file=sys.stderr)
         return 2
+    sharded_predict.check_arguments(parser, args)
+    if sharded_predict.requested(args):
+        return sharded_predict.run(args, sharded_predict.PredictSteps(
+            expand_inputs, unique_names, build_predictor, run_images, Writer))
 
     paths = []
     if args.input:
@@ -341,15 +372,15 @@ def main(argv=None):
             print("error: no input images found", file=sys.stderr)
             return 1
 
-    warnings.filterwarnings("ignore", message="torch.meshgrid")
-    from segkit.inference.predictor import Predictor
+    if not args.output:
+        return predict_into(args, paths)
+    with staged_output(args.output) as folder:  # s3://...: written here, uploaded at the end
+        args.output = folder
+        return predict_into(args, paths)
 
-    predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
-                                          device=args.device,
-                                          confidence_threshold=args.confidence_threshold,
-                                          opts=args.opts, use_checkpoint_thresholds=True)
-    if not predictor.semantic:
-        print(f"Using {predictor.threshold_note}.", file=sys.stderr)
+
+def predict_into(args, paths):
+    predictor = build_predictor(args)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     status = 0

@@ -1,0 +1,185 @@
+"""``predict.py --num-gpus G [--num-machines M --machine-rank R --dist-url URL] [--skip-done]``:
+the input images shared among processes with detectron2's ``launch`` (NCCL on GPUs, gloo on CPUs).
+
+- Rank 0's input list is the one every rank uses (machines may list a folder differently); rank
+  ``r`` of ``n`` takes images ``r, r + n, r + 2n, ...`` of it.
+- Each rank writes the usual per-image outputs (overlays, masks, ...) and, last, one record per image
+  ``per_image/<name>.json`` (its COCO results, size and source file), atomically: a killed rank
+  loses nothing it finished, and ``--skip-done`` skips the images that have a record.
+- At the end every rank sends the records of its share to rank 0 (no shared file system needed),
+  which writes ``results.json`` and ``images.json`` exactly as one process would (image ids 1..N
+  in input order) and prints the summary.
+"""
+
+import datetime
+import json
+import os
+import sys
+from typing import Callable, NamedTuple
+
+from segkit.data.remote import is_remote, staged_output
+
+RECORDS_DIR = "per_image"
+
+
+class PredictSteps(NamedTuple):
+    """predict_cli's functions this module runs in each process (passed in: predict_cli imports us)."""
+
+    expand_inputs: Callable
+    unique_names: Callable
+    build_predictor: Callable
+    run_images: Callable
+    writer_class: type
+# Ranks finish their shares at different times and the merge waits for the slowest: detectron2's
+# 30-minute default would cut long jobs short.
+MERGE_TIMEOUT = datetime.timedelta(hours=48)
+
+
+def add_arguments(parser):
+    group = parser.add_argument_group("several processes or machines (detectron2's launch)")
+    group.add_argument("--num-gpus", type=int, default=1,
+                       help="processes per machine, one per GPU (CPU processes without a GPU; default 1)")
+    group.add_argument("--num-machines", type=int, default=1, help="machines taking part (default 1)")
+    group.add_argument("--machine-rank", type=int, default=0, help="this machine's rank, 0..M-1 (default 0)")
+    group.add_argument("--dist-url", default="auto",
+                       help="tcp://HOST:PORT of machine 0 (default auto: a free port, one machine only)")
+    group.add_argument("--skip-done", action="store_true",
+                       help=f"skip the images that already have {RECORDS_DIR}/<name>.json in --output "
+                            "(continue a killed run)")
+
+
+def requested(args):
+    return args.num_gpus * args.num_machines > 1 or args.skip_done
+
+
+def check_arguments(parser, args):
+    if not requested(args):
+        return
+    if not args.output:
+        parser.error("--num-gpus/--num-machines/--skip-done need --output DIR (the records live there)")
+    if args.video_input or args.rank:
+        parser.error("--num-gpus/--num-machines/--skip-done apply to --input images, not to "
+                     "--video-input or --rank")
+    if args.skip_done and is_remote(args.output):
+        parser.error("--skip-done reads the records of a local --output folder, not of a URL")
+    if args.num_machines > 1 and args.dist_url == "auto":
+        parser.error("--num-machines > 1 needs --dist-url tcp://HOST:PORT (machine 0's address)")
+
+
+def record_path(output, name):
+    return os.path.join(output, RECORDS_DIR, f"{name}.json")
+
+
+def read_record(output, name, path):
+    """The record of image ``path`` (output stem ``name``), or None when it has none."""
+    try:
+        with open(record_path(output, name), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if record.get("file") == path else None  # the stem may belong to another input now
+
+
+def make_shard_writer(writer_class):
+    class ShardWriter(writer_class):
+        """The usual outputs, then the image's record; results.json is rank 0's merge, not ours."""
+
+        def write(self, prediction, name, image_id, source_name):
+            from segkit.data.atomic import write_json
+
+            start = len(self.results)
+            super().write(prediction, name, image_id, source_name)
+            h, w = prediction.image_size
+            results = [{k: v for k, v in r.items() if k != "image_id"} for r in self.results[start:]]
+            write_json(record_path(self.out, name), {"file": prediction.file_name, "source": source_name,
+                                                     "height": h, "width": w, "results": results}, indent=None)
+
+        def finish(self):
+            pass
+
+    return ShardWriter
+
+
+def merge(args, class_names, names, records, threshold_note):
+    """results.json and images.json of every recorded image, numbered 1..N in input order."""
+    from segkit.data.atomic import write_json, write_text
+    from segkit.inference.coco_results import coco_images
+
+    images, results = [], []
+    for name in names:
+        record = records.get(name)
+        if record is None:
+            continue
+        image_id = len(images) + 1
+        images.append((image_id, record["source"], record["height"], record["width"]))
+        results += [{"image_id": image_id, **r} for r in record["results"]]
+    write_json(os.path.join(args.output, "images.json"), coco_images(images, class_names))
+    write_text(os.path.join(args.output, "results.json"), json.dumps(results))
+    print(f"{len(images)} image(s), {len(results)} instance(s) ({threshold_note}); "
+          f"{len(names) - len(images)} skipped; results in {args.output}")
+    return 0 if images else 1
+
+
+def _input_list(args, expand_inputs):
+    """Rank 0's input list (None when it found no image), the same on every rank."""
+    from detectron2.utils import comm
+
+    from segkit.engine.distributed import broadcast_from_main
+
+    paths = None
+    if comm.is_main_process():
+        paths, missing = expand_inputs(args.input)
+        for m in missing:
+            print(f"not found: {m}", file=sys.stderr)
+        if not paths:
+            print("error: no input images found", file=sys.stderr)
+    return broadcast_from_main(paths)
+
+
+def _predict_share(args, cli):
+    with staged_output(args.output) as folder:  # s3://...: each rank uploads what it wrote
+        args.output = folder
+        _predict_share_into(args, cli)
+
+
+def _predict_share_into(args, cli):
+    from detectron2.utils import comm
+
+    steps = PredictSteps(*cli)
+    paths = _input_list(args, steps.expand_inputs)
+    if not paths:
+        raise SystemExit(1)
+    names = steps.unique_names(paths)
+    rank, world = comm.get_rank(), comm.get_world_size()
+    share = list(range(rank, len(paths), world))
+    todo = [i for i in share if not (args.skip_done and read_record(args.output, names[i], paths[i]))]
+    predictor = steps.build_predictor(args, announce=comm.is_main_process())
+    os.makedirs(os.path.join(args.output, RECORDS_DIR), exist_ok=True)
+    if len(todo) < len(share) and comm.is_main_process():
+        print(f"--skip-done: rank 0 skips {len(share) - len(todo)} image(s) already predicted", file=sys.stderr)
+    if todo:
+        args.quiet = args.quiet or not comm.is_main_process()  # one bar; shares are the same size
+        steps.run_images(args, predictor, [paths[i] for i in todo], names=[names[i] for i in todo],
+                         writer=make_shard_writer(steps.writer_class)(args, predictor), summary=False)
+    mine = {names[i]: r for i in share if (r := read_record(args.output, names[i], paths[i])) is not None}
+    gathered = comm.gather(mine, dst=0)
+    if comm.is_main_process():
+        records = {k: v for part in gathered for k, v in part.items()}
+        if merge(args, predictor.class_names, names, records, predictor.threshold_note):
+            raise SystemExit(1)
+
+
+def run(args, steps):
+    """Predict ``args.input`` with ``args.num_gpus`` processes on each of ``args.num_machines``
+    machines; ``steps``: a :class:`PredictSteps` of predict_cli's functions."""
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
+
+    try:
+        launch(_predict_share, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args, tuple(steps)), timeout=MERGE_TIMEOUT)
+    except SystemExit as e:  # one process: the worker ran here
+        return e.code
+    except ProcessExitedException as e:  # a spawned worker exited with a status (its lines are printed)
+        return e.exit_code or 1
+    return 0
