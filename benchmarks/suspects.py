@@ -222,10 +222,265 @@ def run_finder_and_score(work, args, run_finder=True):
     print(f"\nwrote {RESULTS}")
 
 
+# ---- the label-fixing loop: AP recovered per label reviewed ----------------------------------------
+
+LITE0 = os.path.join(ROOT, "configs", "mask_rcnn_lite0_FPN.yaml")
+LOOP_RESULTS = os.path.join(ROOT, "benchmarks", "results", "label_loop.json")
+LOOP_PLOT = os.path.join(ROOT, "benchmarks", "results", "label_loop.png")
+LOOP_SETS = ("controllers-20", "sample-32")
+K_FRACTIONS = (0.25, 0.5, 1.0, 2.0)  # K = N/4, N/2, N, 2N labels reviewed
+
+
+def loop_clean_data(name, seed, work):
+    """A clean data folder (train.json, val.json, images/) of a loop set."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from budget import sample_data
+    from schedule import controllers_data
+
+    if name == "controllers-20":  # 20 of the 81 training frames (the seed picks them), the 11 later frames as val
+        return controllers_data(work, 4, seed % 4)
+    if name == "sample-32":
+        return sample_data(work)
+    raise SystemExit(f"unknown set {name!r}; one of {', '.join(LOOP_SETS)}")
+
+
+def labels_folder(clean, folder, train_coco):
+    """A data folder with ``train_coco`` as its train split and the clean val split."""
+    os.makedirs(folder, exist_ok=True)
+    link = os.path.join(folder, "images")
+    if not os.path.exists(link):
+        os.symlink(os.path.abspath(os.path.join(clean, "images")), link)
+    with open(os.path.join(clean, "val.json"), encoding="utf-8") as f:
+        write_json(os.path.join(folder, "val.json"), json.load(f))
+    write_json(os.path.join(folder, "train.json"), train_coco)
+    return folder
+
+
+def train_and_evaluate(data, out, seed, iters):
+    """segm and bbox AP on val of the Lite0 config trained ``iters`` iterations on ``data``'s train split."""
+    from segkit.engine.hooks import read_metrics
+
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", LITE0,
+           "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed), "SOLVER.MAX_ITER", str(iters),
+           "SOLVER.STEPS", f"({int(iters * 0.8)},)", "TEST.EVAL_PERIOD", str(iters),
+           "SOLVER.CHECKPOINT_PERIOD", str(10 * iters), "INPUT.AUG.PREVIEW_BATCHES", "0",
+           "TEST.PR_CURVES", "False", "TEST.VAL_LOSS_PERIOD", str(10 * iters)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"training {out} failed:\n{proc.stderr[-3000:]}")
+    final = [r for r in read_metrics(os.path.join(out, "metrics.json")) if "segm/AP" in r][-1]
+    return {"segm_AP": final["segm/AP"], "bbox_AP": final["bbox/AP"]}
+
+
+def reviewed_by_finder(records, errors, file_of, k):
+    """Planted errors a reviewer restores by opening the top ``k`` suspects."""
+    fixed = set()
+    for s in records[:k]:
+        fixed |= {i for i, e in enumerate(errors) if i not in fixed and found_by(e, s, file_of)}
+    return fixed
+
+
+def reviewed_at_random(noisy, errors, k, seed):
+    """Planted errors a reviewer restores by checking ``k`` of the labels picked at random: the
+    changed classes and moved outlines among them (a dropped object has no label to pick)."""
+    ids = sorted(a["id"] for a in noisy["annotations"] if not a["iscrowd"])
+    picked = set(random.Random(seed).sample(ids, min(k, len(ids))))
+    return {i for i, e in enumerate(errors) if e["type"] != "drop" and e["annotation_id"] in picked}
+
+
+def restore(noisy, clean, errors, fixed):
+    """``noisy`` with the original labels of the planted errors in ``fixed`` put back."""
+    original = {a["id"]: a for a in clean["annotations"]}
+    ids = {errors[i]["annotation_id"] for i in fixed}
+    out = copy.deepcopy(noisy)
+    out["annotations"] = [original[a["id"]] if a["id"] in ids else a for a in out["annotations"]]
+    out["annotations"] += [original[errors[i]["annotation_id"]] for i in sorted(fixed) if errors[i]["type"] == "drop"]
+    return out
+
+
+def loop_one(name, seed, work, iters, fold_iters, stored, save):
+    """Every model of one (set, seed): clean, noisy, and the noisy labels after K reviews by the
+    finder and at random; results go into ``stored`` (a run already there is not repeated)."""
+    key = f"{name}/seed{seed}"
+    run = stored.setdefault(key, {"set": name, "seed": seed, "iters": iters, "models": {}})
+    base = os.path.join(work, "loop", name.replace("-", "_") + f"_seed{seed}")
+    clean_dir = loop_clean_data(name, seed, os.path.join(work, "loop"))
+    with open(os.path.join(clean_dir, "train.json"), encoding="utf-8") as f:
+        clean = json.load(f)
+    noisy, errors = plant_errors(clean, seed)
+    n = len(errors)
+    run.update(planted=n, labels=sum(not a["iscrowd"] for a in clean["annotations"]),
+               images=len(clean["images"]))
+    noisy_dir = labels_folder(clean_dir, os.path.join(base, "noisy"), noisy)
+    file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
+
+    def model(label, coco, fixed=None):
+        if label in run["models"]:
+            return
+        print(f"  {key} {label}: training {iters} iterations", flush=True)
+        data = labels_folder(clean_dir, os.path.join(base, label), coco) if coco is not noisy else noisy_dir
+        result = train_and_evaluate(data, os.path.join(base, "run_" + label), seed, iters)
+        if fixed is not None:
+            result.update(fixed=len(fixed), fixed_types={t: sum(errors[i]["type"] == t for i in fixed)
+                                                         for t in ("drop", "class", "shift", "shrink")})
+        run["models"][label] = result
+        print(f"    segm AP {result['segm_AP']:.1f}, bbox AP {result['bbox_AP']:.1f}", flush=True)
+        save()
+
+    model("clean", clean)
+    model("noisy", noisy)
+    if "finder" not in run:
+        out = os.path.join(base, "suspects")
+        print(f"  {key}: the suspect finder, 3 folds of {fold_iters} iterations", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", noisy_dir, "--split", "train",
+                               "--config-file", LITE0, "--output", out, "--seed", "0", "--iters", str(fold_iters)],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-3000:])
+        with open(os.path.join(out, "suspects.json"), encoding="utf-8") as f:
+            run["finder"] = {"records": json.load(f)["suspects"]}
+        run["finder"]["score"] = score(run["finder"]["records"], errors, file_of, run["labels"] - sum(
+            e["type"] == "drop" for e in errors))
+        save()
+    records = run["finder"]["records"]
+    for frac in K_FRACTIONS:
+        k = max(1, int(round(frac * n)))
+        for arm, fixed in (("finder", reviewed_by_finder(records, errors, file_of, k)),
+                           ("random", reviewed_at_random(noisy, errors, k, seed))):
+            model(f"{arm}_K{k}", restore(noisy, clean, errors, fixed), fixed)
+
+
+def loop_summary(stored):
+    """{set: {"K/N": {arm: [recovered share per seed]}, ...}} and per-seed rows for the table."""
+    rows = []
+    for run in stored.values():
+        m = run.get("models", {})
+        if "clean" not in m or "noisy" not in m:
+            continue
+        gap = m["clean"]["segm_AP"] - m["noisy"]["segm_AP"]
+        for frac in K_FRACTIONS:
+            k = max(1, int(round(frac * run["planted"])))
+            for arm in ("finder", "random"):
+                r = m.get(f"{arm}_K{k}")
+                if r:
+                    rows.append({"set": run["set"], "seed": run["seed"], "frac": frac, "k": k, "arm": arm,
+                                 "segm_AP": r["segm_AP"], "noisy": m["noisy"]["segm_AP"], "clean": m["clean"]["segm_AP"],
+                                 "recovered": (r["segm_AP"] - m["noisy"]["segm_AP"]) / gap if gap > 0 else float("nan"),
+                                 "gain": r["segm_AP"] - m["noisy"]["segm_AP"],
+                                 "found_per_label": r["fixed"] / k})
+    return rows
+
+
+def _mean_sd(values):
+    values = [v for v in values if v == v]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def print_loop_table(stored):
+    rows = loop_summary(stored)
+    for name in sorted({r["set"] for r in rows}):
+        runs = [r for r in stored.values() if r["set"] == name and "clean" in r.get("models", {})]
+        clean = _mean_sd([r["models"]["clean"]["segm_AP"] for r in runs])
+        noisy = _mean_sd([r["models"]["noisy"]["segm_AP"] for r in runs if "noisy" in r["models"]])
+        finder_scores = [r["finder"]["score"] for r in runs if "finder" in r]
+        print(f"\n{name}: {runs[0]['images']} training images, {runs[0]['labels']} labels, N = {runs[0]['planted']} "
+              f"planted errors; segm AP on clean val: clean labels {clean[0]:.1f} ± {clean[1]:.1f}, "
+              f"noisy {noisy[0]:.1f} ± {noisy[1]:.1f} ({len(runs)} seeds, mean ± stdev)")
+        if finder_scores:
+            t2n = _mean_sd([100 * s["top_2n_share"] for s in finder_scores])
+            prec = _mean_sd([100 * s["top_n_precision"] for s in finder_scores])
+            print(f"finder: {t2n[0]:.0f} ± {t2n[1]:.0f}% of the errors among its top 2N suspects, "
+                  f"{prec[0]:.0f} ± {prec[1]:.0f}% of its top N suspects are planted errors")
+        print("| labels reviewed K | segm AP: finder | segm AP: random | gap closed: finder | gap closed: random "
+              "| errors fixed per label: finder | random |")
+        print("|---|---|---|---|---|---|---|")
+        for frac in K_FRACTIONS:
+            sel = [r for r in rows if r["set"] == name and r["frac"] == frac]
+            if not sel:
+                continue
+            cells = []
+            for what, scale, fmt in (("segm_AP", 1, "{:.1f} ± {:.1f}"), ("recovered", 100, "{:.0f} ± {:.0f}%"),
+                                     ("found_per_label", 1, "{:.2f} ± {:.2f}")):
+                for arm in ("finder", "random"):
+                    m, sd = _mean_sd([scale * r[what] for r in sel if r["arm"] == arm])
+                    cells.append(fmt.format(m, sd))
+            label = {0.25: "N/4", 0.5: "N/2", 1.0: "N", 2.0: "2N"}[frac]
+            print(f"| {label} ({sel[0]['k']}) | " + " | ".join(cells) + " |")
+
+
+def plot_loop(stored, path):
+    from matplotlib.figure import Figure
+
+    from segkit.data.atomic import atomic_path
+
+    rows = loop_summary(stored)
+    sets = sorted({r["set"] for r in rows})
+    if not sets:
+        return
+    fig = Figure(figsize=(5.5 * len(sets), 4))
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for ax, name in zip(axes, sets):
+        for arm, color in (("finder", "tab:red"), ("random", "tab:gray")):
+            pts = [(frac, _mean_sd([100 * r["recovered"] for r in rows
+                                    if r["set"] == name and r["arm"] == arm and r["frac"] == frac]))
+                   for frac in K_FRACTIONS]
+            pts = [(f, m, s) for f, (m, s) in pts if m == m]
+            if pts:
+                x, m, s = zip(*pts)
+                ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=color,
+                            label="top K suspects" if arm == "finder" else "K labels at random")
+        ax.axhline(100, color="tab:green", ls="--", lw=1, label="all errors fixed (clean labels)")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(K_FRACTIONS, ["N/4", "N/2", "N", "2N"])
+        ax.set_xlabel("labels reviewed K (N = planted errors)")
+        ax.set_ylabel("share of the noisy-to-clean segm AP gap closed (%)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Reviewing suspects: AP recovered per label reviewed (mean ± stdev over seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def run_loop(args):
+    import torch
+
+    stored = {}
+    if os.path.isfile(LOOP_RESULTS):
+        with open(LOOP_RESULTS, encoding="utf-8") as f:
+            stored = json.load(f)["runs"]
+
+    def save():
+        write_json(LOOP_RESULTS, {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                              "python": platform.python_version(), "torch": torch.__version__},
+                                  "config": os.path.relpath(LITE0, ROOT), "runs": stored})
+
+    if not args.table:
+        todo = [(name, seed) for seed in args.seeds for name in args.sets]
+        start = time.monotonic()
+        for i, (name, seed) in enumerate(todo):
+            spent = time.monotonic() - start
+            eta = f", ETA {spent / i * (len(todo) - i) / 60:.0f} min" if i else ""
+            print(f"[{i + 1}/{len(todo)}] {name} seed {seed}{eta}", flush=True)
+            loop_one(name, seed, args.work, args.loop_iters, args.iters or args.loop_iters, stored, save)
+    print_loop_table(stored)
+    plot_loop(stored, LOOP_PLOT)
+    print(f"\nresults in {LOOP_RESULTS}, plot {LOOP_PLOT}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore"],
-                    help="rescore: count again from the finder's last suspects.json, without running it")
+    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore", "loop"],
+                    help="rescore: count again from the finder's last suspects.json, without running it; "
+                    "loop: the label-fixing loop (AP recovered per label reviewed, Lite0, real photos)")
+    ap.add_argument("--sets", nargs="+", default=list(LOOP_SETS), choices=LOOP_SETS, help="loop: data sets")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="loop: seeds (planted errors, training)")
+    ap.add_argument("--loop-iters", type=int, default=200, help="loop: iterations of every model")
+    ap.add_argument("--table", action="store_true", help="loop: only print the table and plot of stored results")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=None, help="per fold model (default: the finder's)")
@@ -233,6 +488,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="which errors are planted")
     ap.add_argument("--work", default=os.path.join(ROOT, "output", "bench_suspects"))
     args = ap.parse_args()
+    if args.step == "loop":
+        return run_loop(args)
     if args.step in ("all", "prepare"):
         prepare(args.work, args.seed)
     if args.step == "fold":

@@ -226,3 +226,37 @@ def test_semantic_checkpoint(images, unet_checkpoint):
         assert list(only["class"]) == [table["class"][0]]
     finally:
         seg_app.workdirs.cleanup()
+
+
+def test_model_panel_links_review_and_suspect_pages(run_dir, sample_data, tmp_path, serve_app):
+    """The error review and suspect pages found beside the checkpoint are linked from the model
+    panel, and the links open in the browser (inline HTML, the review's pictures too)."""
+    from segkit.evaluation import review
+    from segkit.inference.suspects import write_html
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "model_final.pth", run / "model_final.pth")
+    plain = build_app(run / "model_final.pth", device="cpu")
+    assert plain.model.report_pages() == [] and "**Reports**" not in plain.model.info_markdown()
+    plain.workdirs.cleanup()
+
+    shutil.copytree(run_dir / "eval", run / "eval")
+    assert review.main([str(run / "eval"), "--image-root", str(Path(sample_data) / "images"), "--quiet"]) == 0
+    write_html(str(run / "suspects_train" / "index.html"), [], "Suspect labels: data train")
+    seg_app = build_app(run / "model_final.pth", device="cpu")
+    text = seg_app.model.info_markdown()
+    links = re.findall(r"\]\((/gradio_api/file=[^)]+)\)", text)
+    assert [Path(link).parent.name for link in links] == ["review", "suspects_train"]
+    with serve_app(seg_app) as url:
+        for link in links:
+            with urllib.request.urlopen(url.rstrip("/") + link, timeout=30) as r:
+                assert r.headers["Content-Type"].startswith("text/html")
+                assert "attachment" not in r.headers.get("Content-Disposition", "")
+                page = r.read().decode()
+        review_page = urllib.request.urlopen(url.rstrip("/") + links[0], timeout=30).read().decode()
+        picture = re.search(r"<img[^>]+src=['\"]([^'\"]+)['\"]", review_page).group(1)
+        base = url.rstrip("/") + links[0].rsplit("/", 1)[0] + "/"
+        with urllib.request.urlopen(base + picture, timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/png" and r.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "Suspect labels" in page

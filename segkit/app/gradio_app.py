@@ -183,8 +183,10 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
 
 
 def launch(app, host="127.0.0.1", port=7860, **kwargs):
-    """Launch ``app`` (a SegkitApp) with the example folders allowed; returns what Blocks.launch returns."""
-    allowed = sorted({os.path.dirname(os.path.abspath(p)) for p in app.examples})
+    """Launch ``app`` (a SegkitApp) with the example folders and the report pages' folders allowed
+    (their pictures load relative to the page); returns what Blocks.launch returns."""
+    allowed = sorted({os.path.dirname(os.path.abspath(p)) for p in app.examples}
+                     | {os.path.dirname(page) for _, page in app.model.report_pages()})
     kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
     return app.blocks.launch(server_name=host, server_port=port, allowed_paths=allowed or None, **kwargs)
 

@@ -1,5 +1,6 @@
 """The checkpoint behind the app and what the page says about it (classes, evaluation)."""
 
+import glob
 import json
 import logging
 import os
@@ -11,6 +12,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
 TRAIN_COMMAND = "python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml"
+# Gradio serves files under allowed_paths inline at this route (segkit.app.gradio_app.launch allows them).
+FILE_ROUTE = "/gradio_api/file="
 MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters above it
 
 
@@ -100,6 +103,23 @@ class AppModel:
             dirs.append(os.path.abspath(os.path.join(self.predictor.cfg.OUTPUT_DIR, "eval")))
         return find_metrics_files(dirs)
 
+    def report_pages(self):
+        """``[(title, index.html)]`` of the error review and suspect-label pages beside the checkpoint
+        (its folder or OUTPUT_DIR): ``review/`` (segkit.evaluation.review) and ``suspects*/``
+        (segkit.inference.suspects ``--output``)."""
+        dirs = [os.path.dirname(os.path.abspath(self.weights))]
+        if self.ready:
+            dirs.append(os.path.abspath(self.predictor.cfg.OUTPUT_DIR))
+        pages = {}
+        for d in dict.fromkeys(dirs):
+            review = os.path.join(d, "review", "index.html")
+            if os.path.isfile(review):
+                pages.setdefault(review, "Error review: the worst images first")
+            for page in sorted(glob.glob(os.path.join(d, "suspects*", "index.html"))):
+                pages.setdefault(page, f"Suspect labels ({os.path.basename(os.path.dirname(page))}): "
+                                       "likely annotation errors, ranked")
+        return [(title, path) for path, title in pages.items()]
+
     def info_markdown(self):
         if not self.ready:
             return "### Model\nNone loaded (see the top of the page)."
@@ -113,6 +133,9 @@ class AppModel:
             "**Classes:** " + ", ".join(f"`{c}`" for c in p.class_names),
         ]
         lines += eval_markdown(self.eval_files())
+        pages = self.report_pages()
+        if pages:
+            lines += ["", "**Reports**", ""] + [f"- [{title}]({FILE_ROUTE}{path})" for title, path in pages]
         return "\n".join(lines)
 
 
