@@ -31,6 +31,7 @@ our detectron2 build does not load with.
 import math
 from typing import List, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from detectron2.data import transforms as T
@@ -56,6 +57,14 @@ def tile_windows(height, width, size, overlap=0.2):
         return sorted({min(i * stride, n - size) for i in range(count)})
 
     return [(x, y, min(x + size, width), min(y + size, height)) for y in starts(height) for x in starts(width)]
+
+
+def tile_options(size, overlap=None):
+    """``["TEST.TILE_SIZE", size, ...]`` config overrides for ``--tile SIZE [--tile-overlap F]``,
+    the values checked."""
+    overlap = 0.2 if overlap is None else float(overlap)
+    tile_windows(1, 1, size, overlap)
+    return ["TEST.TILE_SIZE", str(int(size)), "TEST.TILE_OVERLAP", str(overlap)]
 
 
 class CroppedMasks:
@@ -160,9 +169,10 @@ class Detection(NamedTuple):
     y0: int
     crop: np.ndarray  # bool
     tile: int  # index of the tile that saw it; -1 for the whole-image pass
+    window: tuple = None  # (x0, y0, x1, y1) of the pixels that tile saw; None: the whole image
 
 
-def paste_detections(instances, offset, scale, image_size, tile, threshold=0.5):
+def paste_detections(instances, offset, scale, image_size, tile, threshold=0.5, window=None):
     """Detections of one model output (``model.inference(..., do_postprocess=False)``: boxes in
     the model's input frame, [N, 1, M, M] mask probabilities), moved into the image: boxes scaled
     by ``scale`` (sx, sy) and shifted by ``offset`` (x, y), clipped to ``image_size`` (h, w); each
@@ -187,20 +197,40 @@ def paste_detections(instances, offset, scale, image_size, tile, threshold=0.5):
         else:
             x0, y0 = int(box[0]), int(box[1])
             crop = np.ones((max(1, int(math.ceil(box[3])) - y0), max(1, int(math.ceil(box[2])) - x0)), bool)
-        out.append(Detection(box.numpy(), float(scores[i]), int(classes[i]), x0, y0, crop, tile))
+        out.append(Detection(box.numpy(), float(scores[i]), int(classes[i]), x0, y0, crop, tile, window))
     return out
 
 
-def _intersection(a, b):
-    """Pixels shared by the masks of Detections ``a`` and ``b``."""
-    ax1, ay1 = a.x0 + a.crop.shape[1], a.y0 + a.crop.shape[0]
-    bx1, by1 = b.x0 + b.crop.shape[1], b.y0 + b.crop.shape[0]
-    x0, y0, x1, y1 = max(a.x0, b.x0), max(a.y0, b.y0), min(ax1, bx1), min(ay1, by1)
+def _in_region(d, x0, y0, x1, y1):
+    """The part of ``d``'s mask crop inside the image region [x0, x1) x [y0, y1)."""
+    x0, y0 = max(x0, d.x0), max(y0, d.y0)
+    x1, y1 = min(x1, d.x0 + d.crop.shape[1]), min(y1, d.y0 + d.crop.shape[0])
     if x1 <= x0 or y1 <= y0:
-        return 0
-    pa = a.crop[y0 - a.y0:y1 - a.y0, x0 - a.x0:x1 - a.x0]
-    pb = b.crop[y0 - b.y0:y1 - b.y0, x0 - b.x0:x1 - b.x0]
-    return int(np.count_nonzero(pa & pb))
+        return np.zeros((0, 0), bool), (x0, y0)
+    return d.crop[y0 - d.y0:y1 - d.y0, x0 - d.x0:x1 - d.x0], (x0, y0)
+
+
+def shared_view_ios(a, b):
+    """How far Detections ``a`` and ``b`` (from different tiles) are one object: intersection over
+    the smaller mask, counted only where both tiles looked. An object cut by a tile edge then
+    scores ~1 whatever its length (its two pieces agree in the overlap band), two neighbours ~0."""
+    big = (-10**9, -10**9, 10**9, 10**9)
+    wa, wb = a.window or big, b.window or big
+    region = (max(wa[0], wb[0]), max(wa[1], wb[1]), min(wa[2], wb[2]), min(wa[3], wb[3]))
+    pa, (ax, ay) = _in_region(a, *region)
+    pb, (bx, by) = _in_region(b, *region)
+    smaller = min(int(np.count_nonzero(pa)), int(np.count_nonzero(pb)))
+    if not smaller:
+        return 0.0
+    x0, y0 = max(ax, bx), max(ay, by)
+    x1, y1 = min(ax + pa.shape[1], bx + pb.shape[1]), min(ay + pa.shape[0], by + pb.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    # pasted 28x28 masks disagree by a pixel at the rim: a 1 px remnant of an object must still
+    # land inside the whole object seen by the next tile, so one side grows by a pixel
+    grown = cv2.dilate(pb.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    inter = np.count_nonzero(pa[y0 - ay:y1 - ay, x0 - ax:x1 - ax] & grown[y0 - by:y1 - by, x0 - bx:x1 - bx])
+    return min(1.0, inter / smaller)
 
 
 def _union(a, b):
@@ -217,12 +247,13 @@ def _union(a, b):
 
 def merge_detections(detections: List[Detection], min_ios=0.5):
     """Detections -> instances, seams merged: greedily by score, a detection joins the kept one
-    of its class it overlaps most when that overlap is at least ``min_ios`` of the smaller mask
-    and the kept one has no detection from the same tile yet (inside one tile the model's own
-    NMS has already decided: two touching objects stay two). Returns the kept Detections, the
-    highest score first, each with the union of its members' masks and boxes."""
+    of its class it overlaps most (:func:`shared_view_ios` with one of its members) when that
+    overlap is at least ``min_ios`` and the kept one has no detection from the same tile yet
+    (inside one tile the model's own NMS has already decided: two touching objects stay two).
+    Returns the kept Detections, the highest score first, each with the union of its members'
+    masks and boxes."""
     order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
-    kept, tiles, areas = [], [], []
+    kept, tiles, areas, members = [], [], [], []
     extents = np.zeros((len(detections), 4))  # the kept crops' XYXY extents
     categories = np.zeros(len(detections), dtype=np.int64)
     for i in order:
@@ -238,18 +269,20 @@ def merge_detections(detections: List[Detection], min_ios=0.5):
             for k in near.tolist():
                 if d.tile in tiles[k] or not areas[k]:
                     continue
-                ios = _intersection(kept[k], d) / min(area, areas[k])
+                ios = max(shared_view_ios(m, d) for m in members[k])
                 if ios > best_ios:
                     best, best_ios = k, ios
         if best is not None and best_ios >= min_ios:
             merged = _union(kept[best], d)
             kept[best] = merged
             tiles[best].add(d.tile)
+            members[best].append(d)
             areas[best] = int(np.count_nonzero(merged.crop))
             extents[best] = (merged.x0, merged.y0, merged.x0 + merged.crop.shape[1], merged.y0 + merged.crop.shape[0])
         else:
             kept.append(d)
             tiles.append({d.tile})
+            members.append([d])
             areas.append(area)
             extents[n] = (d.x0, d.y0, d.x0 + d.crop.shape[1], d.y0 + d.crop.shape[0])
             categories[n] = d.category
@@ -311,7 +344,8 @@ class TiledModel(torch.nn.Module):
                 inputs = [{"image": image[:, y0:y1, x0:x1]} for x0, y0, x1, y1 in chunk]
                 outputs = self.model.inference(inputs, do_postprocess=False)
                 for k, ((x0, y0, _, _), out) in enumerate(zip(chunk, outputs)):
-                    detections += paste_detections(out, (x0, y0), (1.0, 1.0), (h, w), start + k)
+                    detections += paste_detections(out, (x0, y0), (1.0, 1.0), (h, w), start + k,
+                                                   window=chunk[k])
                 if progress is not None:
                     progress(start + len(chunk), len(windows))
             if self.full_pass_aug is not None:
