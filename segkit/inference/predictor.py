@@ -19,6 +19,7 @@ model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultP
   used and why).
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -225,6 +226,16 @@ class Predictor:
         if note:
             predictor.threshold_note = note
         return predictor
+
+    def with_tiles(self, size, overlap=0.2):
+        """A predictor on tiles (``TEST.TILE_SIZE`` ``size``) sharing this one's model and weights."""
+        other = copy.copy(self)
+        other.cfg = self.cfg.clone()
+        other.cfg.defrost()
+        other.cfg.TEST.TILE_SIZE = int(size)
+        other.cfg.TEST.TILE_OVERLAP = float(overlap)
+        other.tiled = TiledModel.from_config(self.model, other.cfg)
+        return other
 
     @property
     def confidence_threshold(self):

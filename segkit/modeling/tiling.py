@@ -67,6 +67,16 @@ def tile_options(size, overlap=None):
     return ["TEST.TILE_SIZE", str(int(size)), "TEST.TILE_OVERLAP", str(overlap)]
 
 
+def default_tile_size(cfg):
+    """The tile size where none is asked for: TEST.TILE_SIZE when set, else the training crop
+    (INPUT.CROP "absolute": the scale the model learnt at), else the test size."""
+    if cfg.TEST.TILE_SIZE > 0:
+        return int(cfg.TEST.TILE_SIZE)
+    if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute":
+        return int(max(cfg.INPUT.CROP.SIZE))
+    return int(cfg.INPUT.MIN_SIZE_TEST)
+
+
 class CroppedMasks:
     """N instance masks of an image, each kept as ``(x0, y0, crop)``: a bool array placed with
     its top-left corner at (x0, y0). Behaves, where our code and detectron2's evaluator use
