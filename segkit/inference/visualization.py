@@ -85,8 +85,7 @@ def draw_prediction(prediction, image=None, mode=ColorMode.IMAGE, alpha=None, se
         return draw_semantic(prediction, image, alpha=0.6 if alpha is None else alpha)
     vis = Visualizer(image, metadata=prediction.metadata, instance_mode=color_mode(mode))
     with _seeded(seed):
-        if isinstance(prediction.instances.get("pred_masks") if prediction.instances.has("pred_masks") else None,
-                      CroppedMasks):
+        if isinstance(getattr(prediction.instances, "pred_masks", None), CroppedMasks):
             out = _draw_cropped(vis, prediction.instances)
         else:
             out = vis.draw_instance_predictions(prediction.instances)
