@@ -94,7 +94,7 @@ def train(data, out, budget, extra):
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, "--time-budget", str(budget),
            "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('mydata_train',)",
            "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "SOLVER.EPOCHS", "0", "SOLVER.MAX_ITER", "100000",
-           "SOLVER.STEPS", "(100000,)", "DATALOADER.NUM_WORKERS", "0", "INPUT.AUG.PREVIEW_BATCHES", "0", *extra]
+           "SOLVER.STEPS", "(99999,)", "DATALOADER.NUM_WORKERS", "0", "INPUT.AUG.PREVIEW_BATCHES", "0", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
