@@ -13,14 +13,18 @@
 - without a checkpoint the app still starts and says which command to run first;
 - bad uploads (not an image, truncated, empty, huge) give a message on the page; the server keeps
   serving. Large images are predicted at most MAX_PREDICT_SIDE px and shown at most
-  MAX_DISPLAY_SIDE px.
+  MAX_DISPLAY_SIDE px;
+- "Tiles" (Mask R-CNN only) predicts the upload at full size on overlapping tiles
+  (segkit/modeling/tiling.py), for large images with small objects; masks stay box-sized crops,
+  so MAX_PREDICT_SIDE does not apply.
 
 The same prediction is an API endpoint (``api_name="predict"``)::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
     overlay, table, files, message = client.predict(
-        handle_file("photo.jpg"), 0.5, ["disc", "square"], api_name="/predict")  # [] = all classes
+        handle_file("photo.jpg"), 0.5, ["disc", "square"], False, api_name="/predict")
+    # [] = all classes; the last value: tiled prediction (optional, default False)
     # overlay: path of the PNG; table: {"headers": [...], "data": [[...], ...]};
     # files: paths of overlay PNG, masks zip, COCO results JSON, LabelMe JSON; message: text
 """
@@ -85,9 +89,10 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
     names = model.class_names
     examples = model.example_images()
 
-    def predict(image_path, min_score, classes):
+    def predict(image_path, min_score, classes, tiled=False):
         """Segment one image: overlay, instance table, downloads, message (and the cache).
-        No classes (``[]`` or None, as the API documents it) means all classes."""
+        No classes (``[]`` or None, as the API documents it) means all classes. ``tiled``: on
+        tiles at full size (Mask R-CNN), see the module docstring."""
         classes = list(classes or names)
         if not model.ready:
             return (*empty_result(model.error, model.semantic), None)
@@ -103,7 +108,10 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
                             model.semantic), None)
         note = ""
         h, w = image.shape[:2]
-        if max(h, w) > MAX_PREDICT_SIDE:
+        tiled = bool(tiled) and not model.semantic
+        if tiled:
+            note = f"Predicted on {model.tile_size} px tiles at full size ({w}x{h} px)."
+        elif max(h, w) > MAX_PREDICT_SIDE:
             s = MAX_PREDICT_SIDE / max(h, w)
             image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
             note = (f"Large image ({w}x{h} px): predicted at {image.shape[1]}x{image.shape[0]} px, "
@@ -111,7 +119,7 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="torch.meshgrid")
-                prediction = model.predict(image)
+                prediction = model.predict(image, tiled=tiled)
         except Exception as e:
             logger.error("prediction failed:\n%s", traceback.format_exc())
             return (*empty_result(f"**Prediction failed**: {e.__class__.__name__}: {e}", model.semantic), None)
@@ -151,6 +159,10 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
                                           elem_id="confidence")
                     classes = gr.CheckboxGroup(choices=names, value=names, label="Classes",
                                                elem_id="classes")
+                    tiles = gr.Checkbox(value=False, label="Tiles", elem_id="tiles",
+                                        visible=model.ready and not model.semantic,
+                                        info=f"large images, small objects: predict at full size on "
+                                             f"{model.tile_size} px tiles (the model runs again)")
                 table = gr.Dataframe(headers=SEMANTIC_HEADERS if model.semantic else INSTANCE_HEADERS,
                                      label="Instances", interactive=False, elem_id="instances",
                                      wrap=True)
@@ -163,7 +175,7 @@ def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
 
         outputs = [image_out, table, downloads, message]
         # .upload, not .change: .change fires twice when an upload replaces an image
-        image_in.upload(predict, inputs=[image_in, min_score, classes], outputs=outputs + [cache],
+        image_in.upload(predict, inputs=[image_in, min_score, classes, tiles], outputs=outputs + [cache],
                         api_name="predict")
         image_in.clear(lambda: (*empty_result("Upload an image (or pick an example).", model.semantic), None),
                        outputs=outputs + [cache], api_visibility="private")

@@ -7,6 +7,7 @@ import os
 import threading
 
 from segkit.evaluation.metrics_files import read_metrics_file, find_metrics_files
+from segkit.modeling.tiling import default_tile_size
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class AppModel:
                     logger.exception("could not load %s", self.weights)
                     self.error = f"Could not load `{self.weights}`: {e.__class__.__name__}: {e}"
         self.lock = threading.Lock()
+        self._tiled = None  # the predictor on tiles, made at the first tiled request
         self.calls = 0  # model runs (not redraws)
         self.default_score, self.score_note = self._default_score()
 
@@ -62,9 +64,17 @@ class AppModel:
     def semantic(self):
         return bool(self.ready and self.predictor.semantic)
 
-    def predict(self, image_rgb):
+    @property
+    def tile_size(self):
+        return default_tile_size(self.predictor.cfg) if self.ready else 0
+
+    def predict(self, image_rgb, tiled=False):
         with self.lock:
             self.calls += 1
+            if tiled:
+                if self._tiled is None:
+                    self._tiled = self.predictor.with_tiles(self.tile_size, self.predictor.cfg.TEST.TILE_OVERLAP)
+                return self._tiled(image_rgb, rgb=True)
             return self.predictor(image_rgb, rgb=True)
 
     def example_images(self, limit=8):

@@ -67,10 +67,10 @@ def _table(prediction, classes):
 
 
 def _zip_masks(prediction, path, stem):
-    from segkit.inference.visualization import instance_masks
+    from segkit.inference.visualization import iter_instance_masks
 
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name, mask in instance_masks(prediction):
+        for name, mask in iter_instance_masks(prediction):
             ok, buf = cv2.imencode(".png", mask)
             z.writestr(f"{stem}_{name}.png", buf.tobytes())
     return path

@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -19,6 +19,7 @@ from segkit.data.loader import build_resumable_train_loader
 from segkit.engine.budget import LOOP_LIMIT, TimeBudget
 from segkit.engine.checkpoint import SegkitCheckpointer, take_score_thresholds
 from segkit.modeling.config import is_semantic
+from segkit.modeling.tiling import TiledModel
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import (
     EarlyStopping,
@@ -155,6 +156,24 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, optim)(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
     # ---- evaluation ---------------------------------------------------------------------------
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if cfg.TEST.TILE_SIZE > 0:
+            # Tiled evaluation cuts the image at its original size: the loader must not resize.
+            return build_detection_test_loader(cfg, dataset_name, mapper=DatasetMapper(cfg, False, augmentations=[]))
+        return super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test; with TEST.TILE_SIZE > 0 the model runs on tiles (modeling/tiling.py),
+        so the AP a user is shown is measured the way predict.py --tile predicts."""
+        if cfg.TEST.TILE_SIZE > 0:
+            if is_semantic(cfg):
+                raise ValueError(f"TEST.TILE_SIZE: tiled evaluation is for instance models, not "
+                                 f"{cfg.MODEL.META_ARCHITECTURE}; set TEST.TILE_SIZE 0")
+            model = TiledModel.from_config(getattr(model, "module", model), cfg)
+        return super().test(cfg, model, evaluators)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         # Evaluation is a later stage than the engine: train_net.py plugs it in, as detectron2's

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from segkit.data.coco_masks import mask_to_rle
+from segkit.modeling.tiling import CroppedMasks
 
 
 def coco_results(prediction, image_id, file_name=None):
@@ -36,7 +37,9 @@ def coco_results(prediction, image_id, file_name=None):
         if boxes is not None:
             x0, y0, x1, y1 = (float(v) for v in boxes[i])
             entry["bbox"] = [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)]
-        if masks is not None:
+        if isinstance(masks, CroppedMasks):
+            entry["segmentation"] = masks.rle(i)  # tiled predictions: no full-image mask needed
+        elif masks is not None:
             entry["segmentation"] = mask_to_rle(masks[i])
         entry.update(extra)
         out.append(entry)

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from segkit.data.labelme import labelme_document, labelme_shape, mask_to_polygons, write_labelme_json
+from segkit.modeling.tiling import CroppedMasks
 
 BACKGROUND_NAMES = {"background", "_background_", "__background__", "bg"}
 
@@ -46,7 +47,7 @@ def prediction_to_labelme(prediction, image_path, json_path=None, epsilon=0.5, m
         if inst.has("pred_masks"):
             masks = inst.pred_masks.numpy()
             for i, (c, s) in enumerate(zip(inst.pred_classes.tolist(), inst.scores.tolist())):
-                polygons = mask_to_polygons(masks[i], epsilon, min_area)
+                polygons = _polygons(masks, i, epsilon, min_area)
                 group_id = None
                 if len(polygons) > 1:
                     group_id, next_group = next_group, next_group + 1
@@ -54,6 +55,15 @@ def prediction_to_labelme(prediction, image_path, json_path=None, epsilon=0.5, m
                     shapes.append(labelme_shape(prediction.class_names[c], points, group_id,
                                                 description=f"score {s:.3f} (predicted)"))
     return labelme_document(shapes, image_path, json_path, w, h)
+
+
+def _polygons(masks, i, epsilon, min_area):
+    """Polygons of mask ``i``; a tiled prediction's crop is traced alone and shifted into place."""
+    if isinstance(masks, CroppedMasks):
+        x0, y0, crop = masks.crops[i]
+        return [[[round(x + x0, 3), round(y + y0, 3)] for x, y in points]
+                for points in mask_to_polygons(crop, epsilon, min_area)]
+    return mask_to_polygons(masks[i], epsilon, min_area)
 
 
 def write_labelme(prediction, image_path, overwrite=False, **kwargs):

@@ -77,6 +77,11 @@ def get_parser():
     p.add_argument("--top", type=int, default=None, metavar="K",
                    help="with --rank: how many of the most uncertain images to predict / pre-label "
                         "(default 10)")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="cut each image into SIZE x SIZE tiles run at native resolution, detections "
+                        "merged at the seams (large images with small objects; TEST.TILE_SIZE)")
+    p.add_argument("--tile-overlap", type=float, default=None, metavar="F",
+                   help="with --tile: fraction of a tile shared with its neighbour (default 0.2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sharded_predict.add_arguments(p)
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -351,6 +356,17 @@ def main(argv=None):
         parser.error("--overwrite only applies to --labelme")
     if args.labelme and any(is_remote(i) for i in args.input or []):
         parser.error("--labelme writes next to each image: it needs local --input files")
+    if args.tile_overlap is not None and not args.tile:
+        parser.error("--tile-overlap only applies to --tile")
+    if args.tile is not None and args.rank:
+        parser.error("--rank does not work with --tile (the ranking flips whole images)")
+    if args.tile is not None:
+        from segkit.modeling.tiling import tile_options
+
+        try:
+            args.opts = tile_options(args.tile, args.tile_overlap) + list(args.opts)
+        except ValueError as e:
+            parser.error(f"--tile: {e}")
     if not os.path.isfile(args.weights):
         print(f"error: no checkpoint at {args.weights}. Train one first ({TRAIN_HINT}) or pass "
               f"--weights PATH.", file=sys.stderr)

@@ -11,11 +11,15 @@ model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultP
 - results come back as a :class:`Prediction` on the CPU, at the input size, with the class names
   (and a MetadataCatalog entry carrying them, so detectron2's Visualizer prints names);
 - U-Net checkpoints (META_ARCHITECTURE "UNet") give ``sem_seg`` ([C, H, W] scores) instead;
+- with ``TEST.TILE_SIZE`` > 0 (``predict.py --tile``) large images are cut into overlapping tiles
+  run at native resolution and merged (segkit/modeling/tiling.py); ``pred_masks`` is then a
+  :class:`~segkit.modeling.tiling.CroppedMasks` (box-sized crops, a full mask made per access);
 - ``use_checkpoint_thresholds=True`` keeps, per class, the instances above the F1-maximising score
   threshold the evaluation stored in the checkpoint (``threshold_note`` says which threshold is
   used and why).
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -33,6 +37,7 @@ from segkit.engine.checkpoint import load_inference_config
 from segkit.inference.image_io import to_rgb_uint8
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.modeling.config import is_semantic
+from segkit.modeling.tiling import CroppedMasks, TiledModel
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +125,13 @@ class Prediction:
         out = np.zeros((h, w), dtype=np.uint16 if len(self.class_names) >= 255 else np.uint8)
         if len(self) and self.instances.has("pred_masks"):
             order = torch.argsort(self.instances.scores).tolist()
-            masks = self.instances.pred_masks.numpy()
+            masks = self.instances.pred_masks
             classes = self.instances.pred_classes.numpy()
             for i in order:
-                out[masks[i]] = classes[i] + 1
+                if isinstance(masks, CroppedMasks):
+                    masks.paint(out, i, classes[i] + 1)
+                else:
+                    out[masks[i].numpy()] = classes[i] + 1
         return out
 
     def records(self):
@@ -132,8 +140,10 @@ class Prediction:
             return []
         inst = self.instances
         boxes = inst.pred_boxes.tensor.tolist() if inst.has("pred_boxes") else [None] * len(inst)
-        areas = (inst.pred_masks.flatten(1).sum(1).tolist() if inst.has("pred_masks")
-                 else [None] * len(inst))
+        areas = [None] * len(inst)
+        if inst.has("pred_masks"):
+            masks = inst.pred_masks
+            areas = masks.areas().tolist() if isinstance(masks, CroppedMasks) else masks.flatten(1).sum(1).tolist()
         out = []
         for i, (c, s) in enumerate(zip(inst.pred_classes.tolist(), inst.scores.tolist())):
             out.append({
@@ -173,6 +183,12 @@ class Predictor:
         self.class_thresholds = dict(class_thresholds or {})
         self.stored_thresholds = {}  # what the checkpoint carries, see from_checkpoint
         self.threshold_note = f"score threshold {self.confidence_threshold:g} (MODEL.ROI_HEADS.SCORE_THRESH_TEST)"
+        self.tiled = None
+        if cfg.TEST.TILE_SIZE > 0:
+            if self.semantic:
+                raise ValueError("TEST.TILE_SIZE (--tile): tiled prediction is for instance models (Mask R-CNN), "
+                                 f"not {cfg.MODEL.META_ARCHITECTURE}")
+            self.tiled = TiledModel.from_config(self.model, cfg)
 
     @classmethod
     def from_checkpoint(cls, path, config_file=None, device=None, confidence_threshold=None,
@@ -211,6 +227,16 @@ class Predictor:
             predictor.threshold_note = note
         return predictor
 
+    def with_tiles(self, size, overlap=0.2):
+        """A predictor on tiles (``TEST.TILE_SIZE`` ``size``) sharing this one's model and weights."""
+        other = copy.copy(self)
+        other.cfg = self.cfg.clone()
+        other.cfg.defrost()
+        other.cfg.TEST.TILE_SIZE = int(size)
+        other.cfg.TEST.TILE_OVERLAP = float(overlap)
+        other.tiled = TiledModel.from_config(self.model, other.cfg)
+        return other
+
     @property
     def confidence_threshold(self):
         return float(self.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
@@ -233,6 +259,8 @@ class Predictor:
         """
         if not images:
             return []
+        if self.tiled is not None:
+            return [self._predict_tiled(im, rgb, keep_image) for im in images]
         prepared = [self.preprocess(im, rgb=rgb) for im in images]
         with torch.inference_mode():
             outputs = self.model([p[0] for p in prepared])
@@ -242,10 +270,21 @@ class Predictor:
             results.append(self._to_prediction(out, image_rgb if keep_image else None, name))
         return results
 
+    def _predict_tiled(self, image, rgb, keep_image, progress=None):
+        """One image through :class:`TiledModel`: tiles at native resolution, no resize."""
+        image_rgb = to_rgb_uint8(image, rgb=rgb)
+        original = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(original.transpose(2, 0, 1)))
+        with torch.inference_mode():
+            inst = self.tiled.predict_one(tensor, progress=progress)
+        del tensor
+        name = str(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else None
+        return self._to_prediction({"instances": inst}, image_rgb if keep_image else None, name)
+
     def _to_prediction(self, out, image_rgb, file_name):
         if "instances" in out:
             inst = out["instances"].to("cpu")
-            if inst.has("pred_masks"):
+            if inst.has("pred_masks") and not isinstance(inst.pred_masks, CroppedMasks):
                 inst.pred_masks = inst.pred_masks.bool()
             if self.class_thresholds and len(inst):
                 minimum = torch.tensor([self.class_thresholds.get(n, 0.0) for n in self.class_names])

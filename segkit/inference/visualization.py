@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from detectron2.data import Metadata
 from detectron2.structures import BoxMode, Boxes, Instances
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer, _create_text_labels
 from PIL import Image
 
 from segkit.data.catalog import class_colors
 from segkit.data.coco_masks import segmentation_to_rle
 from segkit.data.file_names import safe_filename
+from segkit.modeling.tiling import CroppedMasks
 
 COLOR_MODES = {
     "image": ColorMode.IMAGE,
@@ -84,8 +85,56 @@ def draw_prediction(prediction, image=None, mode=ColorMode.IMAGE, alpha=None, se
         return draw_semantic(prediction, image, alpha=0.6 if alpha is None else alpha)
     vis = Visualizer(image, metadata=prediction.metadata, instance_mode=color_mode(mode))
     with _seeded(seed):
-        out = vis.draw_instance_predictions(prediction.instances)
+        if isinstance(getattr(prediction.instances, "pred_masks", None), CroppedMasks):
+            out = _draw_cropped(vis, prediction.instances)
+        else:
+            out = vis.draw_instance_predictions(prediction.instances)
     return _fit(out.get_image(), image.shape)
+
+
+class _CropMask(GenericMask):
+    """GenericMask of one CroppedMasks entry: polygons, area and box from the crop, so drawing N
+    instances of a large image never holds N full-image masks (GenericMask would cache them)."""
+
+    def __init__(self, x0, y0, crop, height, width):
+        super().__init__([], height, width)
+        polygons, self._has_holes = self.mask_to_polygons(crop)
+        self._polygons = [p + np.tile([x0, y0], len(p) // 2) for p in polygons]
+        self._area = int(np.count_nonzero(crop))
+        ys, xs = np.nonzero(crop)
+        self._bbox = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1) if len(xs) else (0, 0, 0, 0)
+        self._crop = (x0, y0, crop)
+
+    @property
+    def mask(self):
+        return CroppedMasks([self._crop], (self.height, self.width)).full(0)
+
+    def area(self):
+        return self._area
+
+    def bbox(self):
+        return np.array(self._bbox, dtype=np.float64)
+
+
+def _draw_cropped(vis, predictions):
+    """Visualizer.draw_instance_predictions (detectron2 0.7.2) for masks kept as crops: the same
+    labels, colours and alpha per ColorMode, with :class:`_CropMask` in place of GenericMask."""
+    classes = predictions.pred_classes.tolist()
+    labels = _create_text_labels(classes, predictions.scores, vis.metadata.get("thing_classes", None))
+    h, w = vis.output.height, vis.output.width
+    masks = [_CropMask(x0, y0, crop, h, w) for x0, y0, crop in predictions.pred_masks.crops]
+    colors, alpha = None, 0.5
+    if vis._instance_mode == ColorMode.SEGMENTATION and vis.metadata.get("thing_colors"):
+        colors = [vis._jitter([x / 255 for x in vis.metadata.thing_colors[c]]) for c in classes]
+        alpha = 0.8
+    if vis._instance_mode == ColorMode.IMAGE_BW:
+        covered = np.zeros(predictions.image_size, dtype=bool)
+        for i in range(len(predictions)):
+            predictions.pred_masks.paint(covered, i, True)
+        vis.output.reset_image(vis._create_grayscale_image(covered))
+        alpha = 0.3
+    return vis.overlay_instances(masks=masks, boxes=predictions.pred_boxes, labels=labels,
+                                 assigned_colors=colors, alpha=alpha)
 
 
 def draw_semantic(prediction, image=None, alpha=0.6, area_threshold=None):
@@ -113,6 +162,11 @@ def foreground(prediction):
     h, w = prediction.image_size
     inst = prediction.instances
     if len(inst) and inst.has("pred_masks"):
+        if isinstance(inst.pred_masks, CroppedMasks):
+            out = np.zeros((h, w), dtype=bool)
+            for i in range(len(inst)):
+                inst.pred_masks.paint(out, i, True)
+            return out
         return inst.pred_masks.any(dim=0).numpy()
     return np.zeros((h, w), dtype=bool)
 
@@ -120,16 +174,23 @@ def foreground(prediction):
 def instance_masks(prediction):
     """[(name, HxW uint8 0/255)], one per instance, named ``<index>_<class>``; U-Net results
     give one mask per class present."""
+    return list(iter_instance_masks(prediction))
+
+
+def iter_instance_masks(prediction):
+    """:func:`instance_masks` one at a time: a large image's N masks are never all in memory."""
     if prediction.is_semantic:
         cmap = prediction.class_map()
-        return [(f"{c:03d}_{safe_filename(prediction.class_names[c], 'object')}", (cmap == c).astype(np.uint8) * 255)
-                for c in np.unique(cmap).tolist() if c < len(prediction.class_names)]
+        for c in np.unique(cmap).tolist():
+            if c < len(prediction.class_names):
+                yield f"{c:03d}_{safe_filename(prediction.class_names[c], 'object')}", (cmap == c).astype(np.uint8) * 255
+        return
     inst = prediction.instances
     if not inst.has("pred_masks"):
-        return []
+        return
     masks = inst.pred_masks.numpy()
-    return [(f"{i:03d}_{safe_filename(prediction.class_names[c], 'object')}", masks[i].astype(np.uint8) * 255)
-            for i, c in enumerate(inst.pred_classes.tolist())]
+    for i, c in enumerate(inst.pred_classes.tolist()):
+        yield f"{i:03d}_{safe_filename(prediction.class_names[c], 'object')}", masks[i].astype(np.uint8) * 255
 
 
 def save_png(array, path):
@@ -143,7 +204,7 @@ def save_instance_masks(prediction, out_dir, stem=""):
     """One binary PNG per instance: ``<out_dir>/[<stem>_]<index>_<class>.png``. Returns the paths."""
     prefix = f"{stem}_" if stem else ""
     return [save_png(m, os.path.join(out_dir, f"{prefix}{name}.png"))
-            for name, m in instance_masks(prediction)]
+            for name, m in iter_instance_masks(prediction)]
 
 
 def class_map(prediction):
@@ -170,9 +231,12 @@ def label_map(prediction, by="class"):
     inst = prediction.instances
     if len(inst) and inst.has("pred_masks"):
         palette = np.array(class_colors(len(inst) + 1)[1:], dtype=np.uint8)
-        masks = inst.pred_masks.numpy()
+        masks = inst.pred_masks
         for i in torch.argsort(inst.scores).tolist():
-            out[masks[i]] = palette[i]
+            if isinstance(masks, CroppedMasks):
+                masks.paint(out, i, palette[i])
+            else:
+                out[masks[i].numpy()] = palette[i]
     return out
 
 
@@ -196,7 +260,9 @@ def downscale(prediction, max_side):
     inst = prediction.instances
     small = Instances((nh, nw))
     for k, v in inst.get_fields().items():
-        if k == "pred_masks":
+        if k == "pred_masks" and isinstance(v, CroppedMasks):
+            v = _scaled_crops(v, nw / w, nh / h, (nh, nw))
+        elif k == "pred_masks":
             m = v.numpy().astype(np.uint8)
             v = torch.from_numpy(np.stack([cv2.resize(x, (nw, nh), interpolation=cv2.INTER_NEAREST)
                                            for x in m]) if len(m) else np.zeros((0, nh, nw), np.uint8)).bool()
@@ -207,6 +273,18 @@ def downscale(prediction, max_side):
             v = Boxes(t)
         small.set(k, v)
     return replace(prediction, instances=small, image=image)
+
+
+def _scaled_crops(masks, sx, sy, size):
+    """CroppedMasks resized by (sx, sy) into an image of ``size`` (h, w): each crop alone."""
+    crops = []
+    for x0, y0, crop in masks.crops:
+        nx0, ny0 = int(x0 * sx), int(y0 * sy)
+        nx1 = min(size[1], max(nx0 + 1, round((x0 + crop.shape[1]) * sx)))
+        ny1 = min(size[0], max(ny0 + 1, round((y0 + crop.shape[0]) * sy)))
+        small = cv2.resize(crop.astype(np.uint8), (max(1, nx1 - nx0), max(1, ny1 - ny0)), interpolation=cv2.INTER_NEAREST)
+        crops.append((nx0, ny0, small.astype(bool)))
+    return CroppedMasks(crops, size)
 
 
 # ----------------------------------------------------------------------------- ground truth

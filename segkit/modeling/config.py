@@ -54,6 +54,21 @@ def add_segkit_config(cfg):
     cfg.TEST.VAL_LOSS_PERIOD = 0
     cfg.TEST.VAL_LOSS_MAX_IMAGES = 50
     cfg.TEST.PR_CURVES = True
+    # Sliced inference (modeling/tiling.py) for large images with small objects: > 0 cuts each test
+    # image into TILE_SIZE x TILE_SIZE tiles run at native resolution (no resize), so evaluation
+    # measures what predict.py --tile does. 0: whole images at INPUT.MIN/MAX_SIZE_TEST.
+    cfg.TEST.TILE_SIZE = 0
+    # Fraction of a tile shared with its neighbour: an object narrower than the overlap lies
+    # whole in some tile.
+    cfg.TEST.TILE_OVERLAP = 0.2
+    # Tiles per forward pass: bounds memory by the tile, not by the image.
+    cfg.TEST.TILE_BATCH = 4
+    # One extra whole-image pass at INPUT.MIN/MAX_SIZE_TEST, for objects larger than a tile
+    # (SAHI's perform_standard_pred).
+    cfg.TEST.TILE_FULL_PASS = False
+    # Detections of one class from different tiles are one object when their masks share at
+    # least this fraction of the smaller mask (SAHI's GREEDYNMM with IOS).
+    cfg.TEST.TILE_MERGE_IOS = 0.5
 
     # U-Net semantic segmentation (modeling/unet.py), segmentation-models-pytorch encoder.
     cfg.MODEL.UNET = CN()

@@ -1,0 +1,279 @@
+"""Sliced inference (segkit/modeling/tiling.py): tiles, seam merging, masks kept as crops.
+
+Most tests run TiledModel around ``BlobDetector``, a deterministic detector with detectron2's
+GeneralizedRCNN.inference interface (bright connected components; boxes and 28x28 mask
+probabilities as Mask R-CNN returns them before pasting), so where objects are and what a tile
+sees is known exactly. The end-to-end tests run a trained Mask R-CNN through predict.py --tile
+and tiled evaluation.
+"""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+from conftest import ROOT, TINY_OVERRIDES, run_train_net
+from segkit.data.coco_masks import mask_to_rle
+from segkit.modeling.tiling import CroppedMasks, TiledModel, merge_detections, paste_detections, tile_windows
+
+
+class BlobDetector(torch.nn.Module):
+    """Each 8-connected bright component (channel mean > 128) of an input is one object of class
+    0; its score grows with its visible area (a piece cut by a tile edge scores below the whole),
+    and pieces under 27 px score below 0.05 and are dropped."""
+
+    def inference(self, batched_inputs, do_postprocess=True):
+        assert not do_postprocess
+        out = []
+        for x in batched_inputs:
+            image = x["image"]
+            h, w = image.shape[-2:]
+            fg = (image.float().mean(0) > 128).numpy().astype(np.uint8)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+            boxes, scores, probs = [], [], []
+            for k in range(1, n):
+                bx, by, bw, bh, area = stats[k].tolist()
+                if area / (area + 500.0) < 0.05:  # SCORE_THRESH_TEST 0.05, as Mask R-CNN's default
+                    continue
+                crop = (labels[by:by + bh, bx:bx + bw] == k).astype(np.float32)
+                probs.append(cv2.resize(crop, (28, 28), interpolation=cv2.INTER_LINEAR))
+                boxes.append([bx, by, bx + bw, by + bh])
+                scores.append(area / (area + 500.0))
+            inst = Instances((h, w))
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            inst.scores = torch.tensor(scores, dtype=torch.float32)
+            inst.pred_classes = torch.zeros(len(boxes), dtype=torch.int64)
+            inst.pred_masks = torch.from_numpy(np.stack(probs) if probs else np.zeros((0, 28, 28), np.float32))[:, None]
+            out.append(inst)
+        return out
+
+
+def disc_image(height, width, radius_range, seed, seams=(), count=None, spacing=8):
+    """(CHW uint8 tensor, [HxW bool masks]): white discs on black, placed at random without
+    touching; the first ones centred on the given ``seams`` [(x or None, y or None)]."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width), np.uint8)
+    taken = np.zeros((height, width), np.uint8)
+    masks = []
+    wanted = list(seams) + [(None, None)] * (count or 0)
+    for sx, sy in wanted:
+        for _ in range(200):
+            r = int(rng.integers(*radius_range))
+            cx = sx if sx is not None else int(rng.integers(r + 1, width - r - 1))
+            cy = sy if sy is not None else int(rng.integers(r + 1, height - r - 1))
+            m = np.zeros((height, width), np.uint8)
+            cv2.circle(m, (cx, cy), r, 1, -1)
+            if not (m.astype(bool) & taken.astype(bool)).any():
+                cv2.circle(taken, (cx, cy), r + spacing, 1, -1)
+                image[m.astype(bool)] = 255
+                masks.append(m.astype(bool))
+                break
+    rgb = np.repeat(image[None], 3, axis=0)
+    return torch.from_numpy(rgb), masks
+
+
+def iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_tiles_cover_the_image_overlap_and_end_flush():
+    windows = tile_windows(700, 1000, 256, 0.25)
+    covered = np.zeros((700, 1000), int)
+    for x0, y0, x1, y1 in windows:
+        assert (x1 - x0, y1 - y0) == (256, 256)  # full-size tiles, the last flush with the edge
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    xs = sorted({w[0] for w in windows})
+    assert xs[-1] == 1000 - 256 and all(b - a <= 192 for a, b in zip(xs, xs[1:]))  # 64 px shared
+    assert tile_windows(100, 150, 256, 0.2) == [(0, 0, 150, 100)]  # smaller than a tile: itself
+    with pytest.raises(ValueError, match="overlap"):
+        tile_windows(10, 10, 8, 1.0)
+
+
+def test_rle_of_a_crop_equals_the_rle_of_its_full_mask():
+    rng = np.random.default_rng(0)
+    h, w = 37, 53
+    crops = [(0, 0, rng.random((10, 12)) > 0.5), (41, 27, rng.random((10, 12)) > 0.3),  # corners
+             (5, 0, np.ones((37, 4), bool)), (20, 15, np.zeros((6, 6), bool)), (3, 30, rng.random((7, 50)) > 0.5)]
+    masks = CroppedMasks(crops, (h, w))
+    for i in range(len(masks)):
+        full = masks[i]
+        assert full.shape == (h, w) and full.sum() == crops[i][2].sum()
+        assert masks.rle(i) == mask_to_rle(full)
+    assert masks.areas().tolist() == [int(c.sum()) for _, _, c in crops]
+    picked = masks[torch.tensor([False, True, False, True, False])]
+    assert len(picked) == 2 and np.array_equal(picked[0], masks[1])
+
+
+def test_seams_give_one_instance_per_object():
+    tile, overlap = 256, 0.25
+    windows = tile_windows(700, 1000, tile, overlap)
+    xs, ys = sorted({w[0] for w in windows}), sorted({w[1] for w in windows})
+    # discs centred on tile edges, in the overlap bands, and on a four-tile corner
+    seams = [(xs[1], None), (xs[2] + tile, None), (None, ys[1]), (None, ys[1] + tile - 20), (xs[1] + 30, ys[1] + 30)]
+    image, truth = disc_image(700, 1000, (12, 30), seed=1, seams=seams, count=40)
+    model = TiledModel(BlobDetector(), tile, overlap, batch_size=3)
+    inst = model([{"image": image, "height": 700, "width": 1000}])[0]["instances"]
+
+    raw = sum(len(paste_detections(o, (0, 0), (1, 1), (700, 1000), 0))
+              for o in model.model.inference([{"image": image[:, y0:y1, x0:x1]} for x0, y0, x1, y1 in windows],
+                                             do_postprocess=False))
+    assert raw > len(truth) + 10  # the seams did cut and repeat objects
+    assert len(inst) == len(truth)
+    masks = inst.pred_masks
+    for t in truth:
+        best = max(iou(masks[i], t) for i in range(len(inst)))
+        assert best > 0.9
+
+
+def test_an_object_cut_by_tile_edges_comes_out_whole():
+    h, w = 300, 900
+    bar = np.zeros((h, w), bool)
+    bar[130:170, 60:840] = True  # 780 px long: no tile (256 px) holds it, every seam cuts it
+    image = torch.from_numpy(np.repeat((bar * 255).astype(np.uint8)[None], 3, axis=0))
+    inst = TiledModel(BlobDetector(), 256, 0.25)([{"image": image, "height": h, "width": w}])[0]["instances"]
+    assert len(inst) == 1
+    assert iou(inst.pred_masks[0], bar) > 0.95
+    x0, y0, x1, y1 = inst.pred_boxes.tensor[0].tolist()
+    assert x0 <= 61 and x1 >= 839
+
+
+def test_touching_objects_in_one_tile_stay_apart():
+    # two pieces of one class whose masks overlap a lot, seen by the same tile: the model's own
+    # decision stands; from two tiles they merge
+    crop = np.ones((20, 20), bool)
+    from segkit.modeling.tiling import Detection
+
+    a = Detection(np.array([0, 0, 20, 20.0]), 0.9, 0, 0, 0, crop, tile=0, window=(0, 0, 30, 30))
+    b = Detection(np.array([5, 0, 25, 20.0]), 0.8, 0, 5, 0, crop, tile=0, window=(0, 0, 30, 30))
+    assert len(merge_detections([a, b])) == 2
+    assert len(merge_detections([a, b._replace(tile=1)])) == 1
+    assert len(merge_detections([a, b._replace(tile=1, category=1)])) == 2
+
+
+MEMORY_SCRIPT = r"""
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+import cv2, numpy as np, torch
+torch.set_num_threads(1)
+from test_tiling import BlobDetector
+from segkit.modeling.tiling import TiledModel
+
+h, w = 4000, 12000
+gray = np.zeros((h, w), np.uint8)
+rng = np.random.default_rng(2)
+centres = [(x, y) for x in range(150, w - 100, 1000) for y in range(150, h - 100, 400)]
+for x, y in centres:  # one disc per 1000 x 400 cell, jittered across the tile seams
+    cv2.circle(gray, (x + int(rng.integers(0, 700)), y + int(rng.integers(0, 150))), int(rng.integers(20, 40)), 255, -1)
+image = torch.from_numpy(np.repeat(gray[None], 3, axis=0))
+del gray
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+inst = TiledModel(BlobDetector(), 1024, 0.1, batch_size=2)([{"image": image, "height": h, "width": w}])[0]["instances"]
+rles = [inst.pred_masks.rle(i) for i in range(len(inst))]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(centres), len(inst), (after - before) // 1024)
+"""
+
+
+def test_a_12000px_image_runs_within_a_memory_bound(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT / "tests")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    objects, found, growth_mb = map(int, proc.stdout.split())
+    assert found == objects > 100
+    # 120 full 12,000 x 4,000 masks would be 5.8 GB, one of them 48 MB; the image itself is 144 MB
+    assert growth_mb < 100, growth_mb
+
+
+# ----------------------------------------------------------------------------- with a trained model
+
+
+@pytest.fixture(scope="module")
+def large_image(sample_data, tmp_path_factory):
+    """The sample's images in a 3 x 2 mosaic (576 x 288 px) and its ground truth (COCO file)."""
+    from PIL import Image
+
+    coco = json.loads((sample_data / "trainval.json").read_text())
+    images = sorted(coco["images"], key=lambda im: im["id"])[:6]
+    out = tmp_path_factory.mktemp("large")
+    mosaic = np.zeros((288, 576, 3), np.uint8)
+    annotations = []
+    for k, im in enumerate(images):
+        ox, oy = (k % 3) * 192, (k // 3) * 144
+        mosaic[oy:oy + 144, ox:ox + 192] = np.asarray(Image.open(sample_data / "images" / im["file_name"]).convert("RGB"))
+        for a in coco["annotations"]:
+            if a["image_id"] == im["id"]:
+                seg = [[v + (ox if j % 2 == 0 else oy) for j, v in enumerate(p)] for p in a["segmentation"]]
+                x, y, bw, bh = a["bbox"]
+                annotations.append({**a, "id": len(annotations) + 1, "image_id": 1, "segmentation": seg,
+                                    "bbox": [x + ox, y + oy, bw, bh]})
+    Image.fromarray(mosaic).save(out / "mosaic.png")
+    gt = {"images": [{"id": 1, "file_name": "mosaic.png", "height": 288, "width": 576}],
+          "annotations": annotations, "categories": coco["categories"]}
+    (out / "gt.json").write_text(json.dumps(gt))
+    return out
+
+
+def test_one_tile_as_large_as_the_image_predicts_as_the_whole_image(trained_mini_checkpoint, sample_data):
+    from segkit.inference.predictor import Predictor
+
+    ckpt = str(trained_mini_checkpoint)
+    image = next((sample_data / "images").rglob("*.jpg"))
+    whole = Predictor.from_checkpoint(ckpt, device="cpu", confidence_threshold=0.3, opts=TINY_OVERRIDES)(image)
+    tiled = Predictor.from_checkpoint(ckpt, device="cpu", confidence_threshold=0.3,
+                                      opts=TINY_OVERRIDES + ["TEST.TILE_SIZE", "256"])(image)
+    assert isinstance(tiled.instances.pred_masks, CroppedMasks)
+    assert len(whole) == len(tiled) > 0
+    assert torch.allclose(whole.instances.scores, tiled.instances.scores, atol=1e-5)
+    for i in range(len(whole)):
+        assert iou(whole.instances.pred_masks[i].numpy(), tiled.instances.pred_masks[i]) > 0.99
+
+
+def test_predict_cli_tile_writes_every_output(trained_mini_checkpoint, large_image, tmp_path):
+    import shutil
+
+    from pycocotools.coco import COCO
+    from segkit.inference.predict_cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(large_image / "mosaic.png", folder / "mosaic.png")
+    out = tmp_path / "out"
+    code = main(["--input", str(folder), "--output", str(out), "--weights", str(trained_mini_checkpoint),
+                 "--tile", "160", "--tile-overlap", "0.25", "--labelme", "--confidence-threshold", "0.3",
+                 "--label-map", "--masked", "--gt-json", str(large_image / "gt.json"), "--quiet",
+                 "--opts", *TINY_OVERRIDES])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results and all(r["segmentation"]["size"] == [288, 576] for r in results)
+    coco = COCO(str(out / "images.json"))
+    coco.loadRes(str(out / "results.json"))
+    for sub in ("overlays", "label_maps", "masked", "side_by_side"):
+        assert (out / sub / "mosaic.png").is_file()
+    assert len(list((out / "masks" / "mosaic").glob("*.png"))) == len(results)
+    labelme = json.loads((folder / "mosaic.json").read_text())
+    assert labelme["imageWidth"] == 576 and labelme["shapes"]
+    assert max(x for s in labelme["shapes"] for x, _ in s["points"]) > 300  # points in image pixels
+
+
+def test_tiled_evaluation_measures_what_tiled_prediction_gives(trained_mini_checkpoint, sample_data, tmp_path):
+    """One tile as large as a 192 x 144 image is the whole image at native size: the AP of tiled
+    evaluation equals the whole-image evaluation's (TINY_OVERRIDES test at native size too)."""
+    aps = []
+    for tile in ("0", "256"):
+        out = tmp_path / f"tile{tile}"
+        proc = run_train_net(
+            "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "--eval-only",
+            "MODEL.WEIGHTS", trained_mini_checkpoint, "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", out,
+            "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
+            "TEST.TILE_SIZE", tile, *TINY_OVERRIDES)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads(next((out / "eval").glob("metrics_*.json")).read_text())
+        aps.append(metrics["segm"]["AP"])
+    assert aps[0] > 10
+    assert abs(aps[0] - aps[1]) < 0.5, aps
