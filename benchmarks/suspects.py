@@ -455,12 +455,19 @@ def run_loop(args):
             stored = json.load(f)["runs"]
 
     def save():
+        # Runs of other (set, seed)s may have been stored meanwhile by another process of this script.
+        runs = {}
+        if os.path.isfile(LOOP_RESULTS):
+            with open(LOOP_RESULTS, encoding="utf-8") as f:
+                runs = json.load(f)["runs"]
+        runs.update({key: stored[key] for key in mine})
         write_json(LOOP_RESULTS, {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                               "python": platform.python_version(), "torch": torch.__version__},
-                                  "config": os.path.relpath(LITE0, ROOT), "runs": stored})
+                                  "config": os.path.relpath(LITE0, ROOT), "runs": runs})
 
     if not args.table:
         todo = [(name, seed) for seed in args.seeds for name in args.sets]
+        mine = {f"{name}/seed{seed}" for name, seed in todo}
         start = time.monotonic()
         for i, (name, seed) in enumerate(todo):
             spent = time.monotonic() - start
