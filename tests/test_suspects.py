@@ -58,6 +58,21 @@ def test_each_kind_is_found_and_agreement_is_not():
     assert ("wrong_class", 2) not in kinds
 
 
+def test_one_unlabelled_object_is_one_suspect():
+    """The model draws an unlabelled object twice (two classes, shifted masks): one suspect, the
+    higher score; a second unlabelled object elsewhere is its own suspect."""
+    labels = [{"id": 1, "class": "disc", "mask": box(0, 0, 20, 20), "iscrowd": 0}]
+    preds = [
+        pred("disc", 0.95, box(0, 0, 20, 20)),
+        pred("square", 0.7, box(100, 0, 130, 30)),
+        pred("triangle", 0.8, box(102, 2, 130, 30)),    # the same object, another class
+        pred("square", 0.6, box(104, 0, 134, 30)),      # the same object, a second box
+        pred("square", 0.75, box(150, 50, 180, 80)),    # another unlabelled object
+    ]
+    missing = [s for s in judge_image(labels, preds, confidence=0.5) if s["kind"] == "missing_label"]
+    assert sorted((s["predicted_class"], s["prediction_score"]) for s in missing) == [("square", 0.75), ("triangle", 0.8)]
+
+
 def test_calibration_puts_the_threshold_where_the_model_agrees_with_the_labels():
     labels = [{"id": 1, "class": "disc", "mask": box(0, 0, 20, 20), "iscrowd": 0},
               {"id": 2, "class": "disc", "mask": box(40, 0, 60, 20), "iscrowd": 0}]

@@ -12,7 +12,8 @@ then another class, then a same-class box match). Four kinds of suspect come out
 a score in [0, 1] (higher = more likely an error), ranked together:
 
 - ``missing_label``: a confident prediction matched to no label; score = its score x (1 - its
-  best mask IoU with any label);
+  best mask IoU with any label); of unmatched predictions that overlap (mask IoU >= 0.5, any
+  class) only the highest-scoring one is a suspect: one object, one place in the list;
 - ``wrong_class``: a label matched only by a confident prediction of another class; score = that
   prediction's score - the best score of a same-class prediction on the label (IoU >= 0.5);
 - ``outline``: a label matched by a confident prediction of its class whose mask differs (mask IoU
@@ -177,7 +178,16 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None)
             "box": [round(v, 1) for v in (_mask_box(label["mask"]) if label is not None else map(float, preds[j]["box"]))],
         })
 
-    for j in match.fp:
+    # One object, one suspect: an unlabelled object the model draws twice (two classes, or two
+    # overlapping boxes) would otherwise take two places in the reviewer's list.
+    fp = sorted(match.fp, key=lambda j: -scores[j])
+    overlap = (np.asarray(mask_util.iou([p_rles[j] for j in fp], [p_rles[j] for j in fp], [0] * len(fp)))
+               .reshape(len(fp), len(fp)) if fp else np.zeros((0, 0)))
+    kept = []
+    for a, j in enumerate(fp):
+        if any(overlap[a, b] >= MATCH_IOU for b in kept):
+            continue
+        kept.append(a)
         best = float(iou[j].max()) if labels else 0.0
         suspect("missing_label", scores[j] * (1 - best), j=j, pair_iou=best)
     for j, g, pair_iou in match.confusions:
