@@ -1,20 +1,23 @@
-"""Does labelling the most uncertain images first beat labelling random ones? A simulation on the
-generated sample set.
+"""What to label next: does labelling the images ``predict.py --rank uncertainty`` picks beat
+labelling random ones? A pool-based simulation on real photos with the pretrained Lite0 config.
 
-    python benchmarks/active.py                          # everything (about 15 CPU minutes)
-    python benchmarks/active.py --step prepare           # or one training per command:
-    python benchmarks/active.py --step train --seed 0 --arm start        # the small labelled subset
-    python benchmarks/active.py --step train --seed 0 --arm uncertainty  # + K ranked by the start model
-    python benchmarks/active.py --step train --seed 0 --arm random       # + K at random
-    python benchmarks/active.py --step report
+    python benchmarks/active.py                       # controllers, 3 seeds (about 70 CPU minutes)
+    python benchmarks/active.py --seeds 0             # one seed; seeds can run as parallel processes
+    python benchmarks/active.py --table               # only print the table and plot of stored results
 
-The sample generator makes a pool (default 56 images of 256x192, 3 classes) that labelme2coco.py
-splits into train (the pool a user could label) and val (kept for AP). For each seed: START images of
-the pool are "labelled" at random and the mini config is trained on them; ``predict.py --rank
-uncertainty`` with that model ranks the rest of the pool; two models are trained from scratch with
-the same schedule, one on the start set + the top K, one on the start set + K random images; both
-are evaluated (segm/bbox AP on val). Every training is train_net.py in its own process, the mini
-config at 192 px with a short schedule. Prints a table, writes benchmarks/results/active.json.
+The pool is ../shared/datasets/controllers' 81 training frames (3 classes; a user's unlabelled
+folder), val its 11 test frames (recorded later in the video). For each seed: ``--start`` pool
+images are "labelled" at random and the Lite0 config is trained on them; then for ``--rounds``
+rounds each arm adds ``--k`` images and retrains from the ImageNet weights with the same schedule:
+
+- ``uncertainty``: the arm's previous model ranks the rest of the pool with
+  ``predict.py --rank uncertainty`` (as a user would) and its top K are labelled;
+- ``random``: K images of the rest at random.
+
+A model trained on the whole pool gives the full-set AP; "labels needed" is the number of labelled
+images at which an arm first reaches 90% of it. Every training is one ``train_net.py`` process
+(``--iters`` iterations, LR drop at 80%). Prints a table, writes benchmarks/results/active.json and
+active.png.
 """
 
 import argparse
@@ -26,36 +29,20 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from segkit.data.atomic import write_json  # noqa: E402  (after the repo is on the path)
+from schedule import controllers_data  # noqa: E402  (benchmarks/ is the script's folder)
+
+from segkit.data.atomic import atomic_path, write_json  # noqa: E402  (after the repo is on the path)
 from segkit.engine.hooks import read_metrics  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "active.json")
-MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
-ARMS = ("start", "uncertainty", "random")
-
-
-def train_overrides(iters):
-    return ["INPUT.MIN_SIZE_TRAIN", "(176, 192, 208)", "INPUT.MAX_SIZE_TRAIN", "280",
-            "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "256",
-            "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.8)},)",
-            "SOLVER.WARMUP_ITERS", str(max(1, iters // 6)), "SOLVER.CHECKPOINT_PERIOD", str(iters),
-            "TEST.EVAL_PERIOD", str(iters), "TEST.VAL_LOSS_PERIOD", str(iters),
-            "DATALOADER.NUM_WORKERS", "1"]
-
-
-def prepare(work, num_images):
-    from segkit.data.coco_convert import convert
-    from segkit.data.sample import make_instance_sample
-
-    make_instance_sample(os.path.join(work, "labelme"), num_images=num_images, size=(256, 192), seed=1)
-    result = convert(os.path.join(work, "labelme"), os.path.join(work, "pool"), val_fraction=0.25, seed=0,
-                     progress=False)
-    assert result.exit_code == 0, result.reason
-    pool = read(os.path.join(work, "pool", "train.json"))
-    print(f"pool of {len(pool['images'])} images to label from, "
-          f"{len(read(os.path.join(work, 'pool', 'val.json'))['images'])} for val")
+PLOT = os.path.join(ROOT, "benchmarks", "results", "active.png")
+LITE0 = os.path.join(ROOT, "configs", "mask_rcnn_lite0_FPN.yaml")
+ARMS = ("uncertainty", "random")
+TARGET = 0.9  # share of the full-set AP
 
 
 def read(path):
@@ -63,137 +50,200 @@ def read(path):
         return json.load(f)
 
 
-def subset(work, image_ids, data_dir):
+def subset(pool_dir, image_ids, data_dir):
     """A data folder training on ``image_ids`` of the pool, with the pool's val split."""
-    pool = read(os.path.join(work, "pool", "train.json"))
+    os.makedirs(data_dir, exist_ok=True)
+    link = os.path.join(data_dir, "images")
+    if not os.path.exists(link):
+        os.symlink(os.path.abspath(os.path.join(pool_dir, "images")), link)
+    pool = read(os.path.join(pool_dir, "train.json"))
     keep = set(image_ids)
-    images_dir = os.path.abspath(os.path.join(work, "pool", "images"))
-    coco = dict(pool, images=[dict(im, file_name=os.path.join(images_dir, im["file_name"]))
-                              for im in pool["images"] if im["id"] in keep],
-                annotations=[a for a in pool["annotations"] if a["image_id"] in keep])
-    write_json(os.path.join(data_dir, "train.json"), coco)
-    val = read(os.path.join(work, "pool", "val.json"))
-    val["images"] = [dict(im, file_name=os.path.join(images_dir, im["file_name"])) for im in val["images"]]
-    write_json(os.path.join(data_dir, "val.json"), val)
+    write_json(os.path.join(data_dir, "train.json"),
+               dict(pool, images=[im for im in pool["images"] if im["id"] in keep],
+                    annotations=[a for a in pool["annotations"] if a["image_id"] in keep]))
+    write_json(os.path.join(data_dir, "val.json"), read(os.path.join(pool_dir, "val.json")))
 
 
-def run_dir(work, seed, arm):
-    return os.path.join(work, f"seed{seed}", arm)
+PROGRESS = {"done": 0, "total": 0, "start": time.monotonic()}
 
 
-def chosen_images(work, seed, arm, start, k):
-    pool = read(os.path.join(work, "pool", "train.json"))
-    ids = sorted(im["id"] for im in pool["images"])
-    rng = random.Random(seed)
-    labelled = rng.sample(ids, start)
-    rest = [i for i in ids if i not in set(labelled)]
-    if arm == "start":
-        return labelled
-    if arm == "random":
-        return labelled + random.Random(seed + 1000).sample(rest, k)
-    # uncertainty: rank the rest with the start model, as a user would (predict.py --rank uncertainty)
+def train(pool_dir, ids, out, seed, args):
+    """segm/bbox AP on val of the config trained on ``ids``; a finished run is read, not repeated."""
+    rows = [r for r in read_metrics(os.path.join(out, "metrics.json")) if "segm/AP" in r]
+    if not rows or not os.path.isfile(os.path.join(out, "model_final.pth")):
+        p = PROGRESS
+        eta = (time.monotonic() - p["start"]) / p["done"] * (p["total"] - p["done"]) / 60 if p["done"] else None
+        print(f"  [{p['done'] + 1}/{p['total']}] training on {len(ids)} images"
+              + (f", ETA {eta:.0f} min" if eta is not None else ""), flush=True)
+        subset(pool_dir, ids, os.path.join(out, "data"))
+        it = args.iters
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", args.config_file,
+             "DATASETS.DATA_DIR", os.path.join(out, "data"), "OUTPUT_DIR", out, "SEED", str(seed),
+             "SOLVER.MAX_ITER", str(it), "SOLVER.STEPS", f"({int(it * 0.8)},)", "TEST.EVAL_PERIOD", str(it),
+             "SOLVER.CHECKPOINT_PERIOD", str(10 * it), "INPUT.AUG.PREVIEW_BATCHES", "0",
+             "TEST.PR_CURVES", "False", "TEST.VAL_LOSS_PERIOD", str(10 * it)],
+            cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(proc.stderr[-3000:])
+        rows = [r for r in read_metrics(os.path.join(out, "metrics.json")) if "segm/AP" in r]
+        PROGRESS["done"] += 1
+    else:
+        PROGRESS["total"] -= 1
+    return {"images": len(ids), "segm_AP": rows[-1]["segm/AP"], "bbox_AP": rows[-1]["bbox/AP"]}
+
+
+def rank_by_uncertainty(pool_dir, rest, weights, work):
+    """``rest`` (pool image ids) most uncertain first, by ``predict.py --rank uncertainty``."""
+    pool = read(os.path.join(pool_dir, "train.json"))
     file_of = {im["id"]: im["file_name"] for im in pool["images"]}
-    images = os.path.join(work, "pool", "images")
-    unlabelled = os.path.join(run_dir(work, seed, arm), "unlabelled")
+    unlabelled = os.path.join(work, "unlabelled")
     os.makedirs(unlabelled, exist_ok=True)
-    for i in rest:
-        link = os.path.join(unlabelled, file_of[i])
-        if not os.path.lexists(link):
-            os.symlink(os.path.abspath(os.path.join(images, file_of[i])), link)
-    out = os.path.join(run_dir(work, seed, arm), "ranking")
+    for name in os.listdir(unlabelled):
+        os.remove(os.path.join(unlabelled, name))
+    for i in rest:  # flat names: frames of train/ and test/ share numbers
+        os.symlink(os.path.abspath(os.path.join(pool_dir, "images", file_of[i])),
+                   os.path.join(unlabelled, f"{i}_{os.path.basename(file_of[i])}"))
+    out = os.path.join(work, "ranking")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--input", unlabelled,
-                           "--rank", "uncertainty", "--top", "0", "--output", out, "--quiet",
-                           "--weights", os.path.join(run_dir(work, seed, "start"), "model_final.pth")],
+                           "--rank", "uncertainty", "--top", "0", "--output", out, "--quiet", "--weights", weights],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     with open(os.path.join(out, "ranking_uncertainty.csv"), newline="") as f:
-        ranked = [os.path.basename(r["file"]) for r in csv.DictReader(f)]
-    id_of = {v: k for k, v in file_of.items()}
-    return labelled + [id_of[name] for name in ranked[:k]]
+        return [int(os.path.basename(r["file"]).split("_", 1)[0]) for r in csv.DictReader(f)]
 
 
-def train(work, seed, arm, args):
-    out = run_dir(work, seed, arm)
-    data_dir = os.path.join(out, "data")
-    ids = chosen_images(work, seed, arm, args.start, args.k)
-    subset(work, ids, data_dir)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", args.config_file,
-                           "DATASETS.DATA_DIR", data_dir, "OUTPUT_DIR", out, "SEED", str(seed),
-                           *train_overrides(args.iters)],
-                          cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(proc.stderr[-3000:])
-    ap = result_of(work, seed, arm)
-    write_json(os.path.join(out, "chosen.json"), {"image_ids": ids})
-    print(f"seed {seed} {arm}: {len(ids)} labelled images, segm AP {ap['segm_AP']:.1f}, bbox AP {ap['bbox_AP']:.1f}")
-
-
-def result_of(work, seed, arm):
-    rows = [r for r in read_metrics(os.path.join(run_dir(work, seed, arm), "metrics.json")) if "segm/AP" in r]
-    if not rows:
-        return None
-    last = rows[-1]
-    return {"segm_AP": last["segm/AP"], "bbox_AP": last["bbox/AP"], "segm_AP50": last["segm/AP50"]}
-
-
-def report(work, args):
-    per_seed, table = {}, {arm: [] for arm in ARMS}
-    for seed in args.seeds:
-        per_seed[seed] = {arm: result_of(work, seed, arm) for arm in ARMS}
-        for arm in ARMS:
-            if per_seed[seed][arm]:
-                table[arm].append(per_seed[seed][arm])
-    print(f"\nstart {args.start} labelled images, + K = {args.k}; mini config, {args.iters} iterations, "
-          f"192 px; AP on {len(read(os.path.join(work, 'pool', 'val.json'))['images'])} val images\n")
-    print("| seed | start segm AP | + K uncertain | + K random |")
-    print("|---|---|---|---|")
-    for seed, r in per_seed.items():
-        cells = [f"{r[a]['segm_AP']:.1f}" if r[a] else "-" for a in ARMS]
-        print(f"| {seed} | " + " | ".join(cells) + " |")
-    summary = {}
+def run_seed(pool_dir, seed, args, stored, save):
+    key = f"seed{seed}"
+    run = stored.setdefault(key, {"seed": seed, "iters": args.iters, "k": args.k, "start": args.start, "curves": {}})
+    work = os.path.join(args.work, key)
+    ids = sorted(im["id"] for im in read(os.path.join(pool_dir, "train.json"))["images"])
+    start = random.Random(seed).sample(ids, args.start)
+    if "full" not in run:
+        print(f"  seed {seed}: the whole pool ({len(ids)} images)", flush=True)
+        run["full"] = train(pool_dir, ids, os.path.join(work, "full"), seed, args)
+        save()
+    first = train(pool_dir, start, os.path.join(work, "round0"), seed, args)
     for arm in ARMS:
-        vals = [r["segm_AP"] for r in table[arm]]
-        box = [r["bbox_AP"] for r in table[arm]]
-        if vals:
-            summary[arm] = {"segm_AP_mean": statistics.mean(vals), "segm_AP_sd": statistics.pstdev(vals),
-                            "bbox_AP_mean": statistics.mean(box), "runs": len(vals)}
-    print("| mean (sd) | " + " | ".join(
-        f"{summary[a]['segm_AP_mean']:.1f} ({summary[a]['segm_AP_sd']:.1f})" if a in summary else "-" for a in ARMS) + " |")
-    wins = sum(1 for r in per_seed.values() if r["uncertainty"] and r["random"]
-               and r["uncertainty"]["segm_AP"] > r["random"]["segm_AP"])
-    both = sum(1 for r in per_seed.values() if r["uncertainty"] and r["random"])
-    print(f"\nuncertainty beat random in {wins} of {both} seed(s)")
-    write_json(RESULTS, {"start": args.start, "k": args.k, "iters": args.iters, "seeds": per_seed,
-                         "summary": summary, "uncertainty_wins": wins, "compared_seeds": both,
-                         "pool_images": len(read(os.path.join(work, "pool", "train.json"))["images"]),
-                         "python": platform.python_version(), "cpu_count": os.cpu_count()})
-    print(f"wrote {RESULTS}")
+        curve = run["curves"].setdefault(arm, [dict(first, round=0)])
+        labelled = list(start)
+        for entry in curve[1:]:
+            labelled += entry["added"]
+        for r in range(len(curve), args.rounds + 1):
+            rest = [i for i in ids if i not in set(labelled)]
+            if arm == "random":
+                added = random.Random(seed * 100 + r).sample(rest, args.k)
+            else:
+                prev = os.path.join(work, "round0" if r == 1 else f"{arm}_round{r - 1}", "model_final.pth")
+                added = rank_by_uncertainty(pool_dir, rest, prev, os.path.join(work, f"{arm}_round{r}"))[:args.k]
+            labelled += added
+            print(f"  seed {seed} {arm} round {r}: {len(labelled)} labelled images", flush=True)
+            result = train(pool_dir, labelled, os.path.join(work, f"{arm}_round{r}"), seed, args)
+            curve.append(dict(result, round=r, added=added))
+            print(f"    segm AP {result['segm_AP']:.1f}", flush=True)
+            save()
+
+
+def labels_needed(curve, full_ap):
+    """Labelled images at which ``curve`` first reaches TARGET x the full-set AP, else None."""
+    return next((c["images"] for c in curve if c["segm_AP"] >= TARGET * full_ap), None)
+
+
+def summary(stored):
+    rows = {}
+    for run in stored.values():
+        for arm, curve in run.get("curves", {}).items():
+            for c in curve:
+                rows.setdefault((arm, c["images"]), []).append(c["segm_AP"])
+    return rows
+
+
+def print_table(stored):
+    runs = list(stored.values())
+    if not runs:
+        return
+    rows = summary(stored)
+    full = [r["full"]["segm_AP"] for r in runs if "full" in r]
+    sizes = sorted({n for _, n in rows})
+
+    def cell(values):
+        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+    print(f"\nsegm AP on val against labelled images (mean ± stdev over {len(runs)} seed(s)); "
+          f"the whole pool ({runs[0]['full']['images'] if 'full' in runs[0] else '?'} images): {cell(full) if full else '-'}")
+    print("| labelled images | uncertainty | random |\n|---|---|---|")
+    for n in sizes:
+        print(f"| {n} | " + " | ".join(cell(rows[(a, n)]) if (a, n) in rows else "-" for a in ARMS) + " |")
+    for arm in ARMS:
+        needed = [labels_needed(r["curves"].get(arm, []), r["full"]["segm_AP"]) for r in runs if "full" in r]
+        print(f"{arm}: {TARGET:.0%} of the full-set AP reached with "
+              + ", ".join("not within the rounds" if n is None else f"{n} images" for n in needed) + " (per seed)")
+
+
+def plot(stored, path):
+    from matplotlib.figure import Figure
+
+    rows = summary(stored)
+    if not rows:
+        return
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for arm, color in (("uncertainty", "tab:red"), ("random", "tab:gray")):
+        pts = sorted((n, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                     for (a, n), v in rows.items() if a == arm)
+        if pts:
+            x, m, s = zip(*pts)
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=color, label=f"--rank {arm}" if arm == "uncertainty" else "random picks")
+    full = [r["full"]["segm_AP"] for r in stored.values() if "full" in r]
+    if full:
+        ax.axhline(statistics.mean(full), color="tab:green", ls="--", lw=1, label="whole pool labelled")
+        ax.axhline(TARGET * statistics.mean(full), color="tab:green", ls=":", lw=1, label=f"{TARGET:.0%} of it")
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("segm AP on val")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("What to label next (Lite0, mean ± stdev over seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--step", default="all", choices=["all", "prepare", "train", "report"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arm", choices=ARMS, default="start")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--images", type=int, default=56, help="pool + val images generated")
-    ap.add_argument("--start", type=int, default=8, help="images labelled at the start")
-    ap.add_argument("--k", type=int, default=8, help="images added")
-    ap.add_argument("--iters", type=int, default=150)
-    ap.add_argument("--config-file", default=MINI)
-    ap.add_argument("--work", default=os.path.join(ROOT, "output", "bench_active"))
+    ap.add_argument("--start", type=int, default=8, help="pool images labelled at the start (default 8, 10%%)")
+    ap.add_argument("--k", type=int, default=8, help="images added per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=200, help="iterations of every training")
+    ap.add_argument("--config-file", default=LITE0)
+    ap.add_argument("--table", action="store_true", help="only print the table and plot of stored results")
+    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "segkit_bench_active"))
     args = ap.parse_args()
-    if args.step in ("all", "prepare"):
-        prepare(args.work, args.images)
-    if args.step == "train":
-        train(args.work, args.seed, args.arm, args)
-    if args.step == "all":
+    stored = read(RESULTS).get("runs", {}) if os.path.isfile(RESULTS) else {}
+    if not args.table:
+        import torch
+
+        pool_dir = controllers_data(args.work, 1, 0)
+        mine = {f"seed{s}" for s in args.seeds}
+
+        def save():
+            # other seeds may have been stored meanwhile by another process of this script
+            runs = read(RESULTS).get("runs", {}) if os.path.isfile(RESULTS) else {}
+            runs.update({k: stored[k] for k in mine if k in stored})
+            write_json(RESULTS, {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                             "python": platform.python_version(), "torch": torch.__version__},
+                                 "config": os.path.relpath(args.config_file, ROOT), "pool": "controllers-81",
+                                 "runs": runs})
+
+        PROGRESS["total"] = len(args.seeds) * (2 + len(ARMS) * args.rounds)
         for seed in args.seeds:
-            for arm in ARMS:
-                train(args.work, seed, arm, args)
-    if args.step in ("all", "report"):
-        report(args.work, args)
+            print(f"seed {seed}", flush=True)
+            run_seed(pool_dir, seed, args, stored, save)
+        stored = read(RESULTS)["runs"]
+    print_table(stored)
+    plot(stored, PLOT)
+    print(f"\nresults in {RESULTS}, plot {PLOT}")
 
 
 if __name__ == "__main__":

@@ -89,12 +89,18 @@ def crop_opts(tile):
             "INPUT.MIN_SIZE_TRAIN", f"({tile},)", "INPUT.MAX_SIZE_TRAIN", "100000"]
 
 
-def train(data, out, budget, extra):
+def train(data, out, budget, extra, iters=None):
+    """One model for ``budget`` seconds of wall clock, or for ``iters`` iterations (a fair comparison
+    on a machine shared with other work, where a budget buys fewer iterations)."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, "--time-budget", str(budget),
+    if iters:
+        flags, length = [], ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.8 * iters)},)"]
+    else:
+        flags, length = ["--time-budget", str(budget)], ["SOLVER.MAX_ITER", "100000", "SOLVER.STEPS", "(99999,)"]
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, *flags,
            "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('mydata_train',)",
-           "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "SOLVER.EPOCHS", "0", "SOLVER.MAX_ITER", "100000",
-           "SOLVER.STEPS", "(99999,)", "DATALOADER.NUM_WORKERS", "0", "INPUT.AUG.PREVIEW_BATCHES", "0", *extra]
+           "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "SOLVER.EPOCHS", "0", *length,
+           "DATALOADER.NUM_WORKERS", "0", "INPUT.AUG.PREVIEW_BATCHES", "0", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
@@ -179,6 +185,8 @@ def predict_and_score(weights, data, opts):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=int, default=100, help="training seconds per model (default 100)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="train each model this many iterations instead of --budget seconds")
     p.add_argument("--tile", type=int, default=320, help="tile and crop size in px (default 320)")
     p.add_argument("--overlap", type=float, default=0.2, help="tile overlap (default 0.2)")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
@@ -190,8 +198,8 @@ def main(argv=None):
     data = make_mosaics(work)
     held = crops_with_objects(data, args.tile)
     print(f"mosaics in {data}; {100 * held:.0f}% of {args.tile} px training crops hold an object", file=sys.stderr)
-    whole = train(data, os.path.join(work, "whole"), args.budget, [])
-    crops = train(data, os.path.join(work, "crops"), args.budget, crop_opts(args.tile))
+    whole = train(data, os.path.join(work, "whole"), args.budget, [], args.iters)
+    crops = train(data, os.path.join(work, "crops"), args.budget, crop_opts(args.tile), args.iters)
     tiles = ["TEST.TILE_SIZE", str(args.tile), "TEST.TILE_OVERLAP", str(args.overlap)]
     rows = [("whole-image training, whole-image prediction", whole, []),
             ("whole-image training, tiled prediction", whole, tiles),
@@ -206,7 +214,7 @@ def main(argv=None):
         print(f"{r['variant']:48s} {r['segm_AP']:8.1f} {r['bbox_AP']:8.1f} {r['instances']:5d} "
               f"{r['s_per_mp']:6.2f} {r['peak_mb']:8.1f}")
     write_json(RESULTS, {"date": datetime.date.today().isoformat(), "machine": platform.platform(),
-                         "cpus": os.cpu_count(), "budget_s": args.budget, "tile": args.tile,
+                         "cpus": os.cpu_count(), "budget_s": None if args.iters else args.budget, "iters": args.iters, "tile": args.tile,
                          "overlap": args.overlap, "crops_with_objects": round(held, 3), "rows": table})
     return 0
 

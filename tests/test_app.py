@@ -228,7 +228,8 @@ def test_semantic_checkpoint(images, unet_checkpoint):
         seg_app.workdirs.cleanup()
 
 
-def test_model_panel_links_review_and_suspect_pages(run_dir, sample_data, tmp_path, serve_app):
+def test_model_panel_links_review_and_suspect_pages(run_dir, trained_mini_checkpoint, sample_data, tmp_path,
+                                                    serve_app):
     """The error review and suspect pages found beside the checkpoint are linked from the model
     panel, and the links open in the browser (inline HTML, the review's pictures too)."""
     from segkit.evaluation import review
@@ -242,6 +243,7 @@ def test_model_panel_links_review_and_suspect_pages(run_dir, sample_data, tmp_pa
     plain.workdirs.cleanup()
 
     shutil.copytree(run_dir / "eval", run / "eval")
+    shutil.copy(Path(trained_mini_checkpoint).parent / "config.yaml", run / "config.yaml")  # names the data folder
     assert review.main([str(run / "eval"), "--image-root", str(Path(sample_data) / "images"), "--quiet"]) == 0
     write_html(str(run / "suspects_train" / "index.html"), [], "Suspect labels: data train")
     seg_app = build_app(run / "model_final.pth", device="cpu")
