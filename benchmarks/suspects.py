@@ -419,28 +419,31 @@ def plot_loop(stored, path):
     sets = sorted({r["set"] for r in rows})
     if not sets:
         return
-    fig = Figure(figsize=(5.5 * len(sets), 4))
-    axes = fig.subplots(1, len(sets), squeeze=False)[0]
-    for ax, name in zip(axes, sets):
-        for arm, color in (("finder", "tab:red"), ("random", "tab:gray")):
-            pts = [(frac, _mean_sd([100 * r["recovered"] for r in rows
-                                    if r["set"] == name and r["arm"] == arm and r["frac"] == frac]))
-                   for frac in K_FRACTIONS]
-            pts = [(f, m, s) for f, (m, s) in pts if m == m]
-            if pts:
-                x, m, s = zip(*pts)
-                ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=color,
-                            label="top K suspects" if arm == "finder" else "K labels at random")
-        ax.axhline(100, color="tab:green", ls="--", lw=1, label="all errors fixed (clean labels)")
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(K_FRACTIONS, ["N/4", "N/2", "N", "2N"])
-        ax.set_xlabel("labels reviewed K (N = planted errors)")
-        ax.set_ylabel("share of the noisy-to-clean segm AP gap closed (%)")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Reviewing suspects: AP recovered per label reviewed (mean ± stdev over seeds)")
+    fig = Figure(figsize=(11, 4.2 * len(sets)))
+    axes = fig.subplots(len(sets), 2, squeeze=False)
+    for (ax_ap, ax_found), name in zip(axes, sets):
+        for what, ax, scale in (("recovered", ax_ap, 100), ("found_per_label", ax_found, 1)):
+            for arm, color in (("finder", "tab:red"), ("random", "tab:gray")):
+                pts = [(frac, _mean_sd([scale * r[what] for r in rows
+                                        if r["set"] == name and r["arm"] == arm and r["frac"] == frac]))
+                       for frac in K_FRACTIONS]
+                pts = [(f, m, sd) for f, (m, sd) in pts if m == m]
+                if pts:
+                    x, m, sd = zip(*pts)
+                    ax.errorbar(x, m, yerr=sd, marker="o", capsize=3, color=color,
+                                label="top K suspects" if arm == "finder" else "K labels at random")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(K_FRACTIONS, ["N/4", "N/2", "N", "2N"])
+            ax.set_xlabel("labels reviewed K (N = planted errors)")
+            ax.grid(alpha=0.3)
+        ax_ap.axhline(100, color="tab:green", ls="--", lw=1, label="clean labels")
+        ax_ap.axhline(0, color="black", lw=0.5)
+        ax_ap.set_ylabel("noisy-to-clean segm AP gap closed (%)")
+        ax_ap.set_title(f"{name}: AP recovered")
+        ax_found.set_ylabel("planted errors fixed per label reviewed")
+        ax_found.set_title(f"{name}: errors found per label reviewed")
+        ax_ap.legend(fontsize=8)
+    fig.suptitle("Reviewing suspects against reviewing labels at random (mean ± stdev over seeds)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -474,6 +477,8 @@ def run_loop(args):
             eta = f", ETA {spent / i * (len(todo) - i) / 60:.0f} min" if i else ""
             print(f"[{i + 1}/{len(todo)}] {name} seed {seed}{eta}", flush=True)
             loop_one(name, seed, args.work, args.loop_iters, args.iters or args.loop_iters, stored, save)
+        with open(LOOP_RESULTS, encoding="utf-8") as f:  # with the seeds other processes stored
+            stored = json.load(f)["runs"]
     print_loop_table(stored)
     plot_loop(stored, LOOP_PLOT)
     print(f"\nresults in {LOOP_RESULTS}, plot {LOOP_PLOT}")
