@@ -50,7 +50,7 @@ def train_rows(args, out):
     results = os.path.join(out, "train.json")
     cmd = [sys.executable, "benchmarks/train.py", "--part", "throughput", "--configs", *configs,
            "--devices", device, "--trainers", "ours", "--results", results]
-    cmd += ["--size", "64", "--warmup", "1", "--timed", "1", "--num-images", "8"] if args.dry_run else \
+    cmd += ["--size", "64", "--warmup", "1", "--timed", "2", "--num-images", "8"] if args.dry_run else \
         ["--size", "512", "--warmup", "3", "--timed", "10"]
     wall = run(cmd, os.path.join(out, "train.log"))
     with open(results) as f:
