@@ -23,8 +23,8 @@ else
   git -C "$WORK/src/detectron2" checkout --quiet "$D2_COMMIT"
 fi
 D2_DIR="$(dirname "$(ls -d "$WORK"/src/*/setup.py | head -1)")"
-# Two fixes the source lacks: Python 3.11+ random.sample on a set (the one sal-detectron2 ships),
-# numpy 2's np.array(copy=False).
+# Three fixes the source lacks: Python 3.11+ random.sample on a set (the one sal-detectron2 ships),
+# numpy 2's np.array(copy=False) in two places.
 (cd "$D2_DIR" && patch -p1 --quiet < "$PATCH")
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 echo "== building detectron2 ($D2_DIR) with $("$PY" -c 'import torch; print("torch", torch.__version__)'), MAX_JOBS=$MAX_JOBS, FORCE_CUDA=${FORCE_CUDA:-0} ${TORCH_CUDA_ARCH_LIST:+TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST}"

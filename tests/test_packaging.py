@@ -51,9 +51,12 @@ def metadata(tmp_path_factory):
 
 
 def _pyproject():
-    import tomli  # pytest's own TOML reader on Python 3.10
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest's own TOML reader
+        import tomli as tomllib
 
-    return tomli.loads((ROOT / "pyproject.toml").read_text())
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def _requirements(metadata, env=LINUX_CP310):
