@@ -36,7 +36,7 @@ def test_carried_wheels_are_the_versions_the_source_stack_proved():
 def test_dry_run_on_the_cpu_writes_every_row(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--cpu", "--dry-run"], env=env,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_rows.json").read_text())
     assert report["dry_run"] is True and report["machine"]["gpu"] is None
