@@ -124,6 +124,9 @@ def test_wheel_lists_runtime_dependencies_and_extras(metadata):
 
 def test_every_imported_package_is_a_dependency(metadata):
     listed = {name for group in _requirements(metadata).values() for name in group}
+    # Built from source (scripts/source_stack.sh), detectron2 installs as "detectron2", which is not
+    # on the registry: pyproject lists sal-detectron2 where that wheel works and nothing elsewhere.
+    listed.add("detectron2")
     missing = {}
     for module, dists in _imported_distributions().items():
         if not dists & listed:
