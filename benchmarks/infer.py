@@ -5,8 +5,8 @@ masks pasted at the input size out), for each way we can run a model.
     python benchmarks/infer.py --iters 3 --warmup 1             # the reduced run of the README
     python benchmarks/infer.py --models mini --sizes 512 --variants eager onnxruntime
 
-Models: R50-FPN (configs/mask_rcnn_R_50_FPN_3x.yaml) and mini (configs/mask_rcnn_R_18_FPN_mini.yaml)
-Mask R-CNN, and the U-Net configs (unet_R34, unet_R18_mini). Weights are random (timing does not
+Models: R50-FPN (configs/mask_rcnn_R_50_FPN_3x.yaml), mini (configs/mask_rcnn_R_18_FPN_mini.yaml) and
+lite0 (configs/mask_rcnn_lite0_FPN.yaml) Mask R-CNN, and the U-Net configs (unet_R34, unet_R18_mini). Weights are random (timing does not
 depend on them, except through the number of detections, which the table shows) unless
 ``--weights NAME=PATH`` gives a checkpoint (e.g. ``--weights mini=output/mini/model_final.pth``).
 Mask R-CNN runs with 3 classes.
@@ -52,6 +52,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "infer.json")
 MODELS = {
     "R50-FPN": ("configs/mask_rcnn_R_50_FPN_3x.yaml", "instances"),
     "mini": ("configs/mask_rcnn_R_18_FPN_mini.yaml", "instances"),
+    "lite0": ("configs/mask_rcnn_lite0_FPN.yaml", "instances"),
     "unet_R34": ("configs/unet_R34.yaml", "semantic"),
     "unet_R18_mini": ("configs/unet_R18_mini.yaml", "semantic"),
 }

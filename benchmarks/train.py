@@ -35,6 +35,7 @@ MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
 R50 = os.path.join(ROOT, "configs", "mask_rcnn_R_50_FPN_3x.yaml")
 UNET_R34 = os.path.join(ROOT, "configs", "unet_R34.yaml")
 UNET_MINI = os.path.join(ROOT, "configs", "unet_R18_mini.yaml")
+LITE0 = os.path.join(ROOT, "configs", "mask_rcnn_lite0_FPN.yaml")
 
 # The issue's reference point: what a user gets by switching a stock config to ResNet-18 GN.
 BASELINE_OVERRIDES = [
@@ -102,12 +103,15 @@ def throughput(data, args, tmp):
     devices = [("cpu", "fp32")]
     if torch.cuda.is_available():
         devices += [("cuda", "fp32"), ("cuda", "amp")]
+    devices = [d for d in devices if d[0] in (args.devices or ("cpu", "cuda"))]
     rows = []
     # R50-FPN has no COCO weights offline; from random init with FrozenBN it diverges within a few
     # iterations, so it runs at a negligible learning rate: the cost of an iteration is the same.
     configs = (
         ("R50-FPN", R50, ["SOLVER.BASE_LR", "1e-7"]),
         ("mini", MINI, []),
+        # random init: ImageNet weights change nothing in the cost of an iteration
+        ("lite0", LITE0, []),
         ("unet_R34", UNET_R34, ["MODEL.UNET.ENCODER_WEIGHTS", ""]),  # random init offline: timing only
         ("unet_R18_mini", UNET_MINI, []),
         # detectron2's own training sizes, to sit beside the model zoo's 0.261 s/iteration (8 V100,
@@ -123,7 +127,7 @@ def throughput(data, args, tmp):
         for device, precision in devices:
             if "800-1333" in name and device == "cpu":
                 continue
-            for kind in ("bare", "ours"):
+            for kind in args.trainers:
                 out = tempfile.mkdtemp(dir=tmp)
                 cmd = [sys.executable, "-c", _WORKER, config, kind, device, precision,
                        str(args.warmup), str(args.timed), out, *fixed, *extra]
@@ -138,8 +142,8 @@ def throughput(data, args, tmp):
                 print(f"  {name:8s} {device:4s} {precision:4s} {kind:4s} {row['sec_per_iter']:.2f} s/it "
                       f"{row['images_per_s']:.2f} img/s  {row['peak_rss_mb']:.0f} MB", flush=True)
     for row in rows:
-        bare = next(r for r in rows if r["trainer"] == "bare" and all(r[k] == row[k] for k in ("config", "device", "precision")))
-        row["time_ratio_vs_bare"] = row["sec_per_iter"] / bare["sec_per_iter"]
+        bare = next((r for r in rows if r["trainer"] == "bare" and all(r[k] == row[k] for k in ("config", "device", "precision"))), None)
+        row["time_ratio_vs_bare"] = row["sec_per_iter"] / bare["sec_per_iter"] if bare else None
     return rows
 
 
@@ -182,8 +186,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["all", "throughput", "ap"], default="all")
     p.add_argument("--configs", nargs="*", default=None,
-                   help="throughput part: only these (R50-FPN, mini, unet_R34, unet_R18_mini, and on a GPU "
+                   help="throughput part: only these (R50-FPN, mini, lite0, unet_R34, unet_R18_mini, and on a GPU "
                    "'R50-FPN 800-1333')")
+    p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+                   help="throughput part: only these devices (default: cpu, and cuda when available)")
+    p.add_argument("--trainers", nargs="+", choices=["bare", "ours"], default=["bare", "ours"],
+                   help="throughput part: our Trainer, detectron2's DefaultTrainer, or both (their ratio)")
+    p.add_argument("--results", default=RESULTS, help="JSON file to write (default benchmarks/results/train.json)")
     p.add_argument("--size", type=int, default=256, help="shortest edge for the throughput part")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--timed", type=int, default=6)
@@ -211,8 +220,9 @@ def main():
         print("|---|---|---|---|---|---|---|---|---|")
         for r in report["throughput"]:
             gpu = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") is not None else ""
+            ratio = f"{r['time_ratio_vs_bare']:.2f}" if r["time_ratio_vs_bare"] is not None else ""
             print(f"| {r['config']} | {r['device']} | {r['precision']} | {r['trainer']} | {r['sec_per_iter']:.2f} | "
-                  f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {gpu} | {r['time_ratio_vs_bare']:.2f} |")
+                  f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {gpu} | {ratio} |")
     if "ap" in report:
         print("\n| run | s/it | final segm AP | final bbox AP | train time to baseline's final segm AP |")
         print("|---|---|---|---|---|")
@@ -223,17 +233,17 @@ def main():
                   f"{'not reached' if t is None else f'{t:.0f} s'} |")
         s = report["ap"]["speedup_to_target"]
         print(f"\nmini reaches the baseline's final segm AP {'%.1fx faster' % s if s else 'never'}")
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    if (args.part != "all" or args.configs) and os.path.isfile(RESULTS):
-        with open(RESULTS) as f:  # keep results of the other part / other configs from an earlier run
+    os.makedirs(os.path.dirname(args.results), exist_ok=True)
+    if (args.part != "all" or args.configs) and os.path.isfile(args.results):
+        with open(args.results) as f:  # keep results of the other part / other configs from an earlier run
             old = json.load(f)
         if args.configs and "throughput" in report:
             kept = [r for r in old.get("throughput", []) if r["config"] not in args.configs]
             report["throughput"] = kept + report["throughput"]
         report = {**old, **report}
-    with open(RESULTS, "w") as f:
+    with open(args.results, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {args.results}")
 
 
 if __name__ == "__main__":

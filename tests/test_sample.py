@@ -95,7 +95,7 @@ def test_content_classes_negatives_sizes_occlusion(instance_set):
         for label, m in instances:
             per_class[label] += 1
             ys, xs = np.nonzero(m)
-            extents.append(max(xs.ptp(), ys.ptp()) + 1)
+            extents.append(max(np.ptp(xs), np.ptp(ys)) + 1)
         # visible parts of different instances barely overlap (only along shared boundaries)
         for (_, a), (_, b) in combinations(instances, 2):
             inter = (a & b).sum()

@@ -19,6 +19,7 @@ CLI: ``python export_model.py --format torchscript|onnx [--weights output/model_
 import argparse
 import copy
 import datetime
+import inspect
 import json
 import logging
 import os
@@ -31,6 +32,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
+# torch 2.9+ exports through torch.export + onnxscript unless told otherwise; what this module checks
+# (opset 17, dynamic axes, the traced TracingAdapter) is the TorchScript-based exporter, the only one
+# before torch 2.5 (which has no `dynamo` argument).
+TRACING_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 
 
@@ -179,6 +184,7 @@ def export_model(weights, fmt, output=None, sample_image=None, config_file=None,
                     input_names=["image"], output_names=output_names,
                     dynamic_axes={"image": {1: "height", 2: "width"},
                                   **{n: {0: "num"} for n in output_names if n != "image_size"}},
+                    **TRACING_EXPORTER,
                 )
     meta = {
         "format": fmt,
