@@ -176,8 +176,11 @@ def predict_and_score(weights, data, opts):
             e.params.maxDets = [1, 10, 300]
             e.evaluate()
             e.accumulate()
-            e.summarize()
-            scores[kind] = round(100 * max(0.0, float(e.stats[0])), 1)
+            # AP@[.5:.95] at 300 detections: summarize()'s first line is fixed to maxDets=100 and
+            # says -1 when 100 is not among params.maxDets.
+            precision = e.eval["precision"][:, :, :, 0, -1]  # IoU x recall x class, area all, 300 dets
+            valid = precision[precision > -1]
+            scores[kind] = round(100 * float(valid.mean()), 1) if valid.size else 0.0
     return {"segm_AP": scores["segm"], "bbox_AP": scores["bbox"], "instances": len(out["results"]),
             "s_per_mp": round(out["s_per_mp"], 2), "peak_mb": round(out["peak_mb"], 1)}
 
@@ -190,6 +193,7 @@ def main(argv=None):
     p.add_argument("--tile", type=int, default=320, help="tile and crop size in px (default 320)")
     p.add_argument("--overlap", type=float, default=0.2, help="tile overlap (default 0.2)")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    p.add_argument("--reuse", action="store_true", help="keep models a previous run trained in --work (only predict)")
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     from segkit.data.atomic import write_json
@@ -198,8 +202,12 @@ def main(argv=None):
     data = make_mosaics(work)
     held = crops_with_objects(data, args.tile)
     print(f"mosaics in {data}; {100 * held:.0f}% of {args.tile} px training crops hold an object", file=sys.stderr)
-    whole = train(data, os.path.join(work, "whole"), args.budget, [], args.iters)
-    crops = train(data, os.path.join(work, "crops"), args.budget, crop_opts(args.tile), args.iters)
+    trained = {}
+    for name, extra in (("whole", []), ("crops", crop_opts(args.tile))):
+        done = os.path.join(work, name, "model_final.pth")
+        trained[name] = done if args.reuse and os.path.isfile(done) else train(
+            data, os.path.join(work, name), args.budget, extra, args.iters)
+    whole, crops = trained["whole"], trained["crops"]
     tiles = ["TEST.TILE_SIZE", str(args.tile), "TEST.TILE_OVERLAP", str(args.overlap)]
     rows = [("whole-image training, whole-image prediction", whole, []),
             ("whole-image training, tiled prediction", whole, tiles),
