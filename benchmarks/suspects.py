@@ -31,6 +31,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from budget import sample_data  # noqa: E402  (benchmarks/ is the script's folder)
+from schedule import controllers_data  # noqa: E402
 from segkit.data.atomic import write_json  # noqa: E402  (after the repo is on the path)
 from segkit.inference import suspects as finder  # noqa: E402
 
@@ -233,10 +235,6 @@ K_FRACTIONS = (0.25, 0.5, 1.0, 2.0)  # K = N/4, N/2, N, 2N labels reviewed
 
 def loop_clean_data(name, seed, work):
     """A clean data folder (train.json, val.json, images/) of a loop set."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from budget import sample_data
-    from schedule import controllers_data
-
     if name == "controllers-20":  # 20 of the 81 training frames (the seed picks them), the 11 later frames as val
         return controllers_data(work, 4, seed % 4)
     if name == "sample-32":
