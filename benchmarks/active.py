@@ -1,7 +1,8 @@
-"""What to label next: does labelling the images ``predict.py --rank uncertainty`` picks beat
-labelling random ones? A pool-based simulation on real photos with the pretrained Lite0 config.
+"""What to label next: does labelling the images ``predict.py --rank ...`` picks beat labelling
+random ones? A pool-based simulation on real photos with the pretrained Lite0 config.
 
-    python benchmarks/active.py                       # controllers, 3 seeds (about 70 CPU minutes)
+    python benchmarks/active.py                       # controllers, 3 seeds, every arm (2-3 CPU hours)
+    python benchmarks/active.py --arms uncertainty random   # some arms only
     python benchmarks/active.py --seeds 0             # one seed; seeds can run as parallel processes
     python benchmarks/active.py --table               # only print the table and plot of stored results
 
@@ -12,6 +13,9 @@ rounds each arm adds ``--k`` images and retrains from the ImageNet weights with 
 
 - ``uncertainty``: the arm's previous model ranks the rest of the pool with
   ``predict.py --rank uncertainty`` (as a user would) and its top K are labelled;
+- ``diversity``: the same with ``--rank diversity --labelled`` (core-set: k-centre greedy on the
+  previous model's backbone features, away from what is labelled);
+- ``uncertainty-diversity``: ``--rank uncertainty-diversity --labelled`` (both multiplied);
 - ``random``: K images of the rest at random.
 
 A model trained on the whole pool gives the full-set AP; "labels needed" is the number of labelled
@@ -41,7 +45,8 @@ from segkit.engine.hooks import read_metrics  # noqa: E402
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "active.json")
 PLOT = os.path.join(ROOT, "benchmarks", "results", "active.png")
 LITE0 = os.path.join(ROOT, "configs", "mask_rcnn_lite0_FPN.yaml")
-ARMS = ("uncertainty", "random")
+ARMS = ("uncertainty", "random", "diversity", "uncertainty-diversity")
+COLORS = {"uncertainty": "tab:red", "random": "tab:gray", "diversity": "tab:blue", "uncertainty-diversity": "tab:purple"}
 TARGET = 0.9  # share of the full-set AP
 
 
@@ -93,8 +98,9 @@ def train(pool_dir, ids, out, seed, args):
     return {"images": len(ids), "segm_AP": rows[-1]["segm/AP"], "bbox_AP": rows[-1]["bbox/AP"]}
 
 
-def rank_by_uncertainty(pool_dir, rest, weights, work):
-    """``rest`` (pool image ids) most uncertain first, by ``predict.py --rank uncertainty``."""
+def rank_by(method, pool_dir, rest, weights, labelled_json, work):
+    """``rest`` (pool image ids) in the order ``predict.py --rank method`` picks them; the diversity
+    methods keep away from the images of ``labelled_json``."""
     pool = read(os.path.join(pool_dir, "train.json"))
     file_of = {im["id"]: im["file_name"] for im in pool["images"]}
     unlabelled = os.path.join(work, "unlabelled")
@@ -106,11 +112,12 @@ def rank_by_uncertainty(pool_dir, rest, weights, work):
                    os.path.join(unlabelled, f"{i}_{os.path.basename(file_of[i])}"))
     out = os.path.join(work, "ranking")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--input", unlabelled,
-                           "--rank", "uncertainty", "--top", "0", "--output", out, "--quiet", "--weights", weights],
+                           "--rank", method, "--top", "0", "--output", out, "--quiet", "--weights", weights]
+                          + (["--labelled", labelled_json] if "diversity" in method else []),
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
-    with open(os.path.join(out, "ranking_uncertainty.csv"), newline="") as f:
+    with open(os.path.join(out, f"ranking_{method}.csv"), newline="") as f:
         return [int(os.path.basename(r["file"]).split("_", 1)[0]) for r in csv.DictReader(f)]
 
 
@@ -125,7 +132,7 @@ def run_seed(pool_dir, seed, args, stored, save):
         run["full"] = train(pool_dir, ids, os.path.join(work, "full"), seed, args)
         save()
     first = train(pool_dir, start, os.path.join(work, "round0"), seed, args)
-    for arm in ARMS:
+    for arm in args.arms:
         curve = run["curves"].setdefault(arm, [dict(first, round=0)])
         labelled = list(start)
         for entry in curve[1:]:
@@ -135,8 +142,9 @@ def run_seed(pool_dir, seed, args, stored, save):
             if arm == "random":
                 added = random.Random(seed * 100 + r).sample(rest, args.k)
             else:
-                prev = os.path.join(work, "round0" if r == 1 else f"{arm}_round{r - 1}", "model_final.pth")
-                added = rank_by_uncertainty(pool_dir, rest, prev, os.path.join(work, f"{arm}_round{r}"))[:args.k]
+                prev = os.path.join(work, "round0" if r == 1 else f"{arm}_round{r - 1}")
+                added = rank_by(arm, pool_dir, rest, os.path.join(prev, "model_final.pth"),
+                                os.path.join(prev, "data", "train.json"), os.path.join(work, f"{arm}_round{r}"))[:args.k]
             labelled += added
             print(f"  seed {seed} {arm} round {r}: {len(labelled)} labelled images", flush=True)
             result = train(pool_dir, labelled, os.path.join(work, f"{arm}_round{r}"), seed, args)
@@ -172,10 +180,12 @@ def print_table(stored):
 
     print(f"\nsegm AP on val against labelled images (mean ± stdev over {len(runs)} seed(s)); "
           f"the whole pool ({runs[0]['full']['images'] if 'full' in runs[0] else '?'} images): {cell(full) if full else '-'}")
-    print("| labelled images | uncertainty | random |\n|---|---|---|")
+    arms = [a for a in ARMS if any(a in r.get("curves", {}) for r in runs)]
+    print("| labelled images | " + " | ".join(arms) + " |")
+    print("|---" * (len(arms) + 1) + "|")
     for n in sizes:
-        print(f"| {n} | " + " | ".join(cell(rows[(a, n)]) if (a, n) in rows else "-" for a in ARMS) + " |")
-    for arm in ARMS:
+        print(f"| {n} | " + " | ".join(cell(rows[(a, n)]) if (a, n) in rows else "-" for a in arms) + " |")
+    for arm in arms:
         needed = [labels_needed(r["curves"].get(arm, []), r["full"]["segm_AP"]) for r in runs if "full" in r]
         print(f"{arm}: {TARGET:.0%} of the full-set AP reached with "
               + ", ".join("not within the rounds" if n is None else f"{n} images" for n in needed) + " (per seed)")
@@ -189,12 +199,12 @@ def plot(stored, path):
         return
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for arm, color in (("uncertainty", "tab:red"), ("random", "tab:gray")):
+    for arm, color in COLORS.items():
         pts = sorted((n, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
                      for (a, n), v in rows.items() if a == arm)
         if pts:
             x, m, s = zip(*pts)
-            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=color, label=f"--rank {arm}" if arm == "uncertainty" else "random picks")
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=color, label="random picks" if arm == "random" else f"--rank {arm}")
     full = [r["full"]["segm_AP"] for r in stored.values() if "full" in r]
     if full:
         ax.axhline(statistics.mean(full), color="tab:green", ls="--", lw=1, label="whole pool labelled")
@@ -215,6 +225,7 @@ def main():
     ap.add_argument("--start", type=int, default=8, help="pool images labelled at the start (default 8, 10%%)")
     ap.add_argument("--k", type=int, default=8, help="images added per round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="ways of picking (default: all)")
     ap.add_argument("--iters", type=int, default=200, help="iterations of every training")
     ap.add_argument("--config-file", default=LITE0)
     ap.add_argument("--table", action="store_true", help="only print the table and plot of stored results")
@@ -236,7 +247,7 @@ def main():
                                  "config": os.path.relpath(args.config_file, ROOT), "pool": "controllers-81",
                                  "runs": runs})
 
-        PROGRESS["total"] = len(args.seeds) * (2 + len(ARMS) * args.rounds)
+        PROGRESS["total"] = len(args.seeds) * (2 + len(args.arms) * args.rounds)
         for seed in args.seeds:
             print(f"seed {seed}", flush=True)
             run_seed(pool_dir, seed, args, stored, save)

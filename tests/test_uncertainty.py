@@ -1,5 +1,6 @@
 """What to label next: the uncertainty of hand-made instance pairs, the mirrored view mapped back,
-and ``predict.py --rank uncertainty --top K --labelme`` on a trained model."""
+``predict.py --rank uncertainty --top K --labelme`` on a trained model, and the diversity ranking
+(k-centre greedy on hand-made points, then ``--rank diversity --labelled`` on real features)."""
 
 import csv
 import json
@@ -15,6 +16,7 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import ROOT
 from segkit.inference.predictor import Prediction
+from segkit.inference.diversity import k_centre_order
 from segkit.inference.uncertainty import flipped, instance_uncertainties
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
@@ -94,3 +96,59 @@ def test_rank_uncertainty_prelabels_the_top_k(trained_mini_checkpoint, sample_da
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(kept.read_text()) == {"mine": True}
     assert len(list(unlabelled.glob("*.json"))) == 3
+
+
+def test_k_centre_picks_cover_the_clusters_away_from_the_labelled_one():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    pool = np.concatenate([c + 0.02 * rng.standard_normal((5, 2)) for c in centres])  # rows 0-4, 5-9, 10-14
+    labelled = centres[:1]
+    order, scores = k_centre_order(pool, labelled)
+    assert sorted(order) == list(range(15))
+    assert {order[0] // 5, order[1] // 5} == {1, 2}  # one of each unlabelled cluster first
+    assert scores == sorted(scores, reverse=True)
+    assert all(s < 0.02 for s in scores[2:])  # then everything is near a labelled image or a pick
+
+    # weights (uncertainty) choose among the clusters: a doubtful cluster comes first, a sure one later
+    weights = np.r_[np.full(5, 1.0), np.full(5, 0.05), np.full(5, 1.0)]
+    order, _ = k_centre_order(pool, labelled, weights)
+    assert order[0] // 5 == 2 and order[1] // 5 == 1
+
+    # nothing labelled: the first pick is the most typical row, then the farthest from it
+    order, _ = k_centre_order(np.array([[0.0], [1.0], [2.0], [9.0]]))
+    assert order[:2] == [2, 3]
+
+
+def test_rank_diversity_puts_what_is_labelled_last(trained_mini_checkpoint, sample_data, tmp_path):
+    """Copies of labelled images rank last; images unlike them first; every input is in the CSV."""
+    from PIL import Image, ImageOps
+
+    labelled = sorted((sample_data / "images").glob("*.jpg"))
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for image in labelled[:2]:
+        shutil.copy(image, unlabelled / f"copy_{image.name}")
+        with Image.open(image) as im:  # the same scene, looking different to the model
+            ImageOps.invert(im.convert("RGB")).rotate(90, expand=True).save(unlabelled / f"new_{image.name}")
+    (unlabelled / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", unlabelled,
+                           "--weights", trained_mini_checkpoint, "--rank", "diversity", "--labelled", sample_data,
+                           "--top", "1", "--output", out, "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "broken.jpg" in proc.stderr
+    with open(out / "ranking_diversity.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [os.path.basename(r["file"]) for r in rows]
+    assert len(rows) == 4 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    assert all(n.startswith("new_") for n in names[:2]) and all(n.startswith("copy_") for n in names[2:]), names
+    assert all(float(r["score"]) < 1e-3 for r in rows[2:]) and float(rows[0]["score"]) > 0.1
+
+
+def test_labelled_needs_a_diversity_ranking(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", tmp_path, "--rank", "uncertainty",
+                           "--labelled", tmp_path, "--output", tmp_path / "out"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--labelled only applies to --rank diversity" in proc.stderr

@@ -70,10 +70,16 @@ def get_parser():
                    help="write a LabelMe JSON next to each input image (model-assisted labelling)")
     p.add_argument("--overwrite", action="store_true",
                    help="with --labelme: replace existing LabelMe JSON files (default: keep them)")
-    p.add_argument("--rank", choices=["uncertainty"], default=None,
-                   help="rank the input images by model uncertainty (what to label next; see "
-                        "segkit/inference/uncertainty.py), write ranking_uncertainty.csv into --output "
-                        "(default: the current folder), and predict only the --top K")
+    p.add_argument("--rank", choices=RANKINGS, default=None,
+                   help="rank the input images by what to label next, write ranking_<method>.csv into "
+                        "--output (default: the current folder), and predict only the --top K. "
+                        "uncertainty: the model's doubt (segkit/inference/uncertainty.py); diversity: "
+                        "picks spread over the pool, away from --labelled (segkit/inference/diversity.py); "
+                        "uncertainty-diversity: both multiplied")
+    p.add_argument("--labelled", default=None, metavar="PATH",
+                   help="with --rank diversity / uncertainty-diversity: the images already labelled "
+                        "(a data folder with trainval.json, a COCO file with images/ beside it, or a "
+                        "folder of images); picks keep away from them")
     p.add_argument("--top", type=int, default=None, metavar="K",
                    help="with --rank: how many of the most uncertain images to predict / pre-label "
                         "(default 10)")
@@ -285,43 +291,97 @@ def run_video(args, predictor):
     return 0 if n else 1
 
 
-RANKING_FIELDS = ["rank", "uncertainty", "file", "instances", "confident_instances", "max_instance_uncertainty"]
+RANKINGS = ("uncertainty", "diversity", "uncertainty-diversity")
+RANKING_FIELDS = ["rank", "score", "uncertainty", "file", "instances", "confident_instances",
+                  "max_instance_uncertainty"]
 
 
-def rank_by_uncertainty(args, predictor, paths):
-    """Write the uncertainty ranking of ``paths`` as CSV; returns the top ``args.top`` paths."""
+def labelled_images(path):
+    """Image paths of ``--labelled``: a data folder (its trainval.json), a COCO file (file names
+    relative to images/ beside it) or a folder of images."""
+    import json
+
+    from segkit.data.layout import image_root, split_json
+
+    json_file = split_json(path, "trainval") if os.path.isdir(path) else path
+    if os.path.isfile(json_file) and json_file.endswith(".json"):
+        with open(json_file, encoding="utf-8") as f:
+            images = json.load(f).get("images", [])
+        root = image_root(os.path.dirname(json_file))
+        return [os.path.join(root, im["file_name"]) for im in images]
+    paths, missing = expand_inputs([path])
+    if missing:
+        raise FileNotFoundError(f"--labelled {path}: not found")
+    return paths
+
+
+def rank_images(args, predictor, paths):
+    """Write the ``args.rank`` ranking of ``paths`` as CSV; returns the top ``args.top`` paths."""
     import csv
     import io
 
     from segkit.data.atomic import write_text
-    from segkit.inference.predictor import Predictor
-    from segkit.inference.uncertainty import LOW_SCORE, image_uncertainty
 
-    # The ranking needs the doubtful instances too: a second predictor keeps them down to LOW_SCORE.
-    low = Predictor.from_checkpoint(args.weights, config_file=args.config_file, device=args.device,
-                                    confidence_threshold=LOW_SCORE, opts=args.opts)
-    thresholds = [predictor.class_thresholds.get(n, predictor.confidence_threshold) for n in predictor.class_names]
-    rows, bar = [], _progress(len(paths), args.quiet, "img")
+    method = args.rank
+    rows, bar = {}, _progress(len(paths), args.quiet, "img")
+    if "uncertainty" in method:
+        from segkit.inference.predictor import Predictor
+        from segkit.inference.uncertainty import LOW_SCORE, image_uncertainty
+
+        # The ranking needs the doubtful instances too: a second predictor keeps them down to LOW_SCORE.
+        low = Predictor.from_checkpoint(args.weights, config_file=args.config_file, device=args.device,
+                                        confidence_threshold=LOW_SCORE, opts=args.opts)
+        thresholds = [predictor.class_thresholds.get(n, predictor.confidence_threshold) for n in predictor.class_names]
+    vectors, known = [], []
+    if "diversity" in method:
+        from segkit.inference.diversity import embedding
+
+        labelled = labelled_images(args.labelled) if args.labelled else []
+        for path in labelled:
+            try:
+                known.append(embedding(predictor, path))
+            except ImageLoadError as e:
+                print(f"{path}: {e.reason} (labelled image skipped)", file=sys.stderr)
     for path in paths:
         try:
-            value, details = image_uncertainty(low, path, thresholds)
+            row = {"file": path}
+            if "uncertainty" in method:
+                value, details = image_uncertainty(low, path, thresholds)
+                row.update(uncertainty=round(value, 4), **details)
+            if "diversity" in method:
+                vectors.append(embedding(predictor, path))
         except ImageLoadError as e:
             print(f"{path}: {e.reason}", file=sys.stderr)
         else:
-            rows.append({"uncertainty": round(value, 4), "file": path, **details})
+            rows[path] = row
         bar.update(1)
     bar.close()
-    rows.sort(key=lambda r: (-r["uncertainty"], r["file"]))
+    rows = list(rows.values())
+    if method == "uncertainty":
+        rows.sort(key=lambda r: (-r["uncertainty"], r["file"]))
+        for r in rows:
+            r["score"] = r["uncertainty"]
+    else:
+        from segkit.inference.diversity import k_centre_order
+
+        weights = None
+        if "uncertainty" in method:
+            top = max((r["uncertainty"] for r in rows), default=0.0)
+            weights = [r["uncertainty"] / top if top > 0 else 1.0 for r in rows]
+        order, scores = k_centre_order(vectors, known or None, weights)
+        for i, score in zip(order, scores):
+            rows[i]["score"] = round(score, 4)
+        rows = [rows[i] for i in order]
     for k, r in enumerate(rows, start=1):
         r["rank"] = k
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RANKING_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=RANKING_FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    csv_path = os.path.join(args.output or ".", "ranking_uncertainty.csv")
+    csv_path = os.path.join(args.output or ".", f"ranking_{method}.csv")
     write_text(csv_path, buf.getvalue())
     top = args.top if args.top is not None else 10
-    print(f"ranked {len(rows)} image(s) by uncertainty: {csv_path}; predicting the top {min(top, len(rows))}",
+    print(f"ranked {len(rows)} image(s) by {method}: {csv_path}; predicting the top {min(top, len(rows))}",
           file=sys.stderr)
     return [r["file"] for r in rows[:top]]
 
@@ -348,6 +408,10 @@ def main(argv=None):
         parser.error("give --output DIR (or --labelme to write only LabelMe files)")
     if args.top is not None and not args.rank:
         parser.error("--top only applies to --rank")
+    if args.labelled and args.rank not in ("diversity", "uncertainty-diversity"):
+        parser.error("--labelled only applies to --rank diversity / uncertainty-diversity")
+    if args.labelled and not os.path.exists(args.labelled):
+        parser.error(f"--labelled {args.labelled}: not found")
     if args.rank and args.video_input:
         parser.error("--rank works on --input images, not on a video")
     if args.video_input and not args.output:
@@ -401,7 +465,7 @@ def predict_into(args, paths):
         os.makedirs(args.output, exist_ok=True)
     status = 0
     if paths and args.rank:
-        paths = rank_by_uncertainty(args, predictor, paths)
+        paths = rank_images(args, predictor, paths)
     if paths:
         status = run_images(args, predictor, paths)
     if args.video_input:
