@@ -518,9 +518,9 @@ def rejudge_loop(args):
             file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
             result = score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
             rows[key] = {"stored": stored[key]["finder"]["score"], "rejudged": result}
-            print(f"{key}: top 2N {stored[key]['finder']['score']['top_2n_share']:.0%} -> {result['top_2n_share']:.0%}, "
-                  f"top-N precision {stored[key]['finder']['score']['top_n_precision']:.0%} -> "
-                  f"{result['top_n_precision']:.0%}", flush=True)
+            before = stored[key]["finder"]["score"]
+            print(f"{key}: top 2N {before['top_2n_share']:.0%} -> {result['top_2n_share']:.0%}, "
+                  f"top-N precision {before['top_n_precision']:.0%} -> {result['top_n_precision']:.0%}", flush=True)
     for what in ("top_2n_share", "top_n_precision"):
         for arm in ("stored", "rejudged"):
             m, sd = _mean_sd([100 * r[arm][what] for r in rows.values()])

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
-from segkit.inference.suspects import calibrate, judge_image, label_losses, load_predictor, make_folds
+from segkit.inference.suspects import (calibrate, coco_labels, image_path, judge_image, label_losses, load_predictor,
+                                       make_folds)
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 
@@ -167,8 +168,6 @@ def test_label_losses_read_the_model_on_each_label_box(trained_mini_checkpoint, 
     p(their class); the same box with another class given gets a low one and its true class the
     highest; the label's mask agrees with the mask head, and a box shifted off its object does not."""
     coco = json.loads((sample_data / "trainval.json").read_text())
-    from segkit.inference.suspects import coco_labels, image_path
-
     predictor = load_predictor(trained_mini_checkpoint, TINY_OVERRIDES)
     names = predictor.class_names
     right, wrong, shifted = [], [], []

@@ -448,7 +448,8 @@ def checkpoint_confidence(weights):
 # ---- outputs --------------------------------------------------------------------------------------
 
 CSV_FIELDS = ["rank", "score", "kind", "file_name", "image_id", "annotation_id", "label_class",
-              "predicted_class", "prediction_score", "iou", "label_probability", "box", "fold", "source_file", "review_json"]
+              "predicted_class", "prediction_score", "iou", "label_probability", "box", "fold", "source_file",
+              "review_json"]
 COLORS = {"label": (40, 200, 40), "suspect": (230, 30, 30), "prediction": (250, 200, 0)}
 
 
