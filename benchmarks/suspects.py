@@ -5,6 +5,7 @@
     python benchmarks/suspects.py --step fold --fold 0 # (1, 2 ...)
     python benchmarks/suspects.py --step score
     python benchmarks/suspects.py --step rescore       # count again, no model run
+    python benchmarks/suspects.py --step rejudge       # the loop's runs judged again, nothing trained
 
 The generated sample set (40 images, 3 classes; segkit.data.sample) is converted to COCO, and known
 errors are planted into a copy of its labels (trainval.json): 20% of the instances dropped, the
@@ -482,10 +483,56 @@ def run_loop(args):
     print(f"\nresults in {LOOP_RESULTS}, plot {LOOP_PLOT}")
 
 
+def rejudge_loop(args):
+    """The finder run again on each stored loop run's noisy labels with the fold models that run
+    trained (``--reuse-folds``: nothing trains), into ``suspects_rejudge/``, and scored as the loop
+    scores it, next to the stored score: a change to the judging measured in minutes."""
+    with open(LOOP_RESULTS, encoding="utf-8") as f:
+        stored = json.load(f)["runs"]
+    rows = {}
+    for name in args.sets:
+        for seed in args.seeds:
+            key = f"{name}/seed{seed}"
+            if "finder" not in stored.get(key, {}):
+                print(f"{key}: no stored finder run, skipped")
+                continue
+            base = os.path.join(args.work, "loop", name.replace("-", "_") + f"_seed{seed}")
+            folds = os.path.join(base, "suspects", "folds")
+            with open(os.path.join(folds, "fold0", "recipe.json"), encoding="utf-8") as f:
+                recipe = json.load(f)  # the config path as the loop gave it: the finder compares paths
+            out = os.path.join(base, "suspects_rejudge")
+            os.makedirs(out, exist_ok=True)
+            if not os.path.lexists(os.path.join(out, "folds")):
+                os.symlink(os.path.abspath(folds), os.path.join(out, "folds"))
+            proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", os.path.join(base, "noisy"),
+                                   "--split", "train", "--config-file", recipe["config_file"], "--output", out,
+                                   "--seed", "0", "--iters", str(recipe["iters"]), "--reuse-folds"],
+                                  cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(proc.stderr[-3000:])
+            with open(os.path.join(out, "suspects.json"), encoding="utf-8") as f:
+                records = json.load(f)["suspects"]
+            with open(os.path.join(loop_clean_data(name, seed, os.path.join(args.work, "loop")), "train.json"),
+                      encoding="utf-8") as f:
+                noisy, errors = plant_errors(json.load(f), seed)
+            file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
+            result = score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
+            rows[key] = {"stored": stored[key]["finder"]["score"], "rejudged": result}
+            before = stored[key]["finder"]["score"]
+            print(f"{key}: top 2N {before['top_2n_share']:.0%} -> {result['top_2n_share']:.0%}, "
+                  f"top-N precision {before['top_n_precision']:.0%} -> {result['top_n_precision']:.0%}", flush=True)
+    for what in ("top_2n_share", "top_n_precision"):
+        for arm in ("stored", "rejudged"):
+            m, sd = _mean_sd([100 * r[arm][what] for r in rows.values()])
+            print(f"{what} {arm}: {m:.1f} ± {sd:.1f}% ({len(rows)} runs, mean ± stdev)")
+    write_json(os.path.join(ROOT, "benchmarks", "results", "suspects_rejudge.json"), rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore", "loop"],
+    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore", "loop", "rejudge"],
                     help="rescore: count again from the finder's last suspects.json, without running it; "
+                    "rejudge: the finder again on the stored loop runs with their fold models (no training); "
                     "loop: the label-fixing loop (AP recovered per label reviewed, Lite0, real photos)")
     ap.add_argument("--sets", nargs="+", default=list(LOOP_SETS), choices=LOOP_SETS, help="loop: data sets")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="loop: seeds (planted errors, training)")
@@ -500,6 +547,8 @@ def main():
     args = ap.parse_args()
     if args.step == "loop":
         return run_loop(args)
+    if args.step == "rejudge":
+        return rejudge_loop(args)
     if args.step in ("all", "prepare"):
         prepare(args.work, args.seed)
     if args.step == "fold":

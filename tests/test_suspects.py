@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
-from segkit.inference.suspects import calibrate, judge_image, make_folds
+from segkit.inference.suspects import (calibrate, coco_labels, image_path, judge_image, label_losses, load_predictor,
+                                       make_folds)
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 
@@ -56,6 +57,23 @@ def test_each_kind_is_found_and_agreement_is_not():
     preds[1:1] = [pred("square", 0.95, box(30, 0, 50, 20))]
     kinds = {(s["kind"], s["annotation_id"]) for s in judge_image(labels, preds, confidence=0.5)}
     assert ("wrong_class", 2) not in kinds
+
+
+def test_a_label_the_model_names_on_its_own_box_is_less_suspect():
+    """The same outline and wrong-class disagreements: where the model, given the label's box, says
+    p(label's class) 0.96, the suspect drops to sqrt(0.04) = 0.2 of its score; at 0 it keeps it."""
+    labels = [{"id": 1, "class": "square", "mask": box(30, 0, 50, 20), "iscrowd": 0},
+              {"id": 2, "class": "disc", "mask": box(0, 40, 40, 50), "iscrowd": 0}]
+    preds = [pred("triangle", 0.9, box(30, 0, 50, 20)), pred("disc", 0.9, box(0, 40, 40, 60))]
+    plain = {s["annotation_id"]: s for s in judge_image(labels, preds, confidence=0.5)}
+    assert {s["kind"] for s in plain.values()} == {"wrong_class", "outline"}
+    for p_label, factor in ((0.96, 0.2), (0.0, 1.0)):
+        losses = [{"p_label": p_label}, {"p_label": p_label}]
+        found = {s["annotation_id"]: s for s in judge_image(labels, preds, confidence=0.5, losses=losses)}
+        for g, s in found.items():
+            assert s["kind"] == plain[g]["kind"]
+            assert s["score"] == pytest.approx(factor * plain[g]["score"], abs=1e-3)
+            assert s["label_probability"] == p_label
 
 
 def test_one_unlabelled_object_is_one_suspect():
@@ -143,6 +161,46 @@ def test_planted_errors_rank_first(trained_mini_checkpoint, sample_data, tmp_pat
     assert flagged and "wrong class?" in flagged[0]["description"]
     page = (out / "index.html").read_text()
     assert image["file_name"] in page and (out / entry["picture"]).is_file()
+
+
+def test_label_losses_read_the_model_on_each_label_box(trained_mini_checkpoint, sample_data):
+    """A model that fits the sample, run on each label's own box: the labels it learned get a high
+    p(their class); the same box with another class given gets a low one and its true class the
+    highest; the label's mask agrees with the mask head, and a box shifted off its object does not."""
+    coco = json.loads((sample_data / "trainval.json").read_text())
+    predictor = load_predictor(trained_mini_checkpoint, TINY_OVERRIDES)
+    names = predictor.class_names
+    right, wrong, shifted = [], [], []
+    for im in coco["images"]:
+        labels = [g for g in coco_labels(coco, im) if not g["iscrowd"] and g["mask"].sum() > 100]
+        changed = [dict(g, id=-g["id"], **{"class": next(c for c in names if c != g["class"])}) for g in labels]
+        moved = [dict(g, id=-g["id"], mask=np.roll(g["mask"], tuple(s // 2 for s in _size(g["mask"])), axis=(0, 1)))
+                 for g in labels]
+        losses = label_losses(predictor, image_path(str(sample_data), im), labels + changed + moved)
+        n = len(labels)
+        right += [(g, x) for g, x in zip(labels, losses[:n])]
+        wrong += [(g, x) for g, x in zip(labels, losses[n:2 * n])]
+        shifted += [x for x in losses[2 * n:] if x is not None]
+    assert len(right) >= 10
+    assert np.median([x["p_label"] for _, x in right]) > 0.7
+    assert np.median([x["mask_iou"] for _, x in right]) > 0.6
+    assert np.median([x["p_label"] for _, x in wrong]) < 0.3
+    assert np.mean([max(x["probs"], key=x["probs"].get) == g["class"] for g, x in wrong]) > 0.7
+    assert np.median([x["box_iou"] for x in shifted]) < np.median([x["box_iou"] for _, x in right])
+    assert np.median([x["p_label"] for x in shifted]) < 0.5
+
+
+def _size(mask):
+    ys, xs = np.nonzero(mask)
+    return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+
+
+def test_reuse_folds_stops_rather_than_train(sample_data, tmp_path):
+    out = tmp_path / "cv"
+    proc = run_suspects(sample_data, "--split", "trainval", "--folds", "2", "--iters", "6", "--output", out,
+                        "--reuse-folds", "--opts", *TINY_OVERRIDES)
+    assert proc.returncode != 0 and "no model trained on these images" in proc.stderr, proc.stderr[-3000:]
+    assert not list(out.rglob("*.pth"))
 
 
 def test_cross_validated_run_trains_one_model_per_fold(sample_data, tmp_path):
