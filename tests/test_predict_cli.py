@@ -190,6 +190,11 @@ def test_unet_checkpoint(images, tmp_path, unet_checkpoint):
     for a in anns:
         assert np.array_equal(res.annToMask(a) > 0, cmap == a["category_id"] - 1)
 
+    # ranking what to label next reads instances: a semantic model is refused in one line
+    proc = run("predict.py", "--input", images[0], "--rank", "diversity", "--output", tmp_path / "ranked",
+               "--weights", ckpt, "--quiet")
+    assert proc.returncode == 2 and "--rank needs an instance model" in proc.stderr.strip().splitlines()[-1]
+
 
 def test_default_threshold_comes_from_the_checkpoint(trained_mini_checkpoint, images, tmp_path):
     from segkit.inference.predictor import Predictor

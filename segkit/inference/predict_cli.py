@@ -465,6 +465,10 @@ def predict_into(args, paths):
         os.makedirs(args.output, exist_ok=True)
     status = 0
     if paths and args.rank:
+        if predictor.semantic:
+            print(f"error: --rank needs an instance model (Mask R-CNN); {args.weights} is a semantic "
+                  f"one ({predictor.cfg.MODEL.META_ARCHITECTURE})", file=sys.stderr)
+            return 2
         paths = rank_images(args, predictor, paths)
     if paths:
         status = run_images(args, predictor, paths)
