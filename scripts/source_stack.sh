@@ -79,6 +79,8 @@ export PATH="$VENV/bin:$PATH"
 if [ "$TESTS" = 1 ]; then
   echo "== fast tests (-m 'not slow') on this stack"
   python -m pytest -q -m "not slow" tests -p no:cacheprovider
+  echo "== the GPU kit's CPU dry run (benchmarks/gpu/run.sh --cpu --dry-run) on this stack, the nearest to the GPU machine's"
+  python -m pytest -q tests/test_gpu_kit.py -p no:cacheprovider
 fi
 
 # One short training, evaluation and prediction, in a scratch folder: the checks above skip

@@ -33,6 +33,9 @@ def test_carried_wheels_are_the_versions_the_source_stack_proved():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.version_info[:2] != (3, 12),
+                    reason="the GPU machine runs Python 3.12 with numpy 2: CI runs this dry run on the source "
+                           "stack (scripts/source_stack.sh), the nearest to it")
 def test_dry_run_on_the_cpu_writes_every_row(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--cpu", "--dry-run"], env=env,

@@ -96,9 +96,11 @@ def finetune_row(args, out, tmp):
     wall = run(cmd, os.path.join(out, "finetune.log"))
     with open(os.path.join(run_dir, "eval", "metrics_mydata_val.json")) as f:
         metrics = json.load(f)
-    with open(os.path.join(run_dir, "last_checkpoint")) as f:
-        last = f.read().strip()
-    return {"config": os.path.basename(config), "wall_s": round(wall, 1), "checkpoint": last,
+    # the weights a user predicts with; last_checkpoint names the resumable state, never model_final
+    final = "model_final.pth"
+    if not os.path.isfile(os.path.join(run_dir, final)):
+        raise SystemExit(f"the fine-tune wrote no {final} in {run_dir}")
+    return {"config": os.path.basename(config), "wall_s": round(wall, 1), "checkpoint": final,
             "segm_AP": metrics["segm"]["AP"], "bbox_AP": metrics["bbox"]["AP"]}
 
 
