@@ -176,7 +176,8 @@ def print_table(stored):
     sizes = sorted({n for _, n in rows})
 
     def cell(values):
-        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        text = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        return text if len(values) == len(runs) else f"{text} ({len(values)} seed{'s' if len(values) > 1 else ''})"
 
     print(f"\nsegm AP on val against labelled images (mean ± stdev over {len(runs)} seed(s)); "
           f"the whole pool ({runs[0]['full']['images'] if 'full' in runs[0] else '?'} images): {cell(full) if full else '-'}")
@@ -186,9 +187,24 @@ def print_table(stored):
     for n in sizes:
         print(f"| {n} | " + " | ".join(cell(rows[(a, n)]) if (a, n) in rows else "-" for a in arms) + " |")
     for arm in arms:
-        needed = [labels_needed(r["curves"].get(arm, []), r["full"]["segm_AP"]) for r in runs if "full" in r]
+        done = [r for r in runs if "full" in r and len(r["curves"].get(arm, [])) > 1]
+        needed = [(r["seed"], labels_needed(r["curves"][arm], r["full"]["segm_AP"])) for r in done]
         print(f"{arm}: {TARGET:.0%} of the full-set AP reached with "
-              + ", ".join("not within the rounds" if n is None else f"{n} images" for n in needed) + " (per seed)")
+              + ", ".join(f"seed {s}: " + ("not within the rounds" if n is None else f"{n} images") for s, n in needed))
+    # Paired by seed (same start, same val): the mean AP of rounds 1..R minus random's.
+    for arm in arms:
+        if arm == "random":
+            continue
+        gains = []
+        for r in runs:
+            mine, theirs = r["curves"].get(arm, [])[1:], r["curves"].get("random", [])[1:]
+            k = min(len(mine), len(theirs))
+            if k:
+                gains.append(statistics.mean(c["segm_AP"] for c in mine[:k]) - statistics.mean(c["segm_AP"] for c in theirs[:k]))
+        if gains:
+            spread = f" ± {statistics.stdev(gains):.1f}" if len(gains) > 1 else ""
+            print(f"{arm} - random, mean segm AP over the rounds, paired by seed: "
+                  f"{statistics.mean(gains):+.1f}{spread} ({len(gains)} seed(s): {', '.join(f'{g:+.1f}' for g in gains)})")
 
 
 def plot(stored, path):
