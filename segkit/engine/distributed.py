@@ -19,6 +19,16 @@ def broadcast_from_main(obj):
     return box[0]
 
 
+def leave_process_group():
+    """Every rank calls this together at the end of its work: it waits for the others, then stops
+    its process groups' threads. A gloo group left alive until interpreter exit now and then
+    aborts the process ("terminate called without an active exception", exit status 250 = -6)
+    after all its work is done, and launch then kills the other ranks (pytorch#190489)."""
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+
+
 def annotation_fingerprints(dataset_names):
     """{dataset name: sha256 of its COCO file, or None when this process cannot read it}."""
     import hashlib

@@ -16,7 +16,7 @@ from detectron2.utils.logger import setup_logger
 from segkit.data.catalog import coco_has_rle_instances, register_data_dir
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
 from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
-from segkit.engine.distributed import check_same_data_everywhere
+from segkit.engine.distributed import check_same_data_everywhere, leave_process_group
 from segkit.engine.schedule import apply_epochs
 from segkit.engine.trainer import HideDivergenceTraceback, Trainer, TrainingDiverged, dataset_classes
 from segkit.modeling.config import get_segkit_cfg, is_semantic
@@ -121,6 +121,12 @@ def _without_output(cfg):
 
 
 def main(args, trainer_class=Trainer):
+    result = _train_or_evaluate(args, trainer_class)
+    leave_process_group()  # only when every rank finished: after an error on one rank it would wait
+    return result
+
+
+def _train_or_evaluate(args, trainer_class):
     cfg = setup(args)
     if args.eval_only:
         model = trainer_class.build_model(cfg)

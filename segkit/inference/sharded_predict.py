@@ -145,9 +145,12 @@ def _predict_share(args, cli):
 def _predict_share_into(args, cli):
     from detectron2.utils import comm
 
+    from segkit.engine.distributed import leave_process_group
+
     steps = PredictSteps(*cli)
     paths = _input_list(args, steps.expand_inputs)
-    if not paths:
+    if not paths:  # every rank got the same empty list
+        leave_process_group()
         raise SystemExit(1)
     names = steps.unique_names(paths)
     rank, world = comm.get_rank(), comm.get_world_size()
@@ -163,10 +166,13 @@ def _predict_share_into(args, cli):
                          writer=make_shard_writer(steps.writer_class)(args, predictor), summary=False)
     mine = {names[i]: r for i in share if (r := read_record(args.output, names[i], paths[i])) is not None}
     gathered = comm.gather(mine, dst=0)
+    status = 0
     if comm.is_main_process():
         records = {k: v for part in gathered for k, v in part.items()}
-        if merge(args, predictor.class_names, names, records, predictor.threshold_note):
-            raise SystemExit(1)
+        status = merge(args, predictor.class_names, names, records, predictor.threshold_note)
+    leave_process_group()
+    if status:
+        raise SystemExit(status)
 
 
 def run(args, steps):
