@@ -6,6 +6,7 @@
     python benchmarks/suspects.py --step score
     python benchmarks/suspects.py --step rescore       # count again, no model run
     python benchmarks/suspects.py --step rejudge       # the loop's runs judged again, nothing trained
+    python benchmarks/suspects.py --step rank --iters 600   # the loop's noisy labels, finder ranking only
 
 The generated sample set (40 images, 3 classes; segkit.data.sample) is converted to COCO, and known
 errors are planted into a copy of its labels (trainval.json): 20% of the instances dropped, the
@@ -181,7 +182,7 @@ def train_one_fold(work, args):
     folds = finder.make_folds([im["id"] for im in coco["images"]], fargs.folds, fargs.seed)
     held = set(folds[args.fold])
     train_ids = [im["id"] for im in coco["images"] if im["id"] not in held]
-    iters = fargs.iters or finder.default_iters(fargs.config_file, fargs.opts)
+    iters = fargs.iters or finder.default_iters(fargs.config_file, fargs.opts, len(train_ids))
     finder.train_fold(fargs.config_file, os.path.join(fargs.output, "folds", f"fold{args.fold}"),
                       finder._subset(coco, train_ids, fargs.data), iters, fargs.opts, fargs.num_gpus)
 
@@ -204,7 +205,7 @@ def run_finder_and_score(work, args, run_finder=True):
     num_labels = sum(not a["iscrowd"] for a in coco["annotations"])
     result = score(records, errors, file_of, num_labels)
     result.update(seconds_last_step=round(time.time() - start, 1), folds=args.folds,
-                  iters=args.iters or finder.default_iters(args.config_file, []),
+                  iters=args.iters or finder.default_iters(args.config_file, [], len(coco["images"]) * (args.folds - 1) // args.folds),
                   config=os.path.relpath(args.config_file, ROOT), labels_after_planting=num_labels,
                   images=len(coco["images"]), python=platform.python_version(), cpu_count=os.cpu_count())
     n = result["planted"]
@@ -297,6 +298,17 @@ def restore(noisy, clean, errors, fixed):
     return out
 
 
+def lite0_suspects(data, out, fold_iters):
+    """The finder's suspects on ``data``'s train split (Lite0 fold models of ``fold_iters``), best first."""
+    proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", data, "--split", "train",
+                           "--config-file", LITE0, "--output", out, "--seed", "0", "--iters", str(fold_iters)],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    with open(os.path.join(out, "suspects.json"), encoding="utf-8") as f:
+        return json.load(f)["suspects"]
+
+
 def loop_one(name, seed, work, iters, fold_iters, stored, save):
     """Every model of one (set, seed): clean, noisy, and the noisy labels after K reviews by the
     finder and at random; results go into ``stored`` (a run already there is not repeated)."""
@@ -331,13 +343,7 @@ def loop_one(name, seed, work, iters, fold_iters, stored, save):
     if "finder" not in run:
         out = os.path.join(base, "suspects")
         print(f"  {key}: the suspect finder, 3 folds of {fold_iters} iterations", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", noisy_dir, "--split", "train",
-                               "--config-file", LITE0, "--output", out, "--seed", "0", "--iters", str(fold_iters)],
-                              cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(proc.stderr[-3000:])
-        with open(os.path.join(out, "suspects.json"), encoding="utf-8") as f:
-            run["finder"] = {"records": json.load(f)["suspects"]}
+        run["finder"] = {"records": lite0_suspects(noisy_dir, out, fold_iters)}
         run["finder"]["score"] = score(run["finder"]["records"], errors, file_of, run["labels"] - sum(
             e["type"] == "drop" for e in errors))
         save()
@@ -528,11 +534,55 @@ def rejudge_loop(args):
     write_json(os.path.join(ROOT, "benchmarks", "results", "suspects_rejudge.json"), rows)
 
 
+RANK_RESULTS = os.path.join(ROOT, "benchmarks", "results", "suspects_rank.json")
+
+
+def rank_only(args):
+    """The finder's ranking on the loop's noisy labels with fold models of ``--iters`` iterations
+    (its own folder per length, so lengths compare on the same planted errors): no model is
+    retrained after review, so a fold length is measured in a fraction of the loop's time."""
+    if not args.iters:
+        raise SystemExit("--step rank needs --iters N (the fold length it measures)")
+    iters = args.iters
+    stored = {}
+    if os.path.isfile(RANK_RESULTS):
+        with open(RANK_RESULTS, encoding="utf-8") as f:
+            stored = json.load(f)
+    start = time.monotonic()
+    todo = [(name, seed) for name in args.sets for seed in args.seeds]
+    for i, (name, seed) in enumerate(todo):
+        key = f"{name}/seed{seed}/iters{iters}"
+        eta = f", ETA {(time.monotonic() - start) / i * (len(todo) - i) / 60:.0f} min" if i else ""
+        print(f"[{i + 1}/{len(todo)}] {key}{eta}", flush=True)
+        if key in stored:
+            continue
+        base = os.path.join(args.work, "loop", name.replace("-", "_") + f"_seed{seed}")
+        clean_dir = loop_clean_data(name, seed, os.path.join(args.work, "loop"))
+        with open(os.path.join(clean_dir, "train.json"), encoding="utf-8") as f:
+            noisy, errors = plant_errors(json.load(f), seed)
+        noisy_dir = labels_folder(clean_dir, os.path.join(base, "noisy"), noisy)
+        out = os.path.join(base, f"suspects_iters{iters}")
+        records = lite0_suspects(noisy_dir, out, iters)
+        file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
+        stored[key] = score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
+        write_json(RANK_RESULTS, stored)
+    print("\n| fold iterations | runs | planted errors in the top 2N | top-N suspects that are errors |")
+    print("|---|---|---|---|")
+    lengths = sorted({int(k.rsplit("iters", 1)[1]) for k in stored})
+    for n in lengths:
+        rows = [v for k, v in stored.items() if k.endswith(f"/iters{n}") and k.split("/")[0] in args.sets]
+        share = _mean_sd([100 * r["top_2n_share"] for r in rows])
+        precision = _mean_sd([100 * r["top_n_precision"] for r in rows])
+        print(f"| {n} | {len(rows)} | {share[0]:.0f} ± {share[1]:.0f}% | {precision[0]:.0f} ± {precision[1]:.0f}% |")
+    print(f"\nresults in {RANK_RESULTS}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore", "loop", "rejudge"],
+    ap.add_argument("--step", default="all", choices=["all", "prepare", "fold", "score", "rescore", "loop", "rejudge", "rank"],
                     help="rescore: count again from the finder's last suspects.json, without running it; "
                     "rejudge: the finder again on the stored loop runs with their fold models (no training); "
+                    "rank: the finder's ranking on the loop's noisy labels, fold models of --iters; "
                     "loop: the label-fixing loop (AP recovered per label reviewed, Lite0, real photos)")
     ap.add_argument("--sets", nargs="+", default=list(LOOP_SETS), choices=LOOP_SETS, help="loop: data sets")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="loop: seeds (planted errors, training)")
@@ -549,6 +599,8 @@ def main():
         return run_loop(args)
     if args.step == "rejudge":
         return rejudge_loop(args)
+    if args.step == "rank":
+        return rank_only(args)
     if args.step in ("all", "prepare"):
         prepare(args.work, args.seed)
     if args.step == "fold":

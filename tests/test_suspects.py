@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
-from segkit.inference.suspects import (calibrate, coco_labels, image_path, judge_image, label_losses, load_predictor,
-                                       make_folds)
+from segkit.inference.suspects import (calibrate, coco_labels, default_iters, image_path, judge_image, label_losses,
+                                       load_predictor, make_folds)
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 
@@ -101,6 +101,13 @@ def test_calibration_puts_the_threshold_where_the_model_agrees_with_the_labels()
     # at 0.5 every label would look uncovered; at the calibrated threshold none does
     assert {s["kind"] for s in judge_image(labels, preds, 0.5)} == {"uncovered"}
     assert judge_image(labels, preds, thresholds, recall) == []
+
+
+def test_fold_models_train_as_long_as_train_net_would_on_their_images():
+    lite0 = str(ROOT / "configs" / "mask_rcnn_lite0_FPN.yaml")
+    assert default_iters(lite0, (), 14) == 400  # 20 epochs of 14 images = 140, raised to MIN_ITER
+    assert default_iters(lite0, (), 100) == 1000  # 20 epochs of 100 images at batch 2
+    assert default_iters(lite0, ("SOLVER.MAX_ITER", "50"), 100) == 50  # given on the command line
 
 
 def test_folds_are_disjoint_and_cover_everything():

@@ -38,9 +38,9 @@ Suspects scoring under 0.1 are left out.
 
 A model judges badly the images it was trained on (it has learned their labels, errors included),
 so for the train split (and trainval) ``--folds K`` (default 3) trains K models with the same
-config, each on K-1 folds of the split and a reduced schedule (``--iters``, default half of
-SOLVER.MAX_ITER, LR steps scaled along), through train_net's own setup and Trainer, and judges each
-image with the model that did not see it - the cross-validation label-error finders use. A fold
+config, each on K-1 folds of the split for ``--iters`` (default: the schedule train_net gives
+that many images, SOLVER.EPOCHS with its MIN_ITER floor; LR steps scaled along), through
+train_net's own setup and Trainer, and judges each image with the model that did not see it - the cross-validation label-error finders use. A fold
 model trained on the same images with the same settings is reused; ``--reuse-folds`` judges again
 with the fold models an earlier run left in ``<output>/folds`` and stops rather than train. For the
 val split, ``--weights`` (default output/model_final.pth) judges it directly.
@@ -300,14 +300,18 @@ def fold_schedule(cfg, iters):
             "TEST.VAL_LOSS_PERIOD", "0"]
 
 
-def default_iters(config_file, opts=()):
-    """Half the config's schedule: each fold model is a means to judge, not the model to ship."""
+def default_iters(config_file, opts=(), num_images=1):
+    """The schedule train_net gives ``num_images`` training images (SOLVER.EPOCHS with its
+    MIN_ITER floor, else SOLVER.MAX_ITER): a fold model judges labels only as well as it has
+    learnt the rest, and on real photos longer folds ranked planted errors higher (docs/data-loop.md)."""
+    from segkit.engine.schedule import apply_epochs
     from segkit.modeling.config import get_segkit_cfg
 
     cfg = get_segkit_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    return max(1, cfg.SOLVER.MAX_ITER // 2)
+    apply_epochs(cfg, list(opts), num_images=max(1, num_images))
+    return max(1, cfg.SOLVER.MAX_ITER)
 
 
 def train_fold(config_file, fold_dir, coco_subset, iters, opts=(), num_gpus=1, reuse_only=False):
@@ -598,7 +602,7 @@ def get_parser():
     p.add_argument("--folds", type=int, default=None,
                    help="cross-validation folds (default 3 for train/trainval, 0 = judge with --weights)")
     p.add_argument("--iters", type=int, default=None,
-                   help="iterations per fold model (default half the config's SOLVER.MAX_ITER)")
+                   help="iterations per fold model (default: what train_net trains on the fold's images)")
     p.add_argument("--weights", default=os.path.join("output", "model_final.pth"),
                    help="with --folds 0: the checkpoint that judges (default output/model_final.pth)")
     p.add_argument("--confidence", type=float, default=None,
@@ -636,12 +640,13 @@ def run(args):
             raise SystemExit(f"{args.weights}: no checkpoint; train one first or use --folds K.")
         plan.append((None, None, images))
 
-    iters = args.iters or (default_iters(args.config_file, args.opts) if folds else None)
-    judged = []
+    judged, fold_iters = [], set()
     for fold, train_ids, held in plan:
         if fold is None:
             weights = args.weights
         else:
+            iters = args.iters or default_iters(args.config_file, args.opts, len(train_ids))
+            fold_iters.add(iters)
             print(f"fold {fold + 1}/{folds}: training on {len(train_ids)} image(s) for {iters} iterations, "
                   f"judging {len(held)}", file=sys.stderr)
             weights = train_fold(args.config_file, os.path.join(out_dir, "folds", f"fold{fold}"),
@@ -659,7 +664,7 @@ def run(args):
         for im, lab, preds, loss in zip(held, labels, predictions, losses):
             judged.append((im, lab, preds, judge_image(lab, preds, confidence, recall, loss), fold))
     judged.sort(key=lambda t: t[0]["id"])
-    how = f"{folds}-fold cross-validation, {iters} iterations per fold" if folds else f"judged by {args.weights}"
+    how = f"{folds}-fold cross-validation, {'/'.join(map(str, sorted(fold_iters)))} iterations per fold" if folds else f"judged by {args.weights}"
     records = write_outputs(out_dir, args.data, coco, judged, f"Suspect labels: {args.data} {args.split} ({how})")
     counts = {k: sum(s["kind"] == k for s in records) for k in KINDS}
     print(f"{len(records)} suspect(s) in {sum(bool(t[3]) for t in judged)} of {len(judged)} image(s) "
