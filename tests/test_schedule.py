@@ -143,3 +143,21 @@ def test_time_budget_plans_no_longer_than_the_epochs_rule(sample_data, tmp_path)
     assert "the length SOLVER.EPOCHS gives; the budget allows more" in (tmp_path / "log.txt").read_text()
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == rule - 1
+
+
+def test_two_writes_at_one_untimed_iteration_print_without_eta():
+    """A resumed run whose budget is spent stops at once: the writer's step and the final write
+    share an iteration before any step was timed (detectron2's printer divided by zero there)."""
+    from detectron2.utils.events import CommonMetricPrinter, EventStorage
+
+    from segkit.engine.trainer import MetricPrinter
+
+    for printer, crashes in ((CommonMetricPrinter(max_iter=100), True), (MetricPrinter(max_iter=100), False)):
+        with EventStorage(start_iter=41) as storage:
+            storage.put_scalar("total_loss", 1.0)
+            printer.write()
+            if crashes:
+                with pytest.raises(ZeroDivisionError):
+                    printer.write()
+            else:
+                printer.write()

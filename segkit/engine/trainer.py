@@ -12,6 +12,7 @@ from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 
 from segkit.data.augmentation import build_train_mapper
@@ -74,6 +75,17 @@ def dataset_classes(name, semantic):
 
 def class_names_of(cfg):
     return dataset_classes(cfg.DATASETS.TRAIN[0], is_semantic(cfg))
+
+
+class MetricPrinter(CommonMetricPrinter):
+    """detectron2's console printer, without its crash when it writes twice at one iteration
+    before IterationTimer has timed a step: a run resumed with its time budget spent stops at once,
+    and the writer's last step and the final write share an iteration (ZeroDivisionError)."""
+
+    def _get_eta(self, storage):
+        if self._last_write is not None and self._last_write[0] == storage.iter:
+            return None
+        return super()._get_eta(storage)
 
 
 class Trainer(DefaultTrainer):
@@ -184,6 +196,10 @@ class Trainer(DefaultTrainer):
         )
 
     # ---- hooks --------------------------------------------------------------------------------
+    def build_writers(self):
+        """DefaultTrainer's writers, with :class:`MetricPrinter` for its console printer."""
+        return [MetricPrinter(self.max_iter) if type(w) is CommonMetricPrinter else w for w in super().build_writers()]
+
     def build_hooks(self):
         cfg = self.cfg
         main = comm.is_main_process()
