@@ -298,10 +298,23 @@ def restore(noisy, clean, errors, fixed):
     return out
 
 
-def lite0_suspects(data, out, fold_iters):
-    """The finder's suspects on ``data``'s train split (Lite0 fold models of ``fold_iters``), best first."""
+def loop_labels(name, seed, work):
+    """One (set, seed) of the loop: its run folder, clean data folder, clean train COCO, the noisy
+    copy with the planted errors, the errors, and the noisy copy's data folder."""
+    base = os.path.join(work, "loop", name.replace("-", "_") + f"_seed{seed}")
+    clean_dir = loop_clean_data(name, seed, os.path.join(work, "loop"))
+    with open(os.path.join(clean_dir, "train.json"), encoding="utf-8") as f:
+        clean = json.load(f)
+    noisy, errors = plant_errors(clean, seed)
+    noisy_dir = labels_folder(clean_dir, os.path.join(base, "noisy"), noisy)
+    return base, clean_dir, clean, noisy, errors, noisy_dir
+
+
+def finder_suspects(data, out, fold_iters, config_file=LITE0, extra=()):
+    """The finder's suspects on ``data``'s train split (fold models of ``fold_iters``), best first."""
     proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", data, "--split", "train",
-                           "--config-file", LITE0, "--output", out, "--seed", "0", "--iters", str(fold_iters)],
+                           "--config-file", config_file, "--output", out, "--seed", "0",
+                           "--iters", str(fold_iters), *extra],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
@@ -309,20 +322,21 @@ def lite0_suspects(data, out, fold_iters):
         return json.load(f)["suspects"]
 
 
+def score_noisy(records, noisy, errors):
+    """:func:`score` of ``records`` against the errors planted into ``noisy``."""
+    file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
+    return score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
+
+
 def loop_one(name, seed, work, iters, fold_iters, stored, save):
     """Every model of one (set, seed): clean, noisy, and the noisy labels after K reviews by the
     finder and at random; results go into ``stored`` (a run already there is not repeated)."""
     key = f"{name}/seed{seed}"
     run = stored.setdefault(key, {"set": name, "seed": seed, "iters": iters, "models": {}})
-    base = os.path.join(work, "loop", name.replace("-", "_") + f"_seed{seed}")
-    clean_dir = loop_clean_data(name, seed, os.path.join(work, "loop"))
-    with open(os.path.join(clean_dir, "train.json"), encoding="utf-8") as f:
-        clean = json.load(f)
-    noisy, errors = plant_errors(clean, seed)
+    base, clean_dir, clean, noisy, errors, noisy_dir = loop_labels(name, seed, work)
     n = len(errors)
     run.update(planted=n, labels=sum(not a["iscrowd"] for a in clean["annotations"]),
                images=len(clean["images"]))
-    noisy_dir = labels_folder(clean_dir, os.path.join(base, "noisy"), noisy)
     file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
 
     def model(label, coco, fixed=None):
@@ -343,9 +357,8 @@ def loop_one(name, seed, work, iters, fold_iters, stored, save):
     if "finder" not in run:
         out = os.path.join(base, "suspects")
         print(f"  {key}: the suspect finder, 3 folds of {fold_iters} iterations", flush=True)
-        run["finder"] = {"records": lite0_suspects(noisy_dir, out, fold_iters)}
-        run["finder"]["score"] = score(run["finder"]["records"], errors, file_of, run["labels"] - sum(
-            e["type"] == "drop" for e in errors))
+        run["finder"] = {"records": finder_suspects(noisy_dir, out, fold_iters)}
+        run["finder"]["score"] = score_noisy(run["finder"]["records"], noisy, errors)
         save()
     records = run["finder"]["records"]
     for frac in K_FRACTIONS:
@@ -502,7 +515,7 @@ def rejudge_loop(args):
             if "finder" not in stored.get(key, {}):
                 print(f"{key}: no stored finder run, skipped")
                 continue
-            base = os.path.join(args.work, "loop", name.replace("-", "_") + f"_seed{seed}")
+            base, _, _, noisy, errors, noisy_dir = loop_labels(name, seed, args.work)
             folds = os.path.join(base, "suspects", "folds")
             with open(os.path.join(folds, "fold0", "recipe.json"), encoding="utf-8") as f:
                 recipe = json.load(f)  # the config path as the loop gave it: the finder compares paths
@@ -510,19 +523,8 @@ def rejudge_loop(args):
             os.makedirs(out, exist_ok=True)
             if not os.path.lexists(os.path.join(out, "folds")):
                 os.symlink(os.path.abspath(folds), os.path.join(out, "folds"))
-            proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", os.path.join(base, "noisy"),
-                                   "--split", "train", "--config-file", recipe["config_file"], "--output", out,
-                                   "--seed", "0", "--iters", str(recipe["iters"]), "--reuse-folds"],
-                                  cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(proc.stderr[-3000:])
-            with open(os.path.join(out, "suspects.json"), encoding="utf-8") as f:
-                records = json.load(f)["suspects"]
-            with open(os.path.join(loop_clean_data(name, seed, os.path.join(args.work, "loop")), "train.json"),
-                      encoding="utf-8") as f:
-                noisy, errors = plant_errors(json.load(f), seed)
-            file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
-            result = score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
+            records = finder_suspects(noisy_dir, out, recipe["iters"], recipe["config_file"], ["--reuse-folds"])
+            result = score_noisy(records, noisy, errors)
             rows[key] = {"stored": stored[key]["finder"]["score"], "rejudged": result}
             before = stored[key]["finder"]["score"]
             print(f"{key}: top 2N {before['top_2n_share']:.0%} -> {result['top_2n_share']:.0%}, "
@@ -556,15 +558,9 @@ def rank_only(args):
         print(f"[{i + 1}/{len(todo)}] {key}{eta}", flush=True)
         if key in stored:
             continue
-        base = os.path.join(args.work, "loop", name.replace("-", "_") + f"_seed{seed}")
-        clean_dir = loop_clean_data(name, seed, os.path.join(args.work, "loop"))
-        with open(os.path.join(clean_dir, "train.json"), encoding="utf-8") as f:
-            noisy, errors = plant_errors(json.load(f), seed)
-        noisy_dir = labels_folder(clean_dir, os.path.join(base, "noisy"), noisy)
-        out = os.path.join(base, f"suspects_iters{iters}")
-        records = lite0_suspects(noisy_dir, out, iters)
-        file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
-        stored[key] = score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
+        base, _, _, noisy, errors, noisy_dir = loop_labels(name, seed, args.work)
+        records = finder_suspects(noisy_dir, os.path.join(base, f"suspects_iters{iters}"), iters)
+        stored[key] = score_noisy(records, noisy, errors)
         write_json(RANK_RESULTS, stored)
     print("\n| fold iterations | runs | planted errors in the top 2N | top-N suspects that are errors |")
     print("|---|---|---|---|")

@@ -40,10 +40,11 @@ A model judges badly the images it was trained on (it has learned their labels, 
 so for the train split (and trainval) ``--folds K`` (default 3) trains K models with the same
 config, each on K-1 folds of the split for ``--iters`` (default: the schedule train_net gives
 that many images, SOLVER.EPOCHS with its MIN_ITER floor; LR steps scaled along), through
-train_net's own setup and Trainer, and judges each image with the model that did not see it - the cross-validation label-error finders use. A fold
-model trained on the same images with the same settings is reused; ``--reuse-folds`` judges again
-with the fold models an earlier run left in ``<output>/folds`` and stops rather than train. For the
-val split, ``--weights`` (default output/model_final.pth) judges it directly.
+train_net's own setup and Trainer, and judges each image with the model that did not see it - the
+cross-validation label-error finders use. A fold model trained on the same images with the same
+settings is reused; ``--reuse-folds`` judges again with the fold models an earlier run left in
+``<output>/folds`` and stops rather than train. For the val split, ``--weights`` (default
+output/model_final.pth) judges it directly.
 
 Outputs in ``--output`` (default ``<data>/suspects_<split>``): ``suspects.csv``, ``suspects.json``,
 ``index.html`` (a static page, ranked, with pictures in ``images/``), and ``review/``: one LabelMe
