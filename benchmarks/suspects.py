@@ -328,7 +328,7 @@ def score_noisy(records, noisy, errors):
     return score(records, errors, file_of, sum(not a["iscrowd"] for a in noisy["annotations"]))
 
 
-def loop_one(name, seed, work, iters, fold_iters, stored, save):
+def loop_one(name, seed, work, iters, fold_iters, stored, save, fractions=K_FRACTIONS):
     """Every model of one (set, seed): clean, noisy, and the noisy labels after K reviews by the
     finder and at random; results go into ``stored`` (a run already there is not repeated)."""
     key = f"{name}/seed{seed}"
@@ -338,6 +338,8 @@ def loop_one(name, seed, work, iters, fold_iters, stored, save):
     run.update(planted=n, labels=sum(not a["iscrowd"] for a in clean["annotations"]),
                images=len(clean["images"]))
     file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
+    # the finder's own default: what train_net trains on a fold's images (2 of its 3 folds)
+    fold_iters = fold_iters or finder.default_iters(LITE0, (), len(noisy["images"]) * 2 // 3)
 
     def model(label, coco, fixed=None):
         if label in run["models"]:
@@ -355,13 +357,14 @@ def loop_one(name, seed, work, iters, fold_iters, stored, save):
     model("clean", clean)
     model("noisy", noisy)
     if "finder" not in run:
-        out = os.path.join(base, "suspects")
+        out = os.path.join(base, f"suspects_iters{fold_iters}")  # --step rank's folder: its fold models are reused
         print(f"  {key}: the suspect finder, 3 folds of {fold_iters} iterations", flush=True)
-        run["finder"] = {"records": finder_suspects(noisy_dir, out, fold_iters)}
+        run["finder"] = {"records": finder_suspects(noisy_dir, out, fold_iters), "folder": os.path.basename(out),
+                         "fold_iters": fold_iters}
         run["finder"]["score"] = score_noisy(run["finder"]["records"], noisy, errors)
         save()
     records = run["finder"]["records"]
-    for frac in K_FRACTIONS:
+    for frac in fractions:
         k = max(1, int(round(frac * n)))
         for arm, fixed in (("finder", reviewed_by_finder(records, errors, file_of, k)),
                            ("random", reviewed_at_random(noisy, errors, k, seed))):
@@ -494,7 +497,8 @@ def run_loop(args):
             spent = time.monotonic() - start
             eta = f", ETA {spent / i * (len(todo) - i) / 60:.0f} min" if i else ""
             print(f"[{i + 1}/{len(todo)}] {name} seed {seed}{eta}", flush=True)
-            loop_one(name, seed, args.work, args.loop_iters, args.iters or args.loop_iters, stored, save)
+            loop_one(name, seed, args.work, args.loop_iters, args.iters, stored, save,
+                     args.k_fractions)
         with open(LOOP_RESULTS, encoding="utf-8") as f:  # with the seeds other processes stored
             stored = json.load(f)["runs"]
     print_loop_table(stored)
@@ -503,30 +507,41 @@ def run_loop(args):
 
 
 def rejudge_loop(args):
-    """The finder run again on each stored loop run's noisy labels with the fold models that run
-    trained (``--reuse-folds``: nothing trains), into ``suspects_rejudge/``, and scored as the loop
-    scores it, next to the stored score: a change to the judging measured in minutes."""
-    with open(LOOP_RESULTS, encoding="utf-8") as f:
-        stored = json.load(f)["runs"]
+    """The finder run again on the noisy labels of stored runs with the fold models they trained
+    (``--reuse-folds``: nothing trains), into ``suspects_rejudge/``, and scored as the loop scores
+    it, next to the stored score: a change to the judging measured in minutes. The runs are the
+    loop's, or with ``--iters N`` those of ``--step rank --iters N``."""
+    source = RANK_RESULTS if args.iters else LOOP_RESULTS
+    with open(source, encoding="utf-8") as f:
+        stored = json.load(f) if args.iters else json.load(f)["runs"]
     rows = {}
     for name in args.sets:
         for seed in args.seeds:
-            key = f"{name}/seed{seed}"
-            if "finder" not in stored.get(key, {}):
+            if args.iters:
+                key, folder = f"{name}/seed{seed}/iters{args.iters}", f"suspects_iters{args.iters}"
+                before = stored.get(key)
+            else:
+                key = f"{name}/seed{seed}"
+                finder_run = stored.get(key, {}).get("finder")
+                before = finder_run and finder_run["score"]
+                folder = finder_run and finder_run.get("folder", "suspects")
+            if not before:
                 print(f"{key}: no stored finder run, skipped")
                 continue
             base, _, _, noisy, errors, noisy_dir = loop_labels(name, seed, args.work)
-            folds = os.path.join(base, "suspects", "folds")
+            folds = os.path.join(base, folder, "folds")
             with open(os.path.join(folds, "fold0", "recipe.json"), encoding="utf-8") as f:
                 recipe = json.load(f)  # the config path as the loop gave it: the finder compares paths
             out = os.path.join(base, "suspects_rejudge")
             os.makedirs(out, exist_ok=True)
-            if not os.path.lexists(os.path.join(out, "folds")):
-                os.symlink(os.path.abspath(folds), os.path.join(out, "folds"))
+            link = os.path.join(out, "folds")
+            if os.path.islink(link) and os.readlink(link) != os.path.abspath(folds):
+                os.remove(link)
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(folds), link)
             records = finder_suspects(noisy_dir, out, recipe["iters"], recipe["config_file"], ["--reuse-folds"])
             result = score_noisy(records, noisy, errors)
-            rows[key] = {"stored": stored[key]["finder"]["score"], "rejudged": result}
-            before = stored[key]["finder"]["score"]
+            rows[key] = {"stored": before, "rejudged": result}
             print(f"{key}: top 2N {before['top_2n_share']:.0%} -> {result['top_2n_share']:.0%}, "
                   f"top-N precision {before['top_n_precision']:.0%} -> {result['top_n_precision']:.0%}", flush=True)
     for what in ("top_2n_share", "top_n_precision"):
@@ -561,6 +576,12 @@ def rank_only(args):
         base, _, _, noisy, errors, noisy_dir = loop_labels(name, seed, args.work)
         records = finder_suspects(noisy_dir, os.path.join(base, f"suspects_iters{iters}"), iters)
         stored[key] = score_noisy(records, noisy, errors)
+        # Other seeds may have been stored meanwhile by another process of this script.
+        on_disk = {}
+        if os.path.isfile(RANK_RESULTS):
+            with open(RANK_RESULTS, encoding="utf-8") as f:
+                on_disk = json.load(f)
+        stored = {**on_disk, **stored}
         write_json(RANK_RESULTS, stored)
     print("\n| fold iterations | runs | planted errors in the top 2N | top-N suspects that are errors |")
     print("|---|---|---|---|")
@@ -583,6 +604,8 @@ def main():
     ap.add_argument("--sets", nargs="+", default=list(LOOP_SETS), choices=LOOP_SETS, help="loop: data sets")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="loop: seeds (planted errors, training)")
     ap.add_argument("--loop-iters", type=int, default=200, help="loop: iterations of every model")
+    ap.add_argument("--k-fractions", nargs="+", type=float, default=list(K_FRACTIONS), choices=K_FRACTIONS,
+                    help="loop: labels reviewed K as fractions of N (default N/4, N/2, N and 2N)")
     ap.add_argument("--table", action="store_true", help="loop: only print the table and plot of stored results")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--folds", type=int, default=3)

@@ -45,13 +45,19 @@ def test_each_kind_is_found_and_agreement_is_not():
         pred("square", 0.8, box(100, 0, 130, 30)),      # no label: missing?
         pred("disc", 0.9, box(0, 40, 40, 60)),
         pred("square", 0.9, box(160, 60, 190, 90)),     # inside the ignore region
-        pred("square", 0.3, box(100, 60, 120, 80)),     # not confident: no suspect
+        pred("square", 0.3, box(100, 60, 120, 80)),     # not confident, no label: a weaker missing?
+        pred("disc", 0.2, box(0, 0, 20, 21)),           # weak duplicate of a labelled object: nothing
+        pred("square", 0.2, box(155, 55, 195, 95)),     # weak, inside the ignore region: nothing
     ]
-    found = {(s["kind"], s["annotation_id"]): s for s in judge_image(labels, preds, confidence=0.5)}
-    assert set(found) == {("wrong_class", 2), ("uncovered", 3), ("outline", 4), ("missing_label", None)}
+    suspects = judge_image(labels, preds, confidence=0.5)
+    missing = sorted((s for s in suspects if s["kind"] == "missing_label"), key=lambda s: -s["score"])
+    found = {(s["kind"], s["annotation_id"]): s for s in suspects if s["kind"] != "missing_label"}
+    assert set(found) == {("wrong_class", 2), ("uncovered", 3), ("outline", 4)}
     assert found[("wrong_class", 2)]["predicted_class"] == "triangle"
     assert found[("uncovered", 3)]["score"] == 1.0
-    assert found[("missing_label", None)]["score"] == pytest.approx(0.8)
+    # under the threshold the score is scaled by score / threshold: 0.3 x 0.3 / 0.5
+    assert [s["score"] for s in missing] == [pytest.approx(0.8), pytest.approx(0.18)]
+    assert [s["box"][0] for s in missing] == [100, 100]
     assert found[("outline", 4)]["iou"] == pytest.approx(0.5)
     # the same label with its own class predicted more confidently than the other: no suspect
     preds[1:1] = [pred("square", 0.95, box(30, 0, 50, 20))]

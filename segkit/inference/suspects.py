@@ -11,9 +11,11 @@ checkpoint by its evaluation is used. Each image's confident predictions are mat
 then another class, then a same-class box match). Four kinds of suspect come out of it, each with
 a score in [0, 1] (higher = more likely an error), ranked together:
 
-- ``missing_label``: a confident prediction matched to no label; score = its score x (1 - its
-  best mask IoU with any label); of unmatched predictions that overlap (mask IoU >= 0.5, any
-  class) only the highest-scoring one is a suspect: one object, one place in the list;
+- ``missing_label``: a prediction matched to no label; score = its score x (1 - its best mask IoU
+  with any label), times score / threshold below the confidence threshold (the threshold is
+  calibrated against the labels, so the unlabelled objects themselves push it up: a hard cut-off
+  lost a third of them on real photos); of unmatched predictions that overlap (mask IoU >= 0.5,
+  any class) only the highest-scoring one is a suspect: one object, one place in the list;
 - ``wrong_class``: a label matched only by a confident prediction of another class; score = that
   prediction's score - the best score of a same-class prediction on the label (IoU >= 0.5);
 - ``outline``: a label matched by a confident prediction of its class whose mask differs (mask IoU
@@ -202,9 +204,23 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
             "box": [round(v, 1) for v in (_mask_box(label["mask"]) if label is not None else map(float, preds[j]["box"]))],
         })
 
+    # Unmatched predictions under the confidence threshold count too, scaled by score/threshold: the
+    # threshold is calibrated against the labels, errors included, so the unlabelled objects
+    # themselves (confident "false positives") push it up, to 0.98 on 7 real photos.
+    t_pred = np.array([score_threshold_of(confidence, p["class"]) for p in preds])
+    crowd = np.zeros(len(preds), dtype=bool)
+    if preds and (~objects).any():
+        crowd_iou = np.asarray(mask_util.iou(p_rles, [r for r, o in zip(gt_rles, objects) if not o],
+                                             [1] * int((~objects).sum()))).reshape(len(preds), -1)
+        crowd = crowd_iou.max(axis=1) >= MATCH_IOU
+    matched = {t[0] for t in match.tp} | {t[0] for t in match.confusions} | {t[0] for t in match.poor_masks}
+    weak = [j for j in range(len(preds)) if scores[j] < t_pred[j] and j not in matched and not crowd[j]
+            and (float(iou[j].max()) if labels else 0.0) < MATCH_IOU]
+    candidates = list(match.fp) + weak
+    soft = {j: scores[j] * min(1.0, scores[j] / max(t_pred[j], 1e-6)) for j in candidates}
     # One object, one suspect: an unlabelled object the model draws twice (two classes, or two
     # overlapping boxes) would otherwise take two places in the reviewer's list.
-    fp = sorted(match.fp, key=lambda j: -scores[j])
+    fp = sorted(candidates, key=lambda j: -soft[j])
     overlap = (np.asarray(mask_util.iou([p_rles[j] for j in fp], [p_rles[j] for j in fp], [0] * len(fp)))
                .reshape(len(fp), len(fp)) if fp else np.zeros((0, 0)))
     kept = []
@@ -213,7 +229,7 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
             continue
         kept.append(a)
         best = float(iou[j].max()) if labels else 0.0
-        suspect("missing_label", scores[j] * (1 - best), j=j, pair_iou=best)
+        suspect("missing_label", soft[j] * (1 - best), j=j, pair_iou=best)
     for j, g, pair_iou in match.confusions:
         own = [scores[k] for k in range(len(preds))
                if preds[k]["class"] == labels[g]["class"] and iou[k, g] >= MATCH_IOU]
@@ -222,8 +238,7 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
     for j, g, pair_iou in outlines:
         suspect("outline", scores[j] * min(1.0, (1 - pair_iou) / 0.5), g=g, j=j, pair_iou=pair_iou)
     for g in match.missed:
-        t = np.array([score_threshold_of(confidence, p["class"]) for p in preds])
-        coverage = iou[:, g] * np.minimum(1.0, scores / np.maximum(t, 1e-6)) if preds else np.zeros(1)
+        coverage = iou[:, g] * np.minimum(1.0, scores / np.maximum(t_pred, 1e-6)) if preds else np.zeros(1)
         # a miss says little about a label when the model misses most labels of its class
         weight = 1.0 if recall is None else recall.get(labels[g]["class"], 0.0)
         suspect("uncovered", (1 - float(coverage.max())) * weight, g=g,
