@@ -6,7 +6,10 @@
     python benchmarks/suspects.py --step score
     python benchmarks/suspects.py --step rescore       # count again, no model run
     python benchmarks/suspects.py --step rejudge       # the loop's runs judged again, nothing trained
-    python benchmarks/suspects.py --step rank --iters 600   # the loop's noisy labels, finder ranking only
+    python benchmarks/suspects.py --step rank --iters 400   # the loop's noisy labels, finder ranking only
+    python benchmarks/suspects.py --step rejudge --iters 400  # those runs judged again, nothing trained
+    python benchmarks/suspects.py --step loop --sets controllers-20 --seeds 0   # the label-fixing loop
+    python benchmarks/suspects.py --step loop --sets sample-32 --k-fractions 1  # K = N only
 
 The generated sample set (40 images, 3 classes; segkit.data.sample) is converted to COCO, and known
 errors are planted into a copy of its labels (trainval.json): 20% of the instances dropped, the
