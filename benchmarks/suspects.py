@@ -473,20 +473,23 @@ def plot_loop(stored, path):
         fig.savefig(tmp, dpi=110, format="png")
 
 
+def read_runs(path):
+    """The runs stored in a results file of the loop (under ``runs``) or of --step rank, {} if none."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data["runs"] if path == LOOP_RESULTS else data
+
+
 def run_loop(args):
     import torch
 
-    stored = {}
-    if os.path.isfile(LOOP_RESULTS):
-        with open(LOOP_RESULTS, encoding="utf-8") as f:
-            stored = json.load(f)["runs"]
+    stored = read_runs(LOOP_RESULTS)
 
     def save():
         # Runs of other (set, seed)s may have been stored meanwhile by another process of this script.
-        runs = {}
-        if os.path.isfile(LOOP_RESULTS):
-            with open(LOOP_RESULTS, encoding="utf-8") as f:
-                runs = json.load(f)["runs"]
+        runs = read_runs(LOOP_RESULTS)
         runs.update({key: stored[key] for key in mine})
         write_json(LOOP_RESULTS, {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                               "python": platform.python_version(), "torch": torch.__version__},
@@ -502,8 +505,7 @@ def run_loop(args):
             print(f"[{i + 1}/{len(todo)}] {name} seed {seed}{eta}", flush=True)
             loop_one(name, seed, args.work, args.loop_iters, args.iters, stored, save,
                      args.k_fractions)
-        with open(LOOP_RESULTS, encoding="utf-8") as f:  # with the seeds other processes stored
-            stored = json.load(f)["runs"]
+        stored = read_runs(LOOP_RESULTS)  # with the seeds other processes stored
     print_loop_table(stored)
     plot_loop(stored, LOOP_PLOT)
     print(f"\nresults in {LOOP_RESULTS}, plot {LOOP_PLOT}")
@@ -514,9 +516,7 @@ def rejudge_loop(args):
     (``--reuse-folds``: nothing trains), into ``suspects_rejudge/``, and scored as the loop scores
     it, next to the stored score: a change to the judging measured in minutes. The runs are the
     loop's, or with ``--iters N`` those of ``--step rank --iters N``."""
-    source = RANK_RESULTS if args.iters else LOOP_RESULTS
-    with open(source, encoding="utf-8") as f:
-        stored = json.load(f) if args.iters else json.load(f)["runs"]
+    stored = read_runs(RANK_RESULTS if args.iters else LOOP_RESULTS)
     rows = {}
     for name in args.sets:
         for seed in args.seeds:
@@ -564,10 +564,7 @@ def rank_only(args):
     if not args.iters:
         raise SystemExit("--step rank needs --iters N (the fold length it measures)")
     iters = args.iters
-    stored = {}
-    if os.path.isfile(RANK_RESULTS):
-        with open(RANK_RESULTS, encoding="utf-8") as f:
-            stored = json.load(f)
+    stored = read_runs(RANK_RESULTS)
     start = time.monotonic()
     todo = [(name, seed) for name in args.sets for seed in args.seeds]
     for i, (name, seed) in enumerate(todo):
@@ -580,11 +577,7 @@ def rank_only(args):
         records = finder_suspects(noisy_dir, os.path.join(base, f"suspects_iters{iters}"), iters)
         stored[key] = score_noisy(records, noisy, errors)
         # Other seeds may have been stored meanwhile by another process of this script.
-        on_disk = {}
-        if os.path.isfile(RANK_RESULTS):
-            with open(RANK_RESULTS, encoding="utf-8") as f:
-                on_disk = json.load(f)
-        stored = {**on_disk, **stored}
+        stored = {**read_runs(RANK_RESULTS), **stored}
         write_json(RANK_RESULTS, stored)
     print("\n| fold iterations | runs | planted errors in the top 2N | top-N suspects that are errors |")
     print("|---|---|---|---|")

@@ -213,9 +213,8 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
         crowd_iou = np.asarray(mask_util.iou(p_rles, [r for r, o in zip(gt_rles, objects) if not o],
                                              [1] * int((~objects).sum()))).reshape(len(preds), -1)
         crowd = crowd_iou.max(axis=1) >= MATCH_IOU
-    matched = {t[0] for t in match.tp} | {t[0] for t in match.confusions} | {t[0] for t in match.poor_masks}
-    weak = [j for j in range(len(preds)) if scores[j] < t_pred[j] and j not in matched and not crowd[j]
-            and (float(iou[j].max()) if labels else 0.0) < MATCH_IOU]
+    weak = [j for j in match.below_threshold
+            if not crowd[j] and (float(iou[j].max()) if labels else 0.0) < MATCH_IOU]
     candidates = list(match.fp) + weak
     soft = {j: scores[j] * min(1.0, scores[j] / max(t_pred[j], 1e-6)) for j in candidates}
     # One object, one suspect: an unlabelled object the model draws twice (two classes, or two
