@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from segkit.app.gradio_app import build_app  # noqa: E402
 from segkit.app.model import AppModel, eval_markdown  # noqa: E402
-from segkit.engine.checkpoint import load_inference_config  # noqa: E402
+from segkit.engine.checkpoint import load_for_inference  # noqa: E402
 from segkit.inference.predictor import Predictor  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.meshgrid"), pytest.mark.usefixtures("one_thread")]
@@ -187,7 +187,7 @@ def test_large_image_is_resized_for_display(app, images, tmp_path):
 
 def test_model_panel_and_examples(run_dir, sample_data):
     weights = run_dir / "model_final.pth"
-    cfg, names = load_inference_config(str(weights))
+    cfg, names = load_for_inference(str(weights))[:2]
     cfg.DATASETS.DATA_DIR = str(sample_data)
     cfg.DATASETS.TEST = ("mydata_val",)
     model = AppModel(weights, predictor=Predictor(cfg, names, device="cpu"))

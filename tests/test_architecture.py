@@ -1,18 +1,21 @@
 """The package's stages import only from the stages before them (data -> modeling -> engine ->
-evaluation -> inference -> app), and no module imports LabelMe (GPL-3.0)."""
+evaluation -> inference -> app -> cli), and no module imports LabelMe (GPL-3.0)."""
 
 import ast
 
 from conftest import ROOT
 
-STAGES = ["data", "modeling", "engine", "evaluation", "inference", "app"]
+STAGES = ["data", "modeling", "engine", "evaluation", "inference", "app", "cli"]
+# `python -m segkit` is the installed command: it belongs to the last stage.
+ROOT_MODULES_AS_STAGE = {"__main__.py": "cli"}
 
 
 def test_stages_import_only_earlier_stages_and_never_labelme():
     problems = []
     for path in sorted((ROOT / "segkit").rglob("*.py")):
         rel = path.relative_to(ROOT / "segkit")
-        stage = STAGES.index(rel.parts[0]) if rel.parts[0] in STAGES else -1
+        first = ROOT_MODULES_AS_STAGE.get(str(rel), rel.parts[0])
+        stage = STAGES.index(first) if first in STAGES else -1
         for module in sorted(set(_imported_modules(path))):
             parts = module.split(".")
             if parts[0] == "labelme":

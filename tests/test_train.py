@@ -44,9 +44,9 @@ def test_checkpoint_is_self_contained_and_weights_only_loadable(trained_mini_che
     full = torch.load(last, map_location="cpu", weights_only=True)  # for --resume: the full state
     assert last.name == "model_0000199.pth" and "optimizer" in full["trainer"]["_trainer"] and "rng" in full["trainer"]
 
-    from segkit.engine.checkpoint import load_inference_config
+    from segkit.engine.checkpoint import load_for_inference
 
-    cfg, names = load_inference_config(str(trained_mini_checkpoint))
+    cfg, names = load_for_inference(str(trained_mini_checkpoint))[:2]
     assert names == ckpt["class_names"] and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
 
     # The final evaluation's best-F1 thresholds went into model_final (written again after it).

@@ -1,6 +1,6 @@
 """``python app.py``: a Gradio app around a trained checkpoint.
 
-    python app.py [--weights output/model_final.pth] [--host 127.0.0.1] [--port 7860]
+    python app.py [--weights CHECKPOINT_OR_RUN] [--host 127.0.0.1] [--port 7860]
 
 - upload an image (or pick an example from the dataset's val split, when the checkpoint's config
   names one that exists: DATASETS.DATA_DIR / DATASETS.TEST);
@@ -40,7 +40,7 @@ from typing import Callable, List
 import cv2
 import gradio as gr
 
-from segkit.app.model import DEFAULT_WEIGHTS, MIN_SCORE, AppModel
+from segkit.app.model import MIN_SCORE, AppModel
 from segkit.app.render import INSTANCE_HEADERS, SEMANTIC_HEADERS, Workdirs, empty_result, render
 from segkit.inference.image_io import ImageLoadError, read_image_rgb
 
@@ -81,7 +81,7 @@ class SegkitApp:
     examples: List[str]
 
 
-def build_app(weights=DEFAULT_WEIGHTS, device=None, predictor=None):
+def build_app(weights=None, device=None, predictor=None):
     """The gr.Blocks of the app (not launched). ``predictor`` may be given instead of ``weights``.
     Returns a :class:`SegkitApp`."""
     model = AppModel(weights, device=device, predictor=predictor)
@@ -205,7 +205,8 @@ def launch(app, host="127.0.0.1", port=7860, **kwargs):
 
 def get_parser():
     p = argparse.ArgumentParser(prog="app.py", description="Gradio app for a trained checkpoint.")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
+    p.add_argument("--weights", default=None, metavar="CHECKPOINT_OR_RUN",
+                   help="a checkpoint, run folder or run name (default: the latest run's best checkpoint)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the app to your network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -218,7 +219,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = build_app(args.weights, device=args.device)
     model = app.model
-    print(f"model: {args.weights}" if model.ready else f"warning: {model.error}")
+    print(f"model: {model.weights}" if model.ready else f"warning: {model.error}")
     try:
         launch(app, host=args.host, port=args.port)
     finally:

@@ -6,13 +6,12 @@ import logging
 import os
 import threading
 
+from segkit.data.run_layout import EVAL_DIR, NoModelError, resolve_weights
 from segkit.evaluation.metrics_files import read_metrics_file, find_metrics_files
 from segkit.modeling.tiling import default_tile_size
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
-TRAIN_COMMAND = "python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml"
 # Gradio serves files under allowed_paths inline at this route (segkit.app.gradio_app.launch allows them).
 FILE_ROUTE = "/gradio_api/file="
 MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters above it
@@ -21,14 +20,16 @@ MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters abov
 class AppModel:
     """The checkpoint behind the app (or the reason there is none) and what the page shows of it."""
 
-    def __init__(self, weights=DEFAULT_WEIGHTS, device=None, predictor=None):
-        self.weights = os.fspath(weights)
+    def __init__(self, weights=None, device=None, predictor=None):
+        """``weights``: a checkpoint, run folder or run name; None: the latest run's best checkpoint."""
+        self.weights = os.fspath(weights) if weights is not None else (predictor.weights if predictor else "")
         self.predictor = predictor
         self.error = None
         if predictor is None:
-            if not os.path.isfile(self.weights):
-                self.error = (f"No checkpoint at `{self.weights}`. Train one first: `{TRAIN_COMMAND}` "
-                              f"(or start the app with `--weights PATH`).")
+            try:
+                self.weights = resolve_weights(weights and os.fspath(weights))
+            except NoModelError as e:
+                self.error = f"{e} (The app takes `--weights CHECKPOINT_OR_RUN`.)"
             else:
                 try:
                     from segkit.inference.predictor import Predictor
@@ -108,9 +109,9 @@ class AppModel:
 
     def eval_files(self):
         """Evaluation files beside the checkpoint (``eval/``) and under OUTPUT_DIR/eval."""
-        dirs = [os.path.join(os.path.dirname(os.path.abspath(self.weights)), "eval")]
+        dirs = [os.path.join(os.path.dirname(os.path.abspath(self.weights)), EVAL_DIR)]
         if self.ready:
-            dirs.append(os.path.abspath(os.path.join(self.predictor.cfg.OUTPUT_DIR, "eval")))
+            dirs.append(os.path.abspath(os.path.join(self.predictor.cfg.OUTPUT_DIR, EVAL_DIR)))
         return find_metrics_files(dirs)
 
     def report_pages(self):

@@ -1,5 +1,6 @@
 """Turning names (class names, image names, dataset names) into file names that are safe and unique."""
 
+import os
 import re
 
 
@@ -18,3 +19,10 @@ def unique_name(stem, used, extension=""):
         candidate = f"{stem}_{k}{extension}"
     used.add(candidate.lower())
     return candidate
+
+
+def is_inside(path, root):
+    """True when ``path`` names a place under ``root``, judged on the names (``..`` in an annotation's
+    image path cannot escape the folder); a symbolic link the user placed inside counts as inside."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return rel != os.pardir and not rel.startswith(os.pardir + os.sep) and not os.path.isabs(rel)

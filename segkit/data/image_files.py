@@ -7,6 +7,9 @@ from PIL import Image
 EXIF_ORIENTATION = 0x0112
 # Orientations 5-8 turn the image by 90 degrees: the displayed width is the stored height.
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+# What every command takes for an image file by its name (folders are listed by it); the content
+# decides the format when the file is read.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pgm", ".ppm")
 FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif", "WEBP": ".webp"}
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.atomic import write_text
+from segkit.data.file_names import is_inside
 from segkit.data.image_files import FORMAT_EXTENSIONS, image_size
 
 LABELME_VERSION = "5.5.0"
@@ -126,11 +127,6 @@ def find_labelme_files(root, exclude=()):
     return found
 
 
-def _is_inside(path, root):
-    rel = os.path.relpath(path, root)
-    return rel != os.pardir and not rel.startswith(os.pardir + os.sep) and not os.path.isabs(rel)
-
-
 def _posix_rel(path, root):
     return os.path.relpath(path, root).replace(os.sep, "/")
 
@@ -143,7 +139,7 @@ def _locate_image(data, json_path, root, log, rel):
     candidate = None
     if image_path:
         candidate = os.path.normpath(os.path.join(json_dir, image_path))
-        if not _is_inside(candidate, root):
+        if not is_inside(candidate, root):
             log.problem(rel, "imagePath escapes the input folder", f"imagePath {image_path!r} escapes the input folder")
             candidate = None
     if candidate is not None and os.path.isfile(candidate):

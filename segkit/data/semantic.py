@@ -37,6 +37,7 @@ from segkit.data.atomic import atomic_path, write_json
 from segkit.data.catalog import class_colors
 from segkit.data.coco_masks import segmentation_to_mask
 from segkit.data.image_files import image_size
+from segkit.data.image_files import IMAGE_EXTENSIONS
 from segkit.data.layout import DEFAULT_PREFIX, SEM_SEG_DIR, SPLITS, dataset_name, image_root, split_json
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 IGNORE_LABEL = 255
 IGNORE_NAME = "__ignore__"
 BACKGROUND = "background"
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _STAMP = "_source.json"
 _CACHE_VERSION = 1  # bump when the way labels are painted changes: caches are then rewritten
 
@@ -281,7 +281,7 @@ def _short_list(names, n=5):
 def _convert_folder(image_dir, label_dir, classes_file, cache_dir):
     """Dataset dicts of an image folder + label folder; train-id PNGs cached in cache_dir."""
     _, lut, listed = read_class_mapping(classes_file)
-    images = _list_stems(image_dir, IMAGE_EXTS)
+    images = _list_stems(image_dir, IMAGE_EXTENSIONS)
     labels = _list_stems(label_dir, (".png",))
     if images.keys() - labels.keys():
         logger.warning(f"{label_dir}: no label PNG for {len(images.keys() - labels.keys())} image(s) "

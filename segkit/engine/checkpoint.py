@@ -20,6 +20,7 @@ Files we write load with ``torch.load(path, weights_only=True)``.
 import logging
 import os
 import urllib.error
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import torch
@@ -29,6 +30,19 @@ from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir
 
 from segkit.data.atomic import atomic_path, write_text
+from segkit.data.remote import is_remote
+from segkit.data.run_layout import (
+    CONFIG_YAML,
+    KEY_CLASS_NAMES,
+    KEY_CONFIG,
+    KEY_META_ARCHITECTURE,
+    KEY_SCORE_THRESHOLD,
+    KEY_SCORE_THRESHOLDS,
+    LAST_CHECKPOINT,
+    MODEL_BEST,
+    MODEL_FINAL,
+    SCORE_THRESHOLD_KEYS,
+)
 from segkit.modeling.config import get_segkit_cfg, is_semantic
 from segkit.modeling.efficientnet_lite import IMAGENET_PREFIX, load_imagenet_weights
 from segkit.modeling.weights import WeightsUnavailableError
@@ -36,7 +50,8 @@ from segkit.modeling.weights import WeightsUnavailableError
 logger = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision://"
-INFERENCE_ONLY = ("model_final", "model_best")
+# Written with the weights and the inference metadata only (no optimizer, scheduler or RNG state).
+INFERENCE_ONLY = tuple(os.path.splitext(n)[0] for n in (MODEL_FINAL, MODEL_BEST))
 
 
 def cached_path_of(url):
@@ -82,10 +97,6 @@ def load_torchvision_resnet(name):
     return model.state_dict()
 
 
-def is_remote(path):
-    return "://" in path and not path.startswith("file://")
-
-
 class SegkitCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that writes atomically and stores inference metadata in each file."""
 
@@ -96,10 +107,10 @@ class SegkitCheckpointer(DetectionCheckpointer):
         self.score_thresholds = None  # set by the trainer after each evaluation, see take_score_thresholds
 
     def inference_metadata(self):
-        meta = {"class_names": self.class_names}
+        meta = {KEY_CLASS_NAMES: self.class_names}
         if self.cfg is not None:
-            meta["config"] = self.cfg.dump()
-            meta["meta_architecture"] = self.cfg.MODEL.META_ARCHITECTURE
+            meta[KEY_CONFIG] = self.cfg.dump()
+            meta[KEY_META_ARCHITECTURE] = self.cfg.MODEL.META_ARCHITECTURE
         if self.score_thresholds:
             meta.update(self.score_thresholds)
         return meta
@@ -123,7 +134,7 @@ class SegkitCheckpointer(DetectionCheckpointer):
             self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+        write_text(os.path.join(self.save_dir, LAST_CHECKPOINT), last_filename_basename)
 
     def load(self, path, *args, **kwargs):
         if path.startswith(TORCHVISION_PREFIX):
@@ -159,9 +170,6 @@ class SegkitCheckpointer(DetectionCheckpointer):
         return {}
 
 
-SCORE_THRESHOLD_KEYS = ("score_thresholds", "score_threshold")
-
-
 def take_score_thresholds(results):
     """Remove the evaluator's best-F1 thresholds from evaluation ``results`` (one dataset's, or
     ``{dataset: results}``: the first dataset that has them) and return them as the checkpoint
@@ -177,8 +185,9 @@ def take_score_thresholds(results):
             taken = {k: holder.pop(k) for k in SCORE_THRESHOLD_KEYS if k in holder}
             if found is None:
                 found = {
-                    "score_thresholds": {str(c): float(t) for c, t in dict(taken.get("score_thresholds") or {}).items()},
-                    "score_threshold": float(taken["score_threshold"]) if taken.get("score_threshold") is not None else None,
+                    KEY_SCORE_THRESHOLDS: {str(c): float(t) for c, t in dict(taken.get(KEY_SCORE_THRESHOLDS) or {}).items()},
+                    KEY_SCORE_THRESHOLD: (float(taken[KEY_SCORE_THRESHOLD])
+                                          if taken.get(KEY_SCORE_THRESHOLD) is not None else None),
                 }
     return found
 
@@ -188,33 +197,55 @@ def read_checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_inference_config(weights_path, config_file=None, with_thresholds=False):
-    """(cfg, class_names) for running ``weights_path``; with ``with_thresholds`` also the
-    checkpoint's ``{"score_thresholds": ..., "score_threshold": ...}`` (empty when it has none).
+class PreloadedCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that takes the checkpoint dict already read (:func:`load_for_inference`)
+    instead of reading the file again: everything else (key matching, logs) is detectron2's."""
 
-    The config comes from ``config_file`` when given, else from the checkpoint itself, else from the
-    ``config.yaml`` detectron2 saves next to it. MODEL.WEIGHTS points at ``weights_path``.
-    """
+    def __init__(self, model, state, **kwargs):
+        super().__init__(model, **kwargs)
+        self._state = state
+
+    def _torch_load(self, f):
+        return dict(self._state)  # a copy: loading pops "model" from what it gets
+
+
+class InferenceCheckpoint(NamedTuple):
+    """A checkpoint read once for inference: the config to build its model with, the class names, the
+    evaluated thresholds it carries (``{"score_thresholds": ..., "score_threshold": ...}``, empty when
+    none), and the stored dict itself (its ``"model"`` is the state dict)."""
+
+    cfg: CfgNode
+    class_names: list
+    names_stored: bool  # False: a plain detectron2 checkpoint, class_names are placeholders
+    thresholds: dict
+    state: dict
+
+
+def load_for_inference(weights_path, config_file=None):
+    """:class:`InferenceCheckpoint` of ``weights_path``. The config comes from ``config_file`` when
+    given, else from the checkpoint itself, else from the ``config.yaml`` detectron2 saves next to it.
+    MODEL.WEIGHTS points at ``weights_path``."""
     checkpoint = read_checkpoint(weights_path)
     cfg = get_segkit_cfg()
     cfg.set_new_allowed(True)  # configs of newer versions may carry keys we do not know yet
     if config_file:
         cfg.merge_from_file(config_file)
-    elif "config" in checkpoint:
-        cfg.merge_from_other_cfg(CfgNode.load_cfg(checkpoint["config"]))
+    elif KEY_CONFIG in checkpoint:
+        cfg.merge_from_other_cfg(CfgNode.load_cfg(checkpoint[KEY_CONFIG]))
     else:
-        beside = os.path.join(os.path.dirname(weights_path), "config.yaml")
+        beside = os.path.join(os.path.dirname(weights_path), CONFIG_YAML)
         if not os.path.isfile(beside):
             raise FileNotFoundError(
-                f"{weights_path}: the checkpoint holds no config and there is no config.yaml beside "
+                f"{weights_path}: the checkpoint holds no config and there is no {CONFIG_YAML} beside "
                 f"it; pass --config-file."
             )
         cfg.merge_from_file(beside)
+    cfg.set_new_allowed(False)  # from here a KEY VALUE override with a typo is an error again
     cfg.MODEL.WEIGHTS = weights_path
-    class_names = list(checkpoint.get("class_names") or [])
+    class_names = list(checkpoint.get(KEY_CLASS_NAMES) or [])
+    names_stored = bool(class_names)
     if not class_names:
         n = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if is_semantic(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
         class_names = [f"class_{i}" for i in range(max(n, 0))]
-    if with_thresholds:
-        return cfg, class_names, {k: checkpoint[k] for k in SCORE_THRESHOLD_KEYS if checkpoint.get(k) is not None}
-    return cfg, class_names
+    thresholds = {k: checkpoint[k] for k in SCORE_THRESHOLD_KEYS if checkpoint.get(k) is not None}
+    return InferenceCheckpoint(cfg, class_names, names_stored, thresholds, checkpoint)

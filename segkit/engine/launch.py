@@ -13,17 +13,26 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from segkit.data.catalog import coco_has_rle_instances, register_data_dir
+from segkit.data.catalog import coco_has_rle_instances, register_coco_dataset, register_data_dir
+from segkit.data.layout import SPLITS, dataset_name, image_root
+from segkit.data.run_layout import (
+    DEFAULT_CONFIG,
+    NoModelError,
+    new_run_dir,
+    record_latest_run,
+    resolve_weights,
+    run_name_of,
+    RUNS_ROOT,
+)
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
-from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError
+from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError, load_for_inference
 from segkit.engine.distributed import check_same_data_everywhere, leave_process_group
 from segkit.engine.schedule import apply_epochs
 from segkit.engine.trainer import HideDivergenceTraceback, Trainer, TrainingDiverged, dataset_classes
-from segkit.modeling.config import get_segkit_cfg, is_semantic
+from segkit.modeling.config import get_segkit_cfg, is_semantic, resolve_config_file
 
 logger = logging.getLogger("segkit")
 
-DEFAULT_CONFIG = "configs/mask_rcnn_R_50_FPN_3x.yaml"
 
 
 def build_argument_parser():
@@ -31,11 +40,31 @@ def build_argument_parser():
         epilog="Example: python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml "
         "--num-gpus 1 SOLVER.MAX_ITER 200"
     )
-    parser.set_defaults(config_file=DEFAULT_CONFIG)
+    # No default here: training falls back to DEFAULT_CONFIG, evaluation to the checkpoint's own config.
+    parser.set_defaults(config_file="")
     parser.add_argument(
         "--time-budget", type=parse_duration, default=None, metavar="DURATION",
         help="wall-clock budget of the whole run, e.g. 90s, 10m, 1.5h (sets SOLVER.TIME_BUDGET); "
         "the trainer measures a short warm-up and picks MAX_ITER to end in time, evaluation included",
+    )
+    parser.add_argument(
+        "--name", default=None,
+        help=f"run folder {RUNS_ROOT}/NAME (default: the config's OUTPUT_DIR, else {RUNS_ROOT}/<config file name>)",
+    )
+    parser.add_argument(
+        "--exist-ok", action="store_true",
+        help="train into the run folder even when it holds a run (default: a new numbered folder NAME-2, NAME-3, ...)",
+    )
+    parser.add_argument(
+        "--weights", default=None, metavar="CHECKPOINT_OR_RUN",
+        help="with --eval-only: the model to evaluate, a checkpoint, run folder or run name (default: the "
+        "latest run's best checkpoint; its config comes from the checkpoint); when training: the "
+        "weights to start from (MODEL.WEIGHTS)",
+    )
+    parser.add_argument(
+        "--split", default=None, metavar="SPLIT_OR_JSON",
+        help=f"with --eval-only: the split of DATASETS.DATA_DIR to evaluate ({', '.join(SPLITS)}) or a COCO "
+        "file (images in images/ beside it, else beside the file) (default: the config's DATASETS.TEST)",
     )
     return parser
 
@@ -65,11 +94,13 @@ def use_bitmask_if_needed(cfg):
             return
 
 
-def resolve_num_classes(cfg):
+def resolve_num_classes(cfg, checkpoint_classes=None):
     """NUM_CLASSES = -1 means: as many as the training dataset has. Train and test datasets must
-    declare the same classes in the same order (the model's outputs are indices into them)."""
+    declare the same classes in the same order (the model's outputs are indices into them). A
+    model evaluated from its checkpoint (``checkpoint_classes``) needs only the test datasets,
+    with the checkpoint's classes."""
     semantic = is_semantic(cfg)
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    names = list(cfg.DATASETS.TEST) if checkpoint_classes else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     from detectron2.data import DatasetCatalog
 
     missing = [n for n in names if n not in DatasetCatalog.list()]
@@ -78,32 +109,109 @@ def resolve_num_classes(cfg):
             f"Dataset {missing[0]!r} is not registered: run `python labelme2coco.py INPUT_DIR` first "
             f"(it writes {cfg.DATASETS.DATA_DIR}/train.json and val.json), or set DATASETS.DATA_DIR."
         )
-    classes = dataset_classes(cfg.DATASETS.TRAIN[0], semantic)
-    for n in names[1:]:
+    if not names:
+        return
+    classes = list(checkpoint_classes) if checkpoint_classes else dataset_classes(names[0], semantic)
+    reference = "the checkpoint" if checkpoint_classes else repr(names[0])
+    for n in names[0 if checkpoint_classes else 1:]:
         if dataset_classes(n, semantic) != classes:
-            raise SystemExit(f"Datasets {cfg.DATASETS.TRAIN[0]!r} and {n!r} declare different class lists; convert them together.")
+            raise SystemExit(f"{reference} and dataset {n!r} declare different class lists "
+                             f"({classes} against {dataset_classes(n, semantic)}); convert them together.")
     head = cfg.MODEL.SEM_SEG_HEAD if semantic else cfg.MODEL.ROI_HEADS
     if head.NUM_CLASSES < 0:
         head.NUM_CLASSES = len(classes)
 
 
-def setup(args):
-    cfg = get_segkit_cfg()
-    cfg.merge_from_file(args.config_file)
+def evaluation_dataset(cfg, split):
+    """The registered dataset name of ``--split``: a split of DATASETS.DATA_DIR, or a COCO file
+    registered here (its images in ``images/`` beside it, else beside the file)."""
+    semantic = is_semantic(cfg)
+    if split in SPLITS:
+        return dataset_name(split, semantic=semantic)
+    if not (split.endswith(".json") and os.path.isfile(split)):
+        raise SystemExit(f"--split {split}: neither a split ({', '.join(SPLITS)}) nor a COCO .json file.")
+    if semantic:
+        raise SystemExit(f"--split {split}: a COCO file works for instance models; evaluate a U-Net on a split of "
+                         "its DATASETS.DATA_DIR.")
+    folder = os.path.dirname(os.path.abspath(split))
+    images = image_root(folder) if os.path.isdir(image_root(folder)) else folder
+    name = "eval_" + os.path.splitext(os.path.basename(split))[0]
+    register_coco_dataset(name, os.path.abspath(split), images)
+    return name
+
+
+def _weights_in_opts(opts):
+    """MODEL.WEIGHTS given as a KEY VALUE override (detectron2's ``--eval-only MODEL.WEIGHTS path``)."""
+    pairs = dict(zip(opts[0::2], opts[1::2]))
+    return pairs.get("MODEL.WEIGHTS")
+
+
+def evaluation_config(args):
+    """(cfg, checkpoint class names) of ``--eval-only``: the model is built from the config stored in
+    the checkpoint unless --config-file is given; the evaluation is written to the checkpoint's run."""
+    try:
+        weights = resolve_weights(args.weights or _weights_in_opts(args.opts),
+                                  announce=comm.is_main_process())
+    except NoModelError as e:
+        raise SystemExit(str(e))
+    args.config_file = resolve_config_file(args.config_file)
+    loaded = load_for_inference(weights, args.config_file or None)
+    cfg = loaded.cfg
+    cfg.OUTPUT_DIR = os.path.dirname(weights) or "."
     cfg.merge_from_list(args.opts)
+    cfg.MODEL.WEIGHTS = weights
+    register_datasets(cfg)
+    if args.split:
+        cfg.DATASETS.TEST = (evaluation_dataset(cfg, args.split),)
+    # A plain detectron2 checkpoint names no classes: the test dataset's then count.
+    return cfg, (loaded.class_names if loaded.names_stored and not args.config_file else None)
+
+
+def training_config(args):
+    cfg = get_segkit_cfg()
+    # default_setup logs the file's text: it gets the path that exists (a shipped config from elsewhere)
+    config_file = args.config_file = resolve_config_file(args.config_file or DEFAULT_CONFIG)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(args.opts)
+    if args.weights:
+        cfg.MODEL.WEIGHTS = args.weights
     if getattr(args, "time_budget", None):
         cfg.SOLVER.TIME_BUDGET = int(math.ceil(args.time_budget))
+    register_datasets(cfg)
+    base = os.path.join(RUNS_ROOT, args.name) if args.name else run_name_of(cfg.OUTPUT_DIR, config_file)
+    # Rank 0 decides (the other machines may not see its disk) and every rank takes its folder.
+    run_dir = new_run_dir(base, resume=args.resume, exist_ok=args.exist_ok) if comm.is_main_process() else None
+    cfg.OUTPUT_DIR = comm.all_gather(run_dir)[0]
+    if comm.is_main_process():
+        if os.path.normpath(cfg.OUTPUT_DIR) != os.path.normpath(base):
+            why = "the newest run of that name" if args.resume else f"{base} holds a run already (--exist-ok reuses it)"
+            print(f"Run folder {cfg.OUTPUT_DIR}: {why}.", file=sys.stderr)
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        record_latest_run(cfg.OUTPUT_DIR)
+    return cfg
+
+
+def setup(args):
+    if args.eval_only:
+        cfg, checkpoint_classes = evaluation_config(args)
+    else:
+        cfg, checkpoint_classes = training_config(args), None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         if comm.is_main_process():
             print("No CUDA GPU found: training on the CPU (MODEL.DEVICE cpu).", file=sys.stderr)
-    register_datasets(cfg)
     # Before anything can fail on one rank only: a rank that exits alone leaves the others waiting.
     check_same_data_everywhere(cfg.DATASETS.DATA_DIR, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-    resolve_num_classes(cfg)
+    resolve_num_classes(cfg, checkpoint_classes)
     use_bitmask_if_needed(cfg)
     schedule = apply_epochs(cfg, args.opts) if not args.eval_only else None
     cfg.freeze()
+    if args.eval_only:
+        # The run's config.yaml and log.txt stay those of its training: the evaluation logs to eval/.
+        default_setup(_without_output(cfg), args)
+        setup_logger(os.path.join(cfg.OUTPUT_DIR, "eval") if comm.is_main_process() else None,
+                     distributed_rank=comm.get_rank(), name="segkit")
+        return cfg
     # Only rank 0 writes files: the other ranks get no log file (detectron2 would write log.txt.rankN).
     default_setup(cfg if comm.is_main_process() else _without_output(cfg), args)
     setup_logger(cfg.OUTPUT_DIR if comm.is_main_process() else None, distributed_rank=comm.get_rank(), name="segkit")

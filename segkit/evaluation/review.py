@@ -40,6 +40,7 @@ from tqdm import tqdm
 from segkit.data.atomic import atomic_path, write_json, write_text
 from segkit.evaluation.analysis import analyse_detections, group_by_image
 from segkit.data.coco_masks import segmentation_to_rle
+from segkit.data.run_layout import EVAL_DIR, LATEST_RUN, RUNS_ROOT, latest_run
 
 __all__ = ["annotation_source", "build_review", "main", "rank_images"]
 
@@ -369,7 +370,9 @@ def _thresholds_from_metrics(metrics_json, category_names):
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m segkit.evaluation.review", description=__doc__.split("\n\n")[0])
-    p.add_argument("eval_dir", nargs="?", help="train_net.py's OUTPUT_DIR/eval (finds the rest itself)")
+    p.add_argument("eval_dir", nargs="?",
+                   help="a run's eval/ folder, or a run folder or name (finds the rest itself; default: the "
+                        "latest run's, unless --gt and --predictions are given)")
     p.add_argument("--gt", help="ground-truth COCO file (default: the evaluated split of the run's DATA_DIR)")
     p.add_argument("--predictions", help="COCO results JSON (default: EVAL_DIR/coco_instances_results.json)")
     p.add_argument("--image-root", help="folder of the images (default: images/ beside the COCO file)")
@@ -386,7 +389,17 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     metrics = None
+    if not args.eval_dir and not (args.gt and args.predictions):
+        run = latest_run()
+        if run is None:
+            get_parser().error(f"no run found ({os.path.join(RUNS_ROOT, LATEST_RUN)}): give EVAL_DIR, or --gt and --predictions")
+        args.eval_dir = run
+    if args.eval_dir and not os.path.isdir(args.eval_dir) and os.path.isdir(os.path.join(RUNS_ROOT, args.eval_dir)):
+        args.eval_dir = os.path.join(RUNS_ROOT, args.eval_dir)  # a run name
+    if args.eval_dir and os.path.isdir(os.path.join(args.eval_dir, EVAL_DIR)):
+        args.eval_dir = os.path.join(args.eval_dir, EVAL_DIR)  # a run folder
     if args.eval_dir:
+        print(f"Reviewing {args.eval_dir}.", file=sys.stderr)
         gt, predictions, metrics = _find_eval_inputs(args.eval_dir, args.dataset)
         gt, predictions = args.gt or gt, args.predictions or predictions
         output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.eval_dir)), "review")

@@ -12,7 +12,7 @@ drift) with dynamic height/width, so any input size works. Next to each exported
 JSON sidecar (``model_final.onnx.json``) with what the runtime side needs: class names, input
 format, resize parameters, the score threshold baked into the graph, output names.
 
-CLI: ``python export_model.py --format torchscript|onnx [--weights output/model_final.pth]
+CLI: ``python export_model.py --format torchscript|onnx [--weights CHECKPOINT_OR_RUN]
 [--sample-image IMG] [--output FILE]``.
 """
 
@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from segkit.data.run_layout import KEY_ITERATION, NoModelError, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +156,14 @@ def export_model(weights, fmt, output=None, sample_image=None, config_file=None,
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, not {fmt!r}")
-    predictor = Predictor.from_checkpoint(weights, config_file=config_file, device="cpu", opts=opts)
+    from segkit.engine.checkpoint import load_for_inference
+
+    loaded = load_for_inference(os.fspath(weights), config_file)
+    iteration = loaded.state.get(KEY_ITERATION)
+    # The graph keeps the config's SCORE_THRESH_TEST; per-class thresholds stay outside it.
+    predictor = Predictor.from_checkpoint(weights, device="cpu", opts=opts, loaded=loaded,
+                                          use_checkpoint_thresholds=False)
+    loaded = None  # the weights live in the model now
     cfg = predictor.cfg
     if output is None:
         output = os.path.splitext(os.fspath(weights))[0] + FORMATS[fmt]
@@ -190,7 +199,7 @@ def export_model(weights, fmt, output=None, sample_image=None, config_file=None,
         "format": fmt,
         "model_file": os.path.basename(output),
         "source_checkpoint": os.path.abspath(os.fspath(weights)),
-        "iteration": _iteration(weights),
+        "iteration": None if iteration is None else int(iteration),
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "class_names": list(predictor.class_names),
         "input_format": cfg.INPUT.FORMAT,
@@ -228,16 +237,6 @@ def output_names_of(adapter):
     return [OUTPUT_NAMES.get(k, k) for k in inner.keys]
 
 
-def _iteration(weights):
-    try:
-        from segkit.engine.checkpoint import read_checkpoint
-
-        it = read_checkpoint(weights).get("iteration")
-        return None if it is None else int(it)
-    except Exception:
-        return None
-
-
 def _check(path, predictor, image_rgb):
     from segkit.inference.onnx_predictor import load_exported
 
@@ -258,8 +257,8 @@ def get_parser():
         description="Export a checkpoint to TorchScript or ONNX (detectron2 TracingAdapter); the "
                     "file and a JSON sidecar go next to the checkpoint.")
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="torchscript or onnx")
-    p.add_argument("--weights", default=os.path.join("output", "model_final.pth"),
-                   help="checkpoint (default output/model_final.pth)")
+    p.add_argument("--weights", default=None, metavar="CHECKPOINT_OR_RUN",
+                   help="a checkpoint, run folder or run name (default: the latest run's best checkpoint)")
     p.add_argument("--config-file", default=None, help="config (default: the checkpoint's own)")
     p.add_argument("--sample-image", default=None,
                    help="image to trace with (default: the first image of the test split)")
@@ -271,10 +270,10 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    if not os.path.isfile(args.weights):
-        print(f"error: no checkpoint at {args.weights}. Train one first (python train_net.py "
-              f"--config-file configs/mask_rcnn_lite0_FPN.yaml) or pass --weights PATH.",
-              file=sys.stderr)
+    try:
+        args.weights = resolve_weights(args.weights)
+    except NoModelError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = export_model(args.weights, args.format, output=args.output,

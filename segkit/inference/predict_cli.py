@@ -5,7 +5,7 @@
     python predict.py --input new_images/ --labelme            # LabelMe JSON next to each image
     python predict.py --input s3://bucket/prefix --output s3://bucket/out   # images streamed, not mirrored
     python predict.py --input images/ --output results/ --num-gpus 2      # shared among 2 processes
-    python predict.py --input ... --output ... --weights output/model_final.pth \
+    python predict.py --input ... --output ... --weights output/lite0 \
         --confidence-threshold 0.5 --opts MODEL.DEVICE cpu
 
 Writes into ``--output``:
@@ -32,14 +32,12 @@ import sys
 import warnings
 
 from segkit.data.file_names import unique_name
+from segkit.data.image_files import IMAGE_EXTENSIONS
+from segkit.data.run_layout import NoModelError, resolve_weights
 from segkit.data.remote import RemoteSourceError, is_remote, list_files, staged_output
 from segkit.inference import sharded_predict
 from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif",
-                    ".pbm", ".pgm", ".ppm"}
-DEFAULT_WEIGHTS = os.path.join("output", "model_final.pth")
-TRAIN_HINT = "python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml"
 
 
 def get_parser():
@@ -52,7 +50,8 @@ def get_parser():
     p.add_argument("--output", metavar="DIR", help="output folder (needed unless only --labelme)")
     p.add_argument("--config-file", metavar="FILE", default=None,
                    help="config (default: the one stored in the checkpoint)")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
+    p.add_argument("--weights", default=None, metavar="CHECKPOINT_OR_RUN",
+                   help="a checkpoint, run folder or run name (default: the latest run's best checkpoint)")
     p.add_argument("--confidence-threshold", type=float, default=None,
                    help="minimum score of the instances kept, for every class (default: each "
                         "class's best-F1 threshold stored in the checkpoint by its evaluation, "
@@ -315,7 +314,7 @@ def labelled_images(path):
     return paths
 
 
-def rank_images(args, predictor, paths):
+def rank_images(args, predictor, paths, loaded=None):
     """Write the ``args.rank`` ranking of ``paths`` as CSV; returns the top ``args.top`` paths."""
     import csv
     import io
@@ -330,7 +329,7 @@ def rank_images(args, predictor, paths):
 
         # The ranking needs the doubtful instances too: a second predictor keeps them down to LOW_SCORE.
         low = Predictor.from_checkpoint(args.weights, config_file=args.config_file, device=args.device,
-                                        confidence_threshold=LOW_SCORE, opts=args.opts)
+                                        confidence_threshold=LOW_SCORE, opts=args.opts, loaded=loaded)
         thresholds = [predictor.class_thresholds.get(n, predictor.confidence_threshold) for n in predictor.class_names]
     vectors, known = [], []
     if "diversity" in method:
@@ -386,14 +385,14 @@ def rank_images(args, predictor, paths):
     return [r["file"] for r in rows[:top]]
 
 
-def build_predictor(args, announce=True):
+def build_predictor(args, announce=True, loaded=None):
     warnings.filterwarnings("ignore", message="torch.meshgrid")
     from segkit.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
                                           device=args.device,
                                           confidence_threshold=args.confidence_threshold,
-                                          opts=args.opts, use_checkpoint_thresholds=True)
+                                          opts=args.opts, loaded=loaded)
     if announce and not predictor.semantic:
         print(f"Using {predictor.threshold_note}.", file=sys.stderr)
     return predictor
@@ -431,9 +430,10 @@ def main(argv=None):
             args.opts = tile_options(args.tile, args.tile_overlap) + list(args.opts)
         except ValueError as e:
             parser.error(f"--tile: {e}")
-    if not os.path.isfile(args.weights):
-        print(f"error: no checkpoint at {args.weights}. Train one first ({TRAIN_HINT}) or pass "
-              f"--weights PATH.", file=sys.stderr)
+    try:
+        args.weights = resolve_weights(args.weights)
+    except NoModelError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.video_input and not os.path.isfile(args.video_input):
         print(f"error: no video file {args.video_input}", file=sys.stderr)
@@ -460,7 +460,11 @@ def main(argv=None):
 
 
 def predict_into(args, paths):
-    predictor = build_predictor(args)
+    from segkit.engine.checkpoint import load_for_inference
+
+    # Read once: the uncertainty ranking builds its second model from the same checkpoint.
+    loaded = load_for_inference(args.weights, args.config_file)
+    predictor = build_predictor(args, loaded=loaded)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     status = 0
@@ -469,7 +473,8 @@ def predict_into(args, paths):
             print(f"error: --rank needs an instance model (Mask R-CNN); {args.weights} is a semantic "
                   f"one ({predictor.cfg.MODEL.META_ARCHITECTURE})", file=sys.stderr)
             return 2
-        paths = rank_images(args, predictor, paths)
+        paths = rank_images(args, predictor, paths, loaded)
+    loaded = None  # the weights live in the model now
     if paths:
         status = run_images(args, predictor, paths)
     if args.video_input:

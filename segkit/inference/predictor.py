@@ -19,6 +19,7 @@ model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultP
   used and why).
 """
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -33,7 +34,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
 from segkit.data.catalog import class_colors
-from segkit.engine.checkpoint import load_inference_config
+from segkit.data.run_layout import DEFAULT_SCORE_THRESHOLD, KEY_SCORE_THRESHOLD, KEY_SCORE_THRESHOLDS
+from segkit.engine.checkpoint import PreloadedCheckpointer, load_for_inference
 from segkit.inference.image_io import to_rgb_uint8
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.modeling.config import is_semantic
@@ -164,16 +166,25 @@ class Predictor:
     -> list of them from one forward pass.
     """
 
-    def __init__(self, cfg, class_names, device=None, class_thresholds=None):
+    def __init__(self, cfg, class_names, device=None, class_thresholds=None, state=None):
         """``class_thresholds``: {class name: minimum score} applied after the model's own
-        SCORE_THRESH_TEST (classes not in it keep that one)."""
+        SCORE_THRESH_TEST (classes not in it keep that one). ``state``: the checkpoint dict of
+        MODEL.WEIGHTS when it was read already (from_checkpoint), so the file is read once."""
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.DEVICE = device or default_device()
         self.cfg = cfg
         self.class_names = list(class_names)
         self.semantic = is_semantic(cfg)
-        self.default_predictor = DefaultPredictor(cfg)
+        if state is None:
+            self.default_predictor = DefaultPredictor(cfg)
+        else:
+            without_weights = cfg.clone()
+            without_weights.MODEL.WEIGHTS = ""  # loaded below from ``state``
+            with _quiet("fvcore.common.checkpoint"):  # else it logs "Initializing model from scratch"
+                self.default_predictor = DefaultPredictor(without_weights)
+            self.default_predictor.cfg = cfg.clone()
+            PreloadedCheckpointer(self.default_predictor.model, state).load(cfg.MODEL.WEIGHTS)
         self.model = self.default_predictor.model
         self.aug = self.default_predictor.aug
         self.input_format = self.default_predictor.input_format
@@ -192,15 +203,20 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path, config_file=None, device=None, confidence_threshold=None,
-                        opts=None, use_checkpoint_thresholds=False, default_threshold=0.5):
+                        opts=None, use_checkpoint_thresholds=True, default_threshold=DEFAULT_SCORE_THRESHOLD,
+                        loaded=None):
         """Predictor for ``path`` (one of our checkpoints, or a plain detectron2 one with a
         config.yaml beside it or ``config_file``). ``opts``: ``["KEY", "VALUE", ...]`` overrides.
         ``confidence_threshold`` sets the score threshold of every detectron2 head.
 
-        With ``use_checkpoint_thresholds`` and no ``confidence_threshold``, each class keeps the
-        instances above its best-F1 threshold stored in the checkpoint (the all-classes one for a
-        class without its own), or above ``default_threshold`` when the checkpoint has none."""
-        cfg, class_names, stored = load_inference_config(str(path), config_file, with_thresholds=True)
+        Without ``confidence_threshold`` (and unless ``use_checkpoint_thresholds`` is False), each
+        class keeps the instances above its best-F1 threshold stored in the checkpoint (the
+        all-classes one for a class without its own), or above ``default_threshold`` when the
+        checkpoint has none: what predict.py does. ``loaded``: the checkpoint's
+        :class:`~segkit.engine.checkpoint.InferenceCheckpoint` when the caller read it already."""
+        loaded = loaded or load_for_inference(str(path), config_file)
+        cfg, class_names, stored = loaded.cfg.clone(), loaded.class_names, loaded.thresholds
+        cfg.defrost()
         if opts:
             cfg.merge_from_list(list(opts))
         per_class, note = None, None
@@ -209,8 +225,8 @@ class Predictor:
             if use_checkpoint_thresholds:
                 note = f"score threshold {float(confidence_threshold):g} for every class, as asked"
         elif use_checkpoint_thresholds:
-            overall = stored.get("score_threshold")
-            per_class = {n: stored.get("score_thresholds", {}).get(n, overall) for n in class_names}
+            overall = stored.get(KEY_SCORE_THRESHOLD)
+            per_class = {n: stored.get(KEY_SCORE_THRESHOLDS, {}).get(n, overall) for n in class_names}
             per_class = {n: float(t) for n, t in per_class.items() if t is not None}
             if per_class:
                 set_confidence_threshold(cfg, min(per_class.values()))
@@ -221,7 +237,7 @@ class Predictor:
                 set_confidence_threshold(cfg, default_threshold)
                 note = (f"score threshold {default_threshold:g}, the default: the checkpoint carries "
                         f"no evaluated threshold")
-        predictor = cls(cfg, class_names, device=device, class_thresholds=per_class)
+        predictor = cls(cfg, class_names, device=device, class_thresholds=per_class, state=loaded.state)
         predictor.stored_thresholds = stored
         if note:
             predictor.threshold_note = note
@@ -294,6 +310,17 @@ class Predictor:
             return Prediction(self.class_names, sem_seg=out["sem_seg"].float().cpu(),
                               image=image_rgb, file_name=file_name)
         raise ValueError(f"the model returned neither instances nor sem_seg: {sorted(out)}")
+
+
+@contextlib.contextmanager
+def _quiet(logger_name):
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def prepare_image(image, aug, input_format, rgb=False):

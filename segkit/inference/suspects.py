@@ -1,7 +1,7 @@
 """Suspect labels: likely annotation errors, found where a model disagrees with the labels.
 
     python -m segkit.inference.suspects data --config-file configs/mask_rcnn_lite0_FPN.yaml
-    python -m segkit.inference.suspects data --split val --weights output/model_final.pth
+    python -m segkit.inference.suspects data --split val [--weights CHECKPOINT_OR_RUN]
 
 Confidence: each model's per-class best-F1 score threshold, measured on the images it judges
 against their labels (most labels are right, so the threshold is where the model agrees with them
@@ -45,8 +45,8 @@ that many images, SOLVER.EPOCHS with its MIN_ITER floor; LR steps scaled along),
 train_net's own setup and Trainer, and judges each image with the model that did not see it - the
 cross-validation label-error finders use. A fold model trained on the same images with the same
 settings is reused; ``--reuse-folds`` judges again with the fold models an earlier run left in
-``<output>/folds`` and stops rather than train. For the val split, ``--weights`` (default
-output/model_final.pth) judges it directly.
+``<output>/folds`` and stops rather than train. For the val split, ``--weights`` (default: the
+latest run's best checkpoint) judges it directly.
 
 Outputs in ``--output`` (default ``<data>/suspects_<split>``): ``suspects.csv``, ``suspects.json``,
 ``index.html`` (a static page, ranked, with pictures in ``images/``), and ``review/``: one LabelMe
@@ -72,6 +72,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from segkit.data.atomic import write_bytes, write_json, write_text
+from segkit.data.run_layout import CPU_CONFIG, KEY_SCORE_THRESHOLD, MODEL_FINAL, NoModelError, resolve_weights
 from segkit.data.labelme import labelme_document, labelme_shape, mask_to_polygons
 
 logger = logging.getLogger(__name__)
@@ -343,7 +344,7 @@ def train_fold(config_file, fold_dir, coco_subset, iters, opts=(), num_gpus=1, r
 
     data_dir = os.path.join(fold_dir, "data")
     out_dir = os.path.join(fold_dir, "model")
-    model = os.path.join(out_dir, "model_final.pth")
+    model = os.path.join(out_dir, MODEL_FINAL)
     recipe = {"images": [im["file_name"] for im in coco_subset["images"]], "iters": iters,
               "config_file": os.path.abspath(config_file), "opts": list(opts)}
     recipe_file = os.path.join(fold_dir, "recipe.json")
@@ -360,7 +361,8 @@ def train_fold(config_file, fold_dir, coco_subset, iters, opts=(), num_gpus=1, r
     cfg = get_segkit_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    argv = ["--config-file", config_file, "--num-gpus", str(num_gpus), *opts,
+    # --exist-ok: a fold retrained with other settings replaces its model (the recipe above decides).
+    argv = ["--config-file", config_file, "--num-gpus", str(num_gpus), "--exist-ok", *opts,
             "DATASETS.DATA_DIR", data_dir, "DATASETS.TRAIN", "('mydata_train',)", "DATASETS.TEST", "()",
             "OUTPUT_DIR", out_dir, *fold_schedule(cfg, iters)]
     args = build_argument_parser().parse_args(argv)
@@ -456,11 +458,9 @@ def label_losses(predictor, path, labels):
     return out
 
 
-def checkpoint_confidence(weights):
-    """The best-F1 threshold stored in a checkpoint (``score_threshold``), else None."""
-    from segkit.engine.checkpoint import read_checkpoint
-
-    value = read_checkpoint(weights).get("score_threshold")
+def checkpoint_confidence(predictor):
+    """The best-F1 threshold stored in the predictor's checkpoint (``score_threshold``), else None."""
+    value = predictor.stored_thresholds.get(KEY_SCORE_THRESHOLD)
     return float(value) if value is not None else None
 
 
@@ -612,14 +612,15 @@ def get_parser():
         description="Rank likely annotation errors of a converted data folder (see the module docstring).")
     p.add_argument("data", nargs="?", default="data", help="folder written by labelme2coco.py (default data)")
     p.add_argument("--split", default="train", help="train, val or trainval (default train)")
-    p.add_argument("--config-file", default="configs/mask_rcnn_lite0_FPN.yaml",
+    p.add_argument("--config-file", default=CPU_CONFIG,
                    help="config the fold models train with (default the pretrained Lite0 Mask R-CNN)")
     p.add_argument("--folds", type=int, default=None,
                    help="cross-validation folds (default 3 for train/trainval, 0 = judge with --weights)")
     p.add_argument("--iters", type=int, default=None,
                    help="iterations per fold model (default: what train_net trains on the fold's images)")
-    p.add_argument("--weights", default=os.path.join("output", "model_final.pth"),
-                   help="with --folds 0: the checkpoint that judges (default output/model_final.pth)")
+    p.add_argument("--weights", default=None, metavar="CHECKPOINT_OR_RUN",
+                   help="with --folds 0: the checkpoint, run folder or run name that judges (default: the "
+                        "latest run's best checkpoint)")
     p.add_argument("--confidence", type=float, default=None,
                    help="score from which a prediction counts as confident, for every class (default: "
                         "each class's best-F1 threshold on the judged images; with --weights the "
@@ -636,6 +637,9 @@ def get_parser():
 
 
 def run(args):
+    from segkit.modeling.config import resolve_config_file
+
+    args.config_file = resolve_config_file(args.config_file)
     coco = read_split(args.data, args.split)
     folds = args.folds if args.folds is not None else (0 if args.split in ("val", "test") else DEFAULT_FOLDS)
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.data)), f"suspects_{args.split}")
@@ -651,8 +655,10 @@ def run(args):
             train_ids = [im["id"] for im in images if im["id"] not in set(held_out)]
             plan.append((f, train_ids, [im for im in images if im["id"] in set(held_out)]))
     else:
-        if not os.path.isfile(args.weights):
-            raise SystemExit(f"{args.weights}: no checkpoint; train one first or use --folds K.")
+        try:
+            args.weights = resolve_weights(args.weights)
+        except NoModelError as e:
+            raise SystemExit(f"{e} (Or use --folds K.)")
         plan.append((None, None, images))
 
     judged, fold_iters = [], set()
@@ -673,7 +679,7 @@ def run(args):
         labels = [coco_labels(coco, im) for im in held]
         losses = [label_losses(predictor, path, lab) for path, lab in zip(paths, labels)]
         thresholds, recall = calibrate(list(zip(labels, predictions)))
-        confidence = args.confidence or (checkpoint_confidence(weights) if fold is None else None) or thresholds
+        confidence = args.confidence or (checkpoint_confidence(predictor) if fold is None else None) or thresholds
         print(f"confidence: {confidence if not isinstance(confidence, dict) else ', '.join(f'{c} {t:.2f}' for c, t in sorted(confidence.items()))}; "
               f"recall there: {', '.join(f'{c} {r:.2f}' for c, r in sorted(recall.items()))}", file=sys.stderr)
         for im, lab, preds, loss in zip(held, labels, predictions, losses):

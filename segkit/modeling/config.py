@@ -1,6 +1,8 @@
 """Our additions to detectron2's config. Every key has a default here, so a typo in a YAML file or a
 ``KEY VALUE`` override is still an error that names the key (detectron2's CfgNode merge rule)."""
 
+import os
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -94,3 +96,18 @@ def is_semantic(cfg):
 def get_segkit_cfg():
     """detectron2's defaults plus ours: the starting point of every config in this project."""
     return add_segkit_config(get_cfg())
+
+
+def resolve_config_file(path):
+    """``path`` itself when it exists, else the config of that name shipped with segkit: the
+    installed package carries ``configs/`` as ``segkit/configs/`` (pyproject.toml), a checkout has it
+    beside the package. So ``--config-file configs/mask_rcnn_lite0_FPN.yaml`` works from any folder."""
+    if not path or os.path.isfile(path):
+        return path
+    name = os.path.basename(path)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in (os.path.join(package, "configs"), os.path.join(os.path.dirname(package), "configs")):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"{path}: no such config file (nor one of that name among segkit's configs).")

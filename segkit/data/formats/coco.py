@@ -27,7 +27,8 @@ from urllib.parse import urlparse
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
 from segkit.data.formats import Detection, ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import coco_segmentation_annotation
-from segkit.data.formats.images import is_hidden, is_inside, placed_name, posix_rel, sized_image
+from segkit.data.file_names import is_inside
+from segkit.data.formats.images import is_hidden, placed_name, posix_rel, sized_image
 from segkit.data.labelme import read_json_file
 
 NAME = "coco"

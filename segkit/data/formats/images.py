@@ -3,9 +3,7 @@ web-collected sets hold PNG and WEBP files named .jpg."""
 
 import os
 
-from segkit.data.image_files import image_size
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+from segkit.data.image_files import IMAGE_EXTENSIONS, image_size
 
 
 def is_hidden(name):
@@ -18,17 +16,12 @@ def list_images(folder, recursive=True):
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d)) if recursive else []
         found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if not is_hidden(f) and f.lower().endswith(IMAGE_EXTS)]
+                  if not is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found)
 
 
 def posix_rel(path, root):
     return os.path.relpath(path, root).replace(os.sep, "/")
-
-
-def is_inside(path, root):
-    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
-    return rel != os.pardir and not rel.startswith(os.pardir + os.sep) and not os.path.isabs(rel)
 
 
 def sized_image(path, log, rel):

@@ -21,7 +21,8 @@ from PIL import Image
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
 from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
-from segkit.data.formats.images import IMAGE_EXTS, is_hidden, placed_name, posix_rel, sized_image
+from segkit.data.image_files import IMAGE_EXTENSIONS
+from segkit.data.formats.images import is_hidden, placed_name, posix_rel, sized_image
 
 NAME = "openimages"
 _CSV_SUFFIX = "-annotations-object-segmentation.csv"
@@ -86,7 +87,7 @@ def read(src_dir, log, options):
     names = read_class_names(src_dir, log)
     exclude = {os.path.abspath(e) for e in options.exclude}
     masks = _index_files(src_dir, (".png",), exclude)
-    image_files = {os.path.splitext(n)[0]: p for n, p in _index_files(src_dir, IMAGE_EXTS, exclude).items()
+    image_files = {os.path.splitext(n)[0]: p for n, p in _index_files(src_dir, IMAGE_EXTENSIONS, exclude).items()
                    if not n.lower().endswith(".png") or n not in masks}
     rows_by_image, split_of, csv_of = {}, {}, {}
     for path in csvs:

@@ -23,7 +23,8 @@ from PIL import Image
 from segkit.data.folder_writer import SourceImage
 from segkit.data.formats import Detection, ReadResult, final_categories, keep_class
 from segkit.data.formats.annotation import mask_annotation
-from segkit.data.formats.images import IMAGE_EXTS, is_hidden, placed_name, posix_rel, sized_image
+from segkit.data.image_files import IMAGE_EXTENSIONS
+from segkit.data.formats.images import is_hidden, placed_name, posix_rel, sized_image
 
 NAME = "voc"
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -83,7 +84,7 @@ def _read_splits(root):
 
 
 def _find_image(root, image_id):
-    for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
         path = os.path.join(root, "JPEGImages", image_id + ext)
         if os.path.isfile(path):
             return path

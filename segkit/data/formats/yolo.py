@@ -17,7 +17,8 @@ import os
 from segkit.data.folder_writer import SOURCE_SPLITS, SourceImage
 from segkit.data.formats import Detection, ReadResult, final_categories, keep_reported
 from segkit.data.formats.annotation import polygon_annotation
-from segkit.data.formats.images import is_inside, list_images, placed_name, posix_rel, sized_image
+from segkit.data.file_names import is_inside
+from segkit.data.formats.images import list_images, placed_name, posix_rel, sized_image
 
 NAME = "yolo"
 

@@ -1,0 +1,1 @@
+"""The installed ``segkit`` command: the last stage, it only dispatches to the others."""
