@@ -16,6 +16,7 @@ from conftest import LABELME_EXAMPLES, ROOT, requires_shared, tree_digest
 from PIL import Image
 
 from segkit.data.coco_convert import convert, main, split_train_val
+from segkit.data.label_names import numbered_groups
 from segkit.data.labelme import image_size, read_labels_file
 
 INSTANCE_EXAMPLES = LABELME_EXAMPLES / "instance_segmentation"
@@ -487,3 +488,160 @@ def test_exact_duplicate_images_share_a_split_and_provenance_is_recorded(tmp_pat
         assert trainval["info"]["source"] == str(src)
         for im in trainval["images"]:
             assert im["source_file"] == im["labelme_file"] == os.path.splitext(im["file_name"])[0] + ".json"
+
+
+# ---------------------------------------------------------------- numbered labels, renaming
+
+def make_numbered_folder(root):
+    """4 images numbering their yolks from 1 (yolk1 .. yolk5, yolk5 used once), beside labels that
+    are not numbered per instance: car, person, PS4-Controller and a lone model3. Returns the bytes
+    of each LabelMe file, to check they are never changed."""
+    for k in range(4):
+        make_image(root / f"im{k}.png", 80, 60, seed=k)
+        shapes = [(f"yolk{j + 1}", poly(2 + 12 * j, 2, 8, 8), "polygon", None) for j in range(k + 2)]
+        shapes += [("car", poly(2, 40, 8, 8), "polygon", None), ("person", poly(14, 40, 8, 8), "polygon", None),
+                   ("PS4-Controller", poly(26, 40, 8, 8), "polygon", None),
+                   ("model3", poly(38, 40, 8, 8), "polygon", None)]
+        write_labelme(root / f"im{k}.json", f"im{k}.png", 80, 60, shapes)
+    return labelme_bytes(root)
+
+
+def labelme_bytes(root):
+    return {p.name: p.read_bytes() for p in sorted(root.glob("*.json"))}
+
+
+YOLKS = {"yolk1": 4, "yolk2": 4, "yolk3": 3, "yolk4": 2, "yolk5": 1}
+FLAGGED = ('labels look numbered per instance: yolk1..yolk5 (5 labels, 1 used once) -> rerun with --merge-numbered '
+           'to make them one class "yolk"')
+
+
+def test_numbered_label_rule():
+    def groups(*images):
+        return [(g.stem, g.labels) for g in numbered_groups(images)]
+
+    assert groups({"yolk1": 1, "yolk_2": 1, "yolk-03": 1}, {"yolk1": 1, "yolk 4": 1}) == [
+        ("yolk", ["yolk1", "yolk_2", "yolk-03", "yolk 4"])]  # separators, in number order
+    assert groups({"car": 3, "person": 2, "PS4-Controller": 1}, {"car": 1}) == []
+    assert groups({"model3": 1, "car": 1}, {"model3": 1}) == []  # one numbered label: a name
+    assert groups({"PS4": 1}, {"PS5": 1}, {"A320": 1, "A380": 1}) == []  # names' numbers do not count from 1
+    assert groups({"grade1": 5, "grade2": 3}, {"grade1": 2, "grade2": 2}) == []  # each marks many objects: kinds
+    assert groups({"cell0": 1, "cell1": 2}) == [("cell", ["cell0", "cell1"])]  # cell0 once per image: numbered
+    assert groups({"Yolk1": 1, "yolk2": 1}) == []  # stems as written, case-sensitive
+
+
+def test_numbered_labels_are_flagged_in_summary_and_report_and_kept(tmp_path, capsys):
+    src = tmp_path / "in"
+    before = make_numbered_folder(src)
+    out = tmp_path / "out"
+    assert main([str(src), "--output", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert [line for line in printed.splitlines() if "numbered per instance" in line] == [
+        FLAGGED,
+        'classes look numbered per instance: yolk1..yolk5 (5 classes, 1 used once): probably one class "yolk" '
+        "(labelme2coco.py --merge-numbered merges them)"]
+    coco = check_coco_invariants(str(out))
+    assert [c["name"] for c in coco["categories"]] == ["PS4-Controller", "car", "model3", "person", *YOLKS]
+    report = json.loads((out / "report.json").read_text())
+    assert report["numbered_classes"] == [{"stem": "yolk", "instances": YOLKS, "used_once": 1}]
+    assert [w for w in report["warnings"] if "numbered" in w] == [
+        'classes look numbered per instance: yolk1..yolk5 (5 classes, 1 used once): probably one class "yolk"']
+    assert labelme_bytes(src) == before
+
+
+def test_merge_numbered_makes_one_class_of_all_instances(tmp_path):
+    src = tmp_path / "in"
+    make_numbered_folder(src)
+    # group_id 1 on yolk1 (2 polygons) and on yolk2: two objects, as LabelMe groups by (label, group_id)
+    make_image(src / "im4.png", 80, 60, seed=4)
+    write_labelme(src / "im4.json", "im4.png", 80, 60, [
+        ("yolk1", poly(2, 2, 8, 8), "polygon", 1), ("yolk1", poly(14, 2, 8, 8), "polygon", 1),
+        ("yolk2", poly(26, 2, 8, 8), "polygon", 1)])
+    before = labelme_bytes(src)
+    result = convert(str(src), str(tmp_path / "out"), merge_numbered=True, progress=False)
+    assert result.written and result.problems == []
+    coco = check_coco_invariants(str(tmp_path / "out"))
+    assert [c["name"] for c in coco["categories"]] == ["PS4-Controller", "car", "model3", "person", "yolk"]
+    assert sum(result.instances["yolk"]) == sum(YOLKS.values()) + 2
+    assert sorted(len(a["segmentation"]) for a in by_labelme_file(coco)["im4.json"][1]) == [1, 2]
+    assert result.advice == ['merged numbered labels: yolk1..yolk5 (5 labels, 1 used once) -> one class "yolk"']
+    assert labelme_bytes(src) == before
+
+
+def test_label_map_renames_and_merges(tmp_path, capsys):
+    src = tmp_path / "in"
+    before = make_numbered_folder(src)
+    label_map = tmp_path / "map.json"
+    label_map.write_text(json.dumps({"car": "vehicle", "model3": "vehicle", "PS4-Controller": "controller",
+                                     "yolk": "egg yolk", "bus": "vehicle"}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main([str(src), "--output", str(out), "--label-map", str(label_map), "--merge-numbered",
+                 "--quiet", "--no-report"]) == 0
+    printed = capsys.readouterr()
+    coco = check_coco_invariants(str(out))
+    counts = {c["name"]: sum(a["category_id"] == c["id"] for a in coco["annotations"]) for c in coco["categories"]}
+    assert counts == {"controller": 4, "egg yolk": 14, "person": 4, "vehicle": 8}  # the map renames the merged stem
+    renamed = "--label-map renamed 3 label(s): PS4-Controller -> controller, car -> vehicle, model3 -> vehicle"
+    assert renamed in printed.out
+    assert 'merged numbered labels: yolk1..yolk5 (5 labels, 1 used once) -> one class "egg yolk"' in printed.out
+    assert printed.err == f"warning: --label-map {label_map}: no instance is labelled 'bus' (left unused)\n"
+
+    # labels the map names are its own: no longer flagged as numbered
+    label_map.write_text(json.dumps({name: "yolk" for name in YOLKS}), encoding="utf-8")
+    assert main([str(src), "--output", str(out), "--label-map", str(label_map), "--quiet", "--no-report"]) == 0
+    printed = capsys.readouterr()
+    assert "numbered" not in printed.out and printed.err == ""
+    assert [c["name"] for c in load(str(out))["categories"]] == ["PS4-Controller", "car", "model3", "person", "yolk"]
+    assert labelme_bytes(src) == before
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "cannot be read"),
+    (b'{"car": "vehicle",', "not valid JSON (Expecting property name enclosed in double quotes at line 1"),
+    (b'["car", "vehicle"]', "must be one JSON object"),
+    (b'{"car": ""}', "a new label is a non-empty string"),
+    (b'{"car": ["vehicle"]}', "a new label is a non-empty string"),
+    (b'{"car": "a", "car": "b"}', "the label 'car' is mapped twice"),
+    (b'{"car": "__ignore__"}', "LabelMe's __ignore__ can be neither renamed nor a new name"),
+    (b'{"car": "v\xe9hicule"}', "not UTF-8 text"),
+], ids=["missing", "syntax", "list", "empty", "not-a-string", "twice", "reserved", "latin1"])
+def test_bad_label_map_is_one_line_naming_the_file(tmp_path, capsys, content, problem):
+    src = tmp_path / "in"
+    make_image(src / "x.png", 32, 24)
+    write_labelme(src / "x.json", "x.png", 32, 24, [("car", poly(2, 2, 8, 8), "polygon", None)])
+    label_map = tmp_path / "my map.json"
+    if content is not None:
+        label_map.write_bytes(content)
+    assert main([str(src), "--output", str(tmp_path / "out"), "--label-map", str(label_map), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --label-map {label_map}: ") and problem in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_labels_file_lists_the_class_names_after_renaming(tmp_path, capsys):
+    src = tmp_path / "in"
+    before = make_numbered_folder(src)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("__ignore__\n_background_\nyolk\ncontroller\ncar\n", encoding="utf-8")
+    result = convert(str(src), str(tmp_path / "out"), labels=read_labels_file(labels), merge_numbered=True,
+                     label_map={"PS4-Controller": "controller", "model3": "vehicle"}, progress=False)
+    coco = check_coco_invariants(str(tmp_path / "out"))
+    assert [c["name"] for c in coco["categories"]] == ["yolk", "controller", "car"]
+    assert sum(result.instances["yolk"]) == 14 and sum(result.instances["controller"]) == 4
+    assert result.problems[:2] == [  # renamed labels outside --labels are named as they are written too
+        "im0.json: unknown label 'person' (not in --labels): 1 shape(s) skipped",
+        "im0.json: unknown label 'vehicle' (renamed from 'model3', not in --labels): 1 shape(s) skipped"]
+
+    # LabelMe's labels.txt naming the numbered labels: an error, not 5 empty classes and no yolk
+    as_written = tmp_path / "labels_as_written.txt"
+    as_written.write_text("".join(f"{name}\n" for name in [*YOLKS, "car"]), encoding="utf-8")
+    out = tmp_path / "out2"
+    assert main([str(src), "--output", str(out), "--labels", str(as_written), "--merge-numbered", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --labels {as_written} lists labels as written, not the class names after renaming: "
+                   f"'yolk1', 'yolk2', 'yolk3', 'yolk4' and 1 more -> 'yolk'; nothing written to {out}\n")
+    assert not out.exists()
+    # without --merge-numbered the same file gives its own classes, and says they look numbered
+    assert main([str(src), "--output", str(out), "--labels", str(as_written), "--quiet", "--no-report"]) == 0
+    assert FLAGGED in capsys.readouterr().out
+    assert [c["name"] for c in load(str(out))["categories"]] == [*YOLKS, "car"]
+    assert labelme_bytes(src) == before

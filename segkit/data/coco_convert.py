@@ -5,10 +5,17 @@
 
 Rules of the output:
 
-- Category ids are 1..K: the ``--labels`` order, else the label names sorted (exactly as written,
+- Category ids are 1..K: the ``--labels`` order, else the class names sorted (exactly as written,
   case-sensitive). Image ids follow the sorted relative JSON paths; image and annotation ids start
   at 1 and are the same in ``trainval.json`` and in the split it belongs to. All three files
   declare the same categories. No timestamps: the same input gives byte-identical JSON.
+- Class names: the labels as written, unless ``--label-map FILE`` (a JSON object ``{"old label":
+  "new label"}``) or ``--merge-numbered`` (``yolk1``..``yolk21`` -> ``yolk``) renames them; several
+  labels renamed to one name are one class. Renaming is decided once the whole folder is read (rules
+  in :mod:`segkit.data.label_names`); ``--labels`` lists the names after renaming, and listing a
+  renamed label there instead is an error (exit 2). Labels outside ``--labels`` are reported and
+  skipped once renamed, so their shapes are checked like the others. The summary says which labels
+  look numbered per instance, whether or not they are merged. The LabelMe files are only read.
 - Segmentation: an instance made only of polygon-like shapes (polygon, rectangle, circle,
   oriented_rectangle) is written as a list of polygons, one per shape (a ``group_id`` instance with
   several polygons is one annotation). An instance with any ``mask`` shape is written as ONE
@@ -35,18 +42,21 @@ Rules of the output:
   INPUT_DIR) and ``info["source"]`` is INPUT_DIR made absolute. The shared writer is
   :mod:`segkit.data.folder_writer`.
 - Exit status: 0; 1 when nothing usable remains (no image, or no instance at all) or with
-  ``--strict`` on any reported problem -- in both cases nothing is written. 2: bad arguments.
+  ``--strict`` on any reported problem -- in both cases nothing is written. 2: bad arguments (a
+  bad ``--label-map`` file, a ``--labels`` file that lists renamed labels).
 """
 
 import argparse
 import os
 import sys
+from collections import Counter
 
 import numpy as np
 import pycocotools.mask as mask_util
 
 from segkit.data.atomic import add_place_mode_options
 from segkit.data.folder_writer import SourceImage, print_outcome, progress_bar, split_train_val, summary_lines, write_data_folder
+from segkit.data.label_names import ClassNaming, LabelNamesError, quoted_names, read_label_map
 from segkit.data.labelme import IGNORE_LABEL, ConversionLog, find_labelme_files, read_labelme_file, read_labels_file
 from segkit.data.remote import RemoteSourceError, is_remote, materialise, redact
 
@@ -89,15 +99,19 @@ def instance_annotation(instance, width, height, log, json_rel):
     }
 
 
-def read_labelme_folder(input_dir, log, labels=None, exclude=(), progress=True):
-    """Every LabelMe JSON under ``input_dir`` -> (list of SourceImage, number of JSON files)."""
+def read_labelme_folder(input_dir, log, labels=None, exclude=(), progress=True, label_map=None, merge_numbered=False):
+    """Every LabelMe JSON under ``input_dir`` -> (list of SourceImage, number of JSON files,
+    :class:`~segkit.data.label_names.ClassNaming`). ``labels``: the class names to keep, as they are
+    after ``label_map`` and ``merge_numbered`` rename (others are reported and skipped), or None for
+    all; :class:`~segkit.data.label_names.LabelNamesError` when ``labels`` lists labels that the
+    renaming turns into other classes."""
     input_dir = os.path.abspath(input_dir)
     files = find_labelme_files(input_dir, exclude=exclude)
-    label_set = set(labels) if labels is not None else None
     images = []
+    shape_counts = []  # per image, the number of shapes of each annotation (for the unknown-label lines)
     seen_sources = {}
     for path in progress_bar(files, len(files), "reading", progress):
-        image = read_labelme_file(path, input_dir, log, labels=label_set)
+        image = read_labelme_file(path, input_dir, log)
         if image is None:
             continue
         if image.image_file is not None:
@@ -107,33 +121,65 @@ def read_labelme_folder(input_dir, log, labels=None, exclude=(), progress=True):
                             f"image {image.image_name!r} is already annotated by {seen_sources[real]}, skipped")
                 continue
             seen_sources[real] = image.json_rel
-        anns = [instance_annotation(inst, image.width, image.height, log, image.json_rel) for inst in image.instances]
-        for a in anns:
-            if a is not None and a["iscrowd"]:
-                a["label"] = None  # an ignored region: every category ignores detections there
+        # Masks become RLE right away (a folder's worth of mask arrays would not fit in memory);
+        # the labels stay as written until every label of the folder is known.
+        anns = [(instance_annotation(inst, image.width, image.height, log, image.json_rel), len(inst.shapes))
+                for inst in image.instances]
+        anns = [(a, n) for a, n in anns if a is not None]
+        shape_counts.append([n for _, n in anns])
         images.append(SourceImage(source_file=image.json_rel, image_name=image.image_name, width=image.width,
                                   height=image.height, image_file=image.image_file, image_bytes=image.image_bytes,
-                                  annotations=[a for a in anns if a is not None],
-                                  extra={"labelme_file": image.json_rel}))
-    return images, len(files)
+                                  annotations=[a for a, _ in anns], extra={"labelme_file": image.json_rel}))
+
+    naming = ClassNaming([Counter(a["label"] for a in im.annotations if not a["iscrowd"]) for im in images],
+                         label_map=label_map, merge_numbered=merge_numbered)
+    if labels is not None:
+        naming.check_labels(labels)
+    label_set = set(labels) if labels is not None else None
+    for image, counts in zip(images, shape_counts):
+        kept, unknown = [], Counter()
+        for a, num_shapes in zip(image.annotations, counts):
+            if a["iscrowd"]:
+                a["label"] = None  # an ignored region: every category ignores detections there
+            else:
+                name = naming.class_of(a["label"])
+                if label_set is not None and name not in label_set:
+                    unknown[name, a["label"]] += num_shapes
+                    continue
+                a["label"] = name
+            kept.append(a)
+        image.annotations = kept
+        for (name, written), n in sorted(unknown.items()):
+            renamed = f"renamed from {written!r}, " if name != written else ""
+            log.problem(image.source_file, "unknown label",
+                        f"unknown label {name!r} ({renamed}not in --labels): {n} shape(s) skipped", count=n)
+    return images, len(files), naming
 
 
 def convert(input_dir, output_dir="data", labels=None, val_fraction=0.2, seed=0, mode="copy",
-            strict=False, progress=True, echo=None, source=None):
+            strict=False, progress=True, echo=None, source=None, label_map=None, merge_numbered=False):
     """Convert every LabelMe JSON under ``input_dir`` into ``output_dir``; returns a
-    :class:`~segkit.data.folder_writer.ConversionResult`. Nothing is written when nothing usable
+    :class:`~segkit.data.folder_writer.ConversionResult` (``class_naming`` added: the
+    :class:`~segkit.data.label_names.ClassNaming` used). Nothing is written when nothing usable
     remains, or with ``strict`` when a problem was found. ``labels``: class names in category-id
-    order (other labels are reported and skipped), or None for all labels, sorted. ``mode``:
-    "copy" or "symlink". ``echo(line)`` gets each problem line as it is found. ``source``: what
-    ``info["source"]`` records (default ``input_dir``; the URL of a remote source)."""
+    order, as they are after renaming (other labels are reported and skipped), or None for all
+    labels, sorted. ``label_map``: ``{"old label": "new label"}``; ``merge_numbered``: labels
+    numbered per instance become their stem's class (rules in :mod:`segkit.data.label_names`).
+    Raises :class:`~segkit.data.label_names.LabelNamesError` when ``labels`` lists labels that the
+    renaming turns into other classes. ``mode``: "copy" or "symlink". ``echo(line)`` gets each
+    problem line as it is found. ``source``: what ``info["source"]`` records (default
+    ``input_dir``; the URL of a remote source). The LabelMe files are only read."""
     if mode not in ("copy", "symlink"):
         raise ValueError(f"mode must be 'copy' or 'symlink', not {mode!r}")
     log = ConversionLog(echo=echo)
-    images, num_files = read_labelme_folder(input_dir, log, labels, exclude=[output_dir], progress=progress)
+    images, num_files, naming = read_labelme_folder(input_dir, log, labels, exclude=[output_dir], progress=progress,
+                                                    label_map=label_map, merge_numbered=merge_numbered)
     result = write_data_folder(images, output_dir, log, categories=labels, source=source or input_dir, description=DESCRIPTION,
                                val_fraction=val_fraction, seed=seed, mode=mode, strict=strict, resplit=True,
                                progress=progress, num_files=num_files)
     result.crowd_name = f"{IGNORE_LABEL} regions (crowd)"
+    result.class_naming = naming
+    result.advice = naming.summary_lines()
     return result
 
 
@@ -148,7 +194,15 @@ def build_parser():
     p.add_argument("--output", default="data", help="output folder (default: data)")
     p.add_argument("--labels", metavar="FILE",
                    help="class names, one per line, in category-id order (LabelMe's labels.txt: "
-                        "__ignore__ and _background_ lines are skipped); other labels are reported and skipped")
+                        "__ignore__ and _background_ lines are skipped); other labels are reported and skipped. "
+                        "With --label-map or --merge-numbered it lists the class names after renaming")
+    p.add_argument("--merge-numbered", action="store_true",
+                   help="labels numbered per instance become one class: yolk1, yolk_2 ... yolk21 -> yolk (the "
+                        "summary names the labels that look numbered, with or without this option)")
+    p.add_argument("--label-map", metavar="FILE",
+                   help='rename labels: a JSON object {"old label": "new label", ...}; old labels mapped to one '
+                        "new label become one class; applied before --merge-numbered, which leaves the labels "
+                        "it names alone. The LabelMe files themselves are never changed")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val.json (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     add_place_mode_options(p)
@@ -188,6 +242,13 @@ def source_and_labels(parser, args, dest, metavar):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    label_map = None
+    if args.label_map:  # before a remote source is downloaded: a bad file fails at once
+        try:
+            label_map = read_label_map(args.label_map)
+        except LabelNamesError as e:
+            print(f"error: --label-map {e}", file=sys.stderr)
+            return 2
     checked = source_and_labels(parser, args, "input_dir", "INPUT_DIR")
     if checked is None:
         return 1
@@ -195,8 +256,17 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    result = convert(args.input_dir, args.output, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
-                     mode=args.mode, strict=args.strict, progress=not args.quiet,
-                     echo=lambda line: tqdm.write(line, file=sys.stderr), source=source)
+    try:
+        result = convert(args.input_dir, args.output, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
+                         mode=args.mode, strict=args.strict, progress=not args.quiet,
+                         echo=lambda line: tqdm.write(line, file=sys.stderr), source=source,
+                         label_map=label_map, merge_numbered=args.merge_numbered)
+    except LabelNamesError as e:
+        print(f"error: --labels {args.labels} {e}; nothing written to {args.output}", file=sys.stderr)
+        return 2
+    unused = result.class_naming.unused_map_labels
+    if unused:
+        print(f"warning: --label-map {args.label_map}: no instance is labelled {quoted_names(unused)} "
+              f"(left unused)", file=sys.stderr)
     return print_outcome(result, args.output, f"LabelMe -> COCO: {result.num_json} JSON file(s) in {redact(source)}",
                          report=not args.no_report)

@@ -157,6 +157,7 @@ class ConversionResult:
         self.split_from_source = False  # train/val as the source split them
         self.test_from_source = False  # the source's test split kept as test.json
         self.crowd_name = "crowd regions"  # how the summary names crowd annotations
+        self.advice = []  # lines the summary ends with, about the classes (e.g. labels numbered per instance)
         self.written = False
         self.exit_code = 0
         self.reason = ""
@@ -286,7 +287,8 @@ def written_splits(result):
 
 
 def summary_lines(result):
-    """The summary table: images, instances per class (train/val[/test]/total), skipped items by reason."""
+    """The summary table: images, instances per class (train/val[/test]/total), skipped items by
+    reason, then the reader's advice about the classes."""
     columns = 3 if result.test_ids else 2
 
     def row(name, counts, note=""):
@@ -305,7 +307,7 @@ def summary_lines(result):
         lines.append(f"{key}: {n}")
     lines.append(f"{'skipped / reported, by reason':<50}{'count':>8}" if result.log.skipped else "skipped: nothing")
     lines += [f"  {key:<48}{n:>8}" for key, n in sorted(result.log.skipped.items())]
-    return lines
+    return lines + result.advice
 
 
 def print_outcome(result, output_dir, header, report=True):

@@ -267,10 +267,11 @@ def read_json_file(path, log, where, kind="JSON"):
         return False, None
 
 
-def read_labelme_file(json_path, root, log, labels=None):
+def read_labelme_file(json_path, root, log):
     """One LabelMe JSON -> :class:`LabelMeImage` (image located and sized, shapes grouped into
-    instances), or None when the file is unusable. ``labels``: the allowed class names, or None
-    for any. Every problem goes to ``log``."""
+    instances, labels as written), or None when the file is unusable. Every problem goes to ``log``.
+    Which labels are kept (``--labels``) is decided per folder, once renaming is known
+    (:func:`segkit.data.coco_convert.read_labelme_folder`)."""
     root = os.path.abspath(root)
     json_path = os.path.abspath(json_path)
     rel = _posix_rel(json_path, root)
@@ -304,7 +305,6 @@ def read_labelme_file(json_path, root, log, labels=None):
 
     image = LabelMeImage(rel, image_file, image_bytes, image_name, width, height)
     by_key = {}
-    unknown = Counter()
     for index, shape in enumerate(data["shapes"]):
         if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
             log.problem(rel, "malformed shape", f"shape {index}: not an object with a string 'label'")
@@ -316,9 +316,6 @@ def read_labelme_file(json_path, root, log, labels=None):
             continue
         if label == BACKGROUND_LABEL:
             log.skip(f"{BACKGROUND_LABEL} shapes")
-            continue
-        if labels is not None and label != IGNORE_LABEL and label not in labels:
-            unknown[label] += 1
             continue
         if shape_type not in POLYGON_TYPES and shape_type != "mask":
             log.problem(rel, "unsupported shape type",
@@ -337,8 +334,6 @@ def read_labelme_file(json_path, root, log, labels=None):
             by_key[key] = Instance(label, group_id)
             image.instances.append(by_key[key])
         by_key[key].shapes.append(region)
-    for label, n in sorted(unknown.items()):
-        log.problem(rel, "unknown label", f"unknown label {label!r} (not in --labels): {n} shape(s) skipped", count=n)
     return image
 
 

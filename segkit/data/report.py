@@ -5,7 +5,9 @@ It counts images and instances per class for every split, the instance size dist
 small / medium / large by mask area, plus a histogram of sqrt(area)), images without annotations,
 tiny or degenerate masks (mask area < 16 px, a bbox side < 2 px, empty or unreadable
 segmentation), exact duplicate images (sha1 of the file bytes, also across train and val),
-image files that are missing, and classes that have no instance in val. Crowd / ignored regions
+image files that are missing, classes that have no instance in val, and classes that look numbered
+per instance (``yolk1``..``yolk21``, probably one class ``yolk``; the rules are
+:mod:`segkit.data.label_names`'s, over the trainval images). Crowd / ignored regions
 (``iscrowd=1``) are counted apart and left out of the per-class and size figures.
 
 The report is printed as aligned tables and written as ``DIR/report.json`` and ``DIR/report.png``
@@ -28,6 +30,7 @@ import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json
 from segkit.data.coco_masks import mask_geometry
+from segkit.data.label_names import NumberedGroup, numbered_groups
 from segkit.data.layout import REPORT_JSON, REPORT_PNG, SPLITS, TEST_SPLIT, image_root, split_json
 
 TINY_AREA = 16  # px: masks smaller than this are reported
@@ -156,6 +159,16 @@ def file_sha1(path):
     return h.hexdigest()
 
 
+def numbered_classes(coco):
+    """The :class:`~segkit.data.label_names.NumberedGroup` of a COCO file's classes (crowd left out)."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    per_image = defaultdict(Counter)
+    for ann in coco["annotations"]:
+        if not ann.get("iscrowd", 0) and ann["category_id"] in names:
+            per_image[ann["image_id"]][names[ann["category_id"]]] += 1
+    return numbered_groups(per_image.values())
+
+
 def build_report(data_dir):
     """Compute the report dict for ``data_dir`` (nothing printed or written)."""
     files = {"trainval": load_coco(split_json(data_dir, "trainval"))}  # required, checked first
@@ -210,6 +223,10 @@ def build_report(data_dir):
                         + (f", {len(across)} across train and val" if across else ""))
     if missing_from_val:
         warnings.append(f"class(es) missing from val: {', '.join(missing_from_val)}")
+    numbered = numbered_classes(trainval)
+    for group in numbered:
+        warnings.append(f"classes look numbered per instance: {group.describe('classes')}: probably one class "
+                        f'"{group.stem}"')
 
     return {
         "data_dir": os.path.normpath(data_dir),
@@ -228,6 +245,7 @@ def build_report(data_dir):
         "duplicates_across_train_val": across,
         "missing_images": missing,
         "classes_missing_from_val": missing_from_val,
+        "numbered_classes": [{"stem": g.stem, "instances": g.instances, "used_once": g.used_once} for g in numbered],
         "warnings": warnings,
     }
 
@@ -282,6 +300,10 @@ def format_report(report):
     listing("missing image files", report["missing_images"], str)
     mv = report["classes_missing_from_val"]
     out.append("classes missing from val: " + ("not checked (no val.json)" if mv is None else (", ".join(mv) or "none")))
+    for group in report["numbered_classes"]:
+        described = NumberedGroup(group["stem"], group["instances"]).describe("classes")
+        out.append(f'classes look numbered per instance: {described}: probably one class "{group["stem"]}" '
+                   f"(labelme2coco.py --merge-numbered merges them)")
     return "\n".join(out)
 
 

@@ -23,7 +23,7 @@ def detect(src_dir):
 
 
 def read(src_dir, log, options):
-    images, num_files = read_labelme_folder(src_dir, log, options.labels, exclude=options.exclude, progress=False)
+    images, num_files, _ = read_labelme_folder(src_dir, log, options.labels, exclude=options.exclude, progress=False)
     if options.classes is not None:
         for image in images:
             image.annotations = [a for a in image.annotations if a["label"] is None or a["label"] in options.classes]
