@@ -98,8 +98,18 @@ def _help(kind, target):
 def test_docs_exist_and_readme_links_every_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 150, "the README is for newcomers: reference material goes to docs/"
+    listing = re.search(r"^## Documentation\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
+    assert listing, "README has no '## Documentation' section"
     for page in PAGES[1:]:
-        assert f"(docs/{page.name})" in readme, f"README does not link {page.name}"
+        assert f"(docs/{page.name})" in listing[1], f"README's Documentation list does not link {page.name}"
+
+
+def test_no_page_cites_a_file_of_the_ignored_results_folder():
+    """benchmarks/results/ is ignored by git: a clone has none of its files, so a page gives the
+    number itself or the command that writes it, never the file as its source."""
+    cited = [f"{page.name}: {m}" for page in PAGES
+             for m in re.findall(r"benchmarks/results/[\w.-]*\w", page.read_text())]
+    assert not cited, cited
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -392,6 +392,7 @@ def test_semantic_generic_folder_with_mapping_and_bad_values(tmp_path):
 
 # ---------------------------------------------------------------- an imported folder trains
 
+@pytest.mark.slow
 def test_imported_pets_folder_trains_the_unet_with_config_keys_only(tmp_path):
     make_pets(tmp_path / "pets")
     proc = subprocess.run([sys.executable, str(ROOT / "import_data.py"), "pets", "--output", "data_pets", "--quiet",
@@ -830,6 +831,7 @@ def test_masks_flat_with_mapping_file_and_labels_option(tmp_path):
     assert [c["name"] for c in coco["categories"]] == ["leaf"] and result.instances == {"leaf": [1, 1, 0]}
 
 
+@pytest.mark.slow
 def test_imported_voc_folder_trains_mask_rcnn(tmp_path):
     """RLE instances (VOC masks) and config keys only: train_net switches to bitmask by itself."""
     make_voc(tmp_path / "voc")

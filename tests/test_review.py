@@ -116,6 +116,7 @@ def test_side_by_side_marks_errors(review):
     assert ((right[:, 0] > 200) & (right[:, 1] < 60) & (right[:, 2] < 60)).any()
 
 
+@pytest.mark.slow
 def test_page_opens_from_disk_in_chromium(review, tmp_path):
     from test_app_browser import CHROMIUM, _ensure_browser
 

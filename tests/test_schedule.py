@@ -88,6 +88,7 @@ def _train(data, out, *extra, flags=()):
     )
 
 
+@pytest.mark.slow
 def test_training_by_epochs_runs_that_many_iterations(sample_data, tmp_path):
     cfg = _cfg(sample_data)
     n = count_train_images(cfg)
@@ -100,6 +101,7 @@ def test_training_by_epochs_runs_that_many_iterations(sample_data, tmp_path):
     assert f"MAX_ITER: {iters}" in ckpt["config"]
 
 
+@pytest.mark.slow
 def test_time_budget_ends_in_time_with_final_checkpoint_and_evaluation(sample_data, tmp_path):
     budget = 40  # room past the 6 timed warm-up iterations even when another job shares the cores
     t0 = time.monotonic()
@@ -130,6 +132,7 @@ def test_time_budget_ends_in_time_with_final_checkpoint_and_evaluation(sample_da
     assert planned <= resumed["iteration"] <= planned + 7  # at most a warm-up more
 
 
+@pytest.mark.slow
 def test_time_budget_plans_no_longer_than_the_epochs_rule(sample_data, tmp_path):
     """A generous budget on a small set stops where SOLVER.EPOCHS says, not when the time is up."""
     cfg = _cfg(sample_data)

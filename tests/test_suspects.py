@@ -216,6 +216,7 @@ def test_reuse_folds_stops_rather_than_train(sample_data, tmp_path):
     assert not list(out.rglob("*.pth"))
 
 
+@pytest.mark.slow
 def test_cross_validated_run_trains_one_model_per_fold(sample_data, tmp_path):
     out = tmp_path / "cv"
     args = [sample_data, "--split", "trainval", "--folds", "2", "--iters", "6", "--output", out,

@@ -3,9 +3,10 @@
 What is exported is ``model.inference([{"image": CHW float}], do_postprocess=False)`` for Mask
 R-CNN (the model as detectron2's tools/deploy/export_model.py traces it) or the model's forward for
 U-Net. Inside the graph: normalisation, backbone, RPN, NMS, box and mask heads. Outside it (done by
-:mod:`segkit.inference.onnx_predictor` with numpy + cv2): the input resize (ResizeShortestEdge as
-INPUT.MIN/MAX_SIZE_TEST say), box rescaling, and pasting the 28x28 mask probabilities into the
-image (pasting inside the graph gives an ONNX model onnxruntime cannot load).
+:mod:`segkit.inference.onnx_predictor` with detectron2's own code): the input resize
+(ResizeShortestEdge as INPUT.MIN/MAX_SIZE_TEST say), and ``detector_postprocess``: box rescaling,
+and pasting the 28x28 mask probabilities into the image (pasting inside the graph gives an ONNX
+model onnxruntime cannot load).
 
 ONNX uses opset 17 (detectron2's default 11 exports RoIAlign without ``aligned=True`` and results
 drift) with dynamic height/width, so any input size works. Next to each exported file goes a
