@@ -7,7 +7,7 @@
 source "$(dirname "$0")/env.sh"
 set -euo pipefail
 CONFIG=configs/mask_rcnn_lite0_FPN.yaml
-OUT=output/lite0
+OUT=output/lite0  # the config's run folder; a training finding it taken writes output/lite0-2, ...
 
 echo "== 1/6 sample data: data/sample (LabelMe files)"
 [ -f data/sample/labels.txt ] || python -m segkit.data.sample --out data/sample --num-images 40 --seed 0
@@ -17,10 +17,11 @@ python labelme2coco.py data/sample --output data
 
 echo "== 3/6 fine-tune Mask R-CNN on the ImageNet-pretrained EfficientNet-Lite0 -> $OUT"
 if [ -f "$OUT/model_final.pth" ]; then
-  echo "$OUT/model_final.pth exists: evaluating it (rm -r $OUT to train again)"
-  python train_net.py --config-file $CONFIG --eval-only MODEL.WEIGHTS "$OUT/model_final.pth"
+  echo "$OUT holds a trained model: evaluating it (rm -r $OUT to train again)"
+  python train_net.py --eval-only --weights "$OUT"   # the model and its config come from the checkpoint
 else
   python train_net.py --config-file $CONFIG --num-gpus 1
+  OUT="output/$(cat output/latest_run)"  # the run just trained
 fi
 
 echo "== 4/6 evaluation on the val split: $OUT/eval/ (metrics JSON, PR curves, confusion matrix, best thresholds)"
@@ -30,7 +31,7 @@ echo "== 5/6 error review of the val split -> $OUT/review/index.html"
 python -m segkit.evaluation.review "$OUT/eval" --quiet
 
 echo "== 6/6 predictions on the val images -> $OUT/predictions/"
-python predict.py --weights "$OUT/model_final.pth" --input $(python -c "
+python predict.py --weights "$OUT" --input $(python -c "
 import json; print(' '.join('data/images/' + i['file_name'] for i in json.load(open('data/val.json'))['images']))") \
   --output "$OUT/predictions" --quiet
 
@@ -44,5 +45,7 @@ Done. Look at:
   $OUT/eval/confusion_matrix_mydata_val.png, f1_mydata_val.png   confusion matrix, F1 vs threshold
   $OUT/review/index.html   error review, worst images first, with their LabelMe files
   $OUT/predictions/        overlays, masks, results.json
-Open the app:   ./scripts/app.sh --weights $OUT/model_final.pth   then browse to http://127.0.0.1:7860
+Open the app:   ./scripts/app.sh --weights $OUT   then browse to http://127.0.0.1:7860
+After a training, predict.py, app.py, export_model.py and train_net.py --eval-only use the latest
+run by themselves (output/latest_run); --weights takes a run folder, a run name or a checkpoint.
 MSG
