@@ -40,7 +40,7 @@ def _commands(text):
     like a command."""
     lines = [line.strip() for lang, body in FENCE.findall(text) if lang in SHELL_FENCES for line in body.splitlines()]
     lines += re.findall(r"`([^`\n]+)`", _prose(text))
-    return [line for line in lines if line.startswith(("python ", "./scripts/"))]
+    return [line for line in lines if line.startswith(("python ", "./scripts/", "segkit "))]
 
 
 def _entry_point(line):
@@ -54,9 +54,11 @@ def _entry_point(line):
         return None
     if tokens[0].startswith("./scripts/"):
         return "shell", tokens[0][2:], []
-    if tokens[0] != "python" or len(tokens) < 2:
+    if tokens[0] == "segkit" and len(tokens) > 1:
+        kind, target, args = "segkit", tokens[1], tokens[2:]
+    elif tokens[0] != "python" or len(tokens) < 2:
         return None
-    if tokens[1] == "-m":
+    elif tokens[1] == "-m":
         kind, target, args = "module", tokens[2], tokens[3:]
         if not target.startswith("segkit"):
             return None
@@ -84,7 +86,11 @@ def _help(kind, target):
         try:
             with contextlib.redirect_stdout(out), pytest.raises(SystemExit), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules after import"
-                if kind == "module":
+                if kind == "segkit":
+                    from segkit.cli.main import main
+
+                    main([target, "--help"])
+                elif kind == "module":
                     runpy.run_module(target, run_name="__main__", alter_sys=True)
                 else:
                     sys.path.insert(0, str((ROOT / target).parent))
@@ -136,7 +142,13 @@ def test_every_documented_command_exists_with_its_flags():
                 continue
             kind, target, flags = found
             where = f"{page.name}: {line}"
-            if kind == "module":
+            if kind == "segkit":
+                from segkit.cli.main import COMMANDS
+
+                if target not in COMMANDS:
+                    problems.append(f"{where}: no segkit command {target}")
+                    continue
+            elif kind == "module":
                 import importlib.util
 
                 if importlib.util.find_spec(target) is None:

@@ -239,8 +239,7 @@ def test_cli_says_what_it_detected(tmp_path):
     assert [line.split() for line in proc.stdout.splitlines() if line.startswith("  converted")] == \
         [["converted", "3", "2", "1", "6"]]
     assert f"wrote {tmp_path / 'data' / 'trainval.json'}" in proc.stdout and str(tmp_path / "data" / "test.json") in proc.stdout
-    assert "--eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth" in proc.stdout
-    assert 'DATASETS.TEST "(\'mydata_test\',)"' in proc.stdout
+    assert f'python train_net.py --eval-only --split test DATASETS.DATA_DIR "{tmp_path / "data"}"' in proc.stdout
 
 
 # ---------------------------------------------------------------- YOLO-seg

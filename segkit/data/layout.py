@@ -55,8 +55,8 @@ def eval_test_lines(data_dir="data", prefix=DEFAULT_PREFIX):
     return [
         f"test split: {split_json(data_dir, TEST_SPLIT)} ({dataset_name(TEST_SPLIT, prefix)}; not trained on). "
         "Measure the final model on it with:",
-        f"  python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth "
-        f'DATASETS.DATA_DIR "{data_dir}" DATASETS.TEST "(\'{dataset_name(TEST_SPLIT, prefix)}\',)"',
+        f"  python train_net.py --eval-only --split {TEST_SPLIT}"
+        + ("" if os.path.normpath(data_dir) == "data" else f' DATASETS.DATA_DIR "{data_dir}"'),
     ]
 
 
