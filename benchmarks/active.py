@@ -84,7 +84,7 @@ def train(pool_dir, ids, out, seed, args):
         it = args.iters
         proc = subprocess.run(
             [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", args.config_file,
-             "DATASETS.DATA_DIR", os.path.join(out, "data"), "OUTPUT_DIR", out, "SEED", str(seed),
+             "--exist-ok", "DATASETS.DATA_DIR", os.path.join(out, "data"), "OUTPUT_DIR", out, "SEED", str(seed),
              "SOLVER.MAX_ITER", str(it), "SOLVER.STEPS", f"({int(it * 0.8)},)", "TEST.EVAL_PERIOD", str(it),
              "SOLVER.CHECKPOINT_PERIOD", str(10 * it), "INPUT.AUG.PREVIEW_BATCHES", "0",
              "TEST.PR_CURVES", "False", "TEST.VAL_LOSS_PERIOD", str(10 * it)],

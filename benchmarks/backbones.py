@@ -45,7 +45,7 @@ CONFIGS = {
 def ap_at_budget(name, data, seed, budget, work):
     out = os.path.join(work, f"{name}_{os.path.basename(data)}_seed{seed}")
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIGS[name],
-           "--time-budget", budget, "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed),
+           "--time-budget", budget, "--exist-ok", "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed),
            "SOLVER.MAX_ITER", "100000", "INPUT.AUG.PREVIEW_BATCHES", "0", "TEST.PR_CURVES", "False"]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)

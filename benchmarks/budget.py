@@ -56,7 +56,7 @@ def one_run(name, data, work):
         budget = parse_duration(name)
         cmd += ["--time-budget", name]
         opts = []
-    cmd += ["DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, *opts]
+    cmd += ["--exist-ok", "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, *opts]
     env = dict(os.environ)
     print(f"{name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()

@@ -85,7 +85,7 @@ def data_for(name, seed, work):
 def one_run(config, name, seed, data, work, max_iter, eval_period):
     out = os.path.join(work, f"run_{os.path.basename(config)}_{name}_seed{seed}")
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config,
-           "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed),
+           "--exist-ok", "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed),
            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", "()", "TEST.EVAL_PERIOD", str(eval_period),
            "SOLVER.CHECKPOINT_PERIOD", str(10 * max_iter), "INPUT.AUG.PREVIEW_BATCHES", "0",
            "TEST.PR_CURVES", "False", "TEST.VAL_LOSS_PERIOD", str(10 * max_iter)]

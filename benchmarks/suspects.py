@@ -264,7 +264,7 @@ def train_and_evaluate(data, out, seed, iters):
     from segkit.engine.hooks import read_metrics
 
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", LITE0,
-           "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed), "SOLVER.MAX_ITER", str(iters),
+           "--exist-ok", "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SEED", str(seed), "SOLVER.MAX_ITER", str(iters),
            "SOLVER.STEPS", f"({int(iters * 0.8)},)", "TEST.EVAL_PERIOD", str(iters),
            "SOLVER.CHECKPOINT_PERIOD", str(10 * iters), "INPUT.AUG.PREVIEW_BATCHES", "0",
            "TEST.PR_CURVES", "False", "TEST.VAL_LOSS_PERIOD", str(10 * iters)]

@@ -98,7 +98,7 @@ def train(data, out, budget, extra, iters=None):
     else:
         flags, length = ["--time-budget", str(budget)], ["SOLVER.MAX_ITER", "100000", "SOLVER.STEPS", "(99999,)"]
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG, *flags,
-           "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('mydata_train',)",
+           "--exist-ok", "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('mydata_train',)",
            "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "SOLVER.EPOCHS", "0", *length,
            "DATALOADER.NUM_WORKERS", "0", "INPUT.AUG.PREVIEW_BATCHES", "0", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

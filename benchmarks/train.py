@@ -156,7 +156,7 @@ def ap_race(data, args, tmp):
     runs = {}
     for name, config, opts in (("baseline R18-GN 320px", R50, BASELINE_OVERRIDES), ("mini", MINI, [])):
         out = os.path.join(tmp, name.split()[0])
-        cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *opts,
+        cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, "--exist-ok", *opts,
                "DATASETS.DATA_DIR", data, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(args.iters),
                "SOLVER.STEPS", f"({int(args.iters * 0.75)},)", "TEST.EVAL_PERIOD", str(args.eval_period),
                "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "1"]

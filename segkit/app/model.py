@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 
-from segkit.data.run_layout import EVAL_DIR, NoModelError, resolve_weights
+from segkit.data.run_layout import DEFAULT_SCORE_THRESHOLD, EVAL_DIR, KEY_SCORE_THRESHOLD, NoModelError, resolve_weights
 from segkit.evaluation.metrics_files import read_metrics_file, find_metrics_files
 from segkit.modeling.tiling import default_tile_size
 
@@ -47,9 +47,10 @@ class AppModel:
     def _default_score(self):
         """The slider's start and the one line saying why: the checkpoint's best-F1 threshold
         for all classes when its evaluation stored one, else 0.5."""
-        stored = getattr(self.predictor, "stored_thresholds", {}).get("score_threshold") if self.ready else None
+        stored = getattr(self.predictor, "stored_thresholds", {}).get(KEY_SCORE_THRESHOLD) if self.ready else None
         if stored is None:
-            return 0.5, "starts at 0.5 (default: the checkpoint carries no evaluated threshold)"
+            return DEFAULT_SCORE_THRESHOLD, (f"starts at {DEFAULT_SCORE_THRESHOLD:g} (default: the checkpoint carries "
+                                             "no evaluated threshold)")
         value = min(max(round(float(stored), 2), MIN_SCORE), 1.0)
         return value, f"starts at {value:.2f}, the best-F1 threshold of the checkpoint's evaluation"
 

@@ -16,6 +16,7 @@ from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
 from segkit.data.atomic import atomic_path
+from segkit.data.run_layout import METRICS_JSON
 from segkit.engine.distributed import broadcast_from_main
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class LossCurvePlot(HookBase):
     Register it after the PeriodicWriter so the JSON already has the latest values."""
 
     def __init__(self, output_dir, period=20):
-        self._metrics = os.path.join(output_dir, "metrics.json")
+        self._metrics = os.path.join(output_dir, METRICS_JSON)
         self._out = os.path.join(output_dir, "loss_curves.png")
         self._period = period
 

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 from segkit.data.catalog import coco_has_rle_instances, register_coco_dataset, register_data_dir
 from segkit.data.layout import SPLITS, dataset_name, image_root
 from segkit.data.run_layout import (
+    CPU_CONFIG,
     DEFAULT_CONFIG,
     NoModelError,
     new_run_dir,
@@ -37,7 +38,7 @@ logger = logging.getLogger("segkit")
 
 def build_argument_parser():
     parser = default_argument_parser(
-        epilog="Example: python train_net.py --config-file configs/mask_rcnn_lite0_FPN.yaml "
+        epilog=f"Example: python train_net.py --config-file {CPU_CONFIG} "
         "--num-gpus 1 SOLVER.MAX_ITER 200"
     )
     # No default here: training falls back to DEFAULT_CONFIG, evaluation to the checkpoint's own config.

@@ -36,6 +36,7 @@ from tabulate import tabulate
 
 from segkit.data.atomic import write_json
 from segkit.data.file_names import safe_filename
+from segkit.data.run_layout import KEY_SCORE_THRESHOLD, KEY_SCORE_THRESHOLDS
 from segkit.evaluation.analysis import CURVE_THRESHOLDS, analyse_detections, group_by_image
 from segkit.evaluation.plots import write_confusion_matrix_plot, write_f1_plot, write_pr_plots
 
@@ -144,8 +145,8 @@ class SegkitCOCOEvaluator(COCOEvaluator):
             report["thresholds"] = analysis.thresholds_json()
             report["confusion_matrix"] = analysis.confusion_json()
             if analysis.score_threshold is not None:
-                results["score_thresholds"] = dict(analysis.score_thresholds())
-                results["score_threshold"] = analysis.score_threshold
+                results[KEY_SCORE_THRESHOLDS] = dict(analysis.score_thresholds())
+                results[KEY_SCORE_THRESHOLD] = analysis.score_threshold
         if self._output_dir:
             name = safe_filename(self._dataset_name)
             if analysis is not None:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from segkit.data.atomic import atomic_path, write_json, write_text
 from segkit.evaluation.analysis import analyse_detections, group_by_image
 from segkit.data.coco_masks import segmentation_to_rle
-from segkit.data.run_layout import EVAL_DIR, LATEST_RUN, RUNS_ROOT, latest_run
+from segkit.data.run_layout import CONFIG_YAML, EVAL_DIR, LATEST_RUN, RUNS_ROOT, latest_run
 
 __all__ = ["annotation_source", "build_review", "main", "rank_images"]
 
@@ -333,7 +333,7 @@ def _find_eval_inputs(eval_dir, dataset=None):
     metrics = max(metrics_files, key=os.path.getmtime)
     with open(metrics, encoding="utf-8") as f:
         name = json.load(f).get("dataset", "")
-    config = os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "config.yaml")
+    config = os.path.join(os.path.dirname(os.path.abspath(eval_dir)), CONFIG_YAML)
     data_dir = "data"
     if os.path.isfile(config):
         from detectron2.config import CfgNode
