@@ -1,6 +1,7 @@
 """The data folder layout lives in one detectron2-free module, so converting a folder stays light."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,34 @@ def test_a_test_split_is_registered_and_reported(tmp_path, sample_data):
     assert MetadataCatalog.get("testsplit_test").json_file == layout.split_json(str(data), "test")
     val_images = len(json.loads((data / "val.json").read_text())["images"])
     assert build_report(str(data))["splits"]["test"]["images"] == val_images
+
+
+def test_converters_and_predict_take_the_same_image_files(tmp_path):
+    """One image-extension list: a folder's images are the same for the importers and predict.py
+    (three lists differed: .jfif/.pbm/.pgm/.ppm were images to predict.py only, .gif not to the
+    semantic importer)."""
+    from segkit.data.formats.images import list_images
+    from segkit.data.image_files import IMAGE_EXTENSIONS
+    from segkit.inference.predict_cli import expand_inputs
+
+    for ext in IMAGE_EXTENSIONS + (".txt", ".json"):
+        (tmp_path / f"a{ext.upper() if ext == '.png' else ext}").write_bytes(b"")
+    by_importers = sorted(os.path.basename(p) for p in list_images(str(tmp_path)))
+    by_predict = sorted(os.path.basename(p) for p in expand_inputs([str(tmp_path)])[0])
+    assert by_importers == by_predict and len(by_predict) == len(IMAGE_EXTENSIONS)
+
+
+def test_inside_a_folder_is_judged_on_names(tmp_path):
+    """One is_inside: an annotation's ``../`` cannot leave the folder, and a link the user placed in
+    the folder is inside it (one version resolved links and refused such images, one did not)."""
+    from segkit.data.file_names import is_inside
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "img.png").write_bytes(b"")
+    (root / "img.png").symlink_to(elsewhere / "img.png")
+    assert is_inside(root / "img.png", root)
+    assert is_inside(root / "sub" / ".." / "img.png", root)
+    assert not is_inside(root / ".." / "elsewhere" / "img.png", root)
+    assert not is_inside(root, root / "sub")

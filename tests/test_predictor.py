@@ -235,3 +235,30 @@ def test_semantic_unet_checkpoint(unet_checkpoint, rgb):
     over = vis.draw_prediction(pred)
     assert over.shape == (h, w, 3)
     assert len(vis.instance_masks(pred)) == len(np.unique(cmap))
+
+
+def test_checkpoint_is_read_once_and_its_thresholds_apply_by_default(trained_mini_checkpoint, monkeypatch):
+    """from_checkpoint reads the file once (config, classes, thresholds and weights from one read;
+    it was read twice, and four times for predict.py --rank uncertainty), loads the same weights as
+    detectron2's own loading, and keeps per class the instances above the checkpoint's stored
+    thresholds unless a confidence threshold is given."""
+    from detectron2.engine import DefaultPredictor
+
+    from segkit.engine.checkpoint import load_for_inference
+
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    p = Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu")
+    assert len(reads) == 1, reads
+    monkeypatch.setattr(torch, "load", real_load)
+    loaded = load_for_inference(str(trained_mini_checkpoint))
+    reference = DefaultPredictor(loaded.cfg).model.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in p.model.state_dict().items())
+    stored = loaded.thresholds.get("score_thresholds") or {}
+    if stored:
+        assert {n: p.class_thresholds[n] for n, t in stored.items() if t is not None} == \
+            pytest.approx({n: t for n, t in stored.items() if t is not None})
+    else:
+        assert p.confidence_threshold == 0.5 and "the default" in p.threshold_note
+    assert not Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", confidence_threshold=0.3).class_thresholds
