@@ -45,7 +45,7 @@ def _same_fs(a, b):
 
 @pytest.fixture(scope="module")
 def eager(trained_mini_checkpoint):
-    return Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu")
+    return Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", use_checkpoint_thresholds=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_lite0_export_parity(trained_lite0_checkpoint, test_images, tmp_path):
     """The pretrained EfficientNet-Lite0 Mask R-CNN exports both ways with the same outputs."""
     ckpt = tmp_path / "model_final.pth"
     ckpt.write_bytes(Path(trained_lite0_checkpoint).read_bytes())
-    eager = Predictor.from_checkpoint(ckpt, device="cpu")
+    eager = Predictor.from_checkpoint(ckpt, device="cpu", use_checkpoint_thresholds=False)
     assert eager.cfg.INPUT.FORMAT == "RGB"
     for fmt, runtime in (("onnx", OnnxPredictor), ("torchscript", TorchScriptPredictor)):
         path = export_model(ckpt, fmt, check=False)
@@ -132,7 +132,7 @@ def test_unet_export(unet_checkpoint, sample_data):
     """U-Net checkpoints export too; the exported class map equals the eager one."""
     ckpt = unet_checkpoint.path
     image = sorted((Path(sample_data) / "images").glob("*.jpg"))[0]
-    eager = Predictor.from_checkpoint(ckpt, device="cpu")(image)
+    eager = Predictor.from_checkpoint(ckpt, device="cpu", use_checkpoint_thresholds=False)(image)
     for fmt in ("onnx", "torchscript"):
         path = export_model(ckpt, fmt, sample_image=image, check=False)
         other = (OnnxPredictor if fmt == "onnx" else TorchScriptPredictor)(path)(image)

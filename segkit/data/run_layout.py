@@ -100,11 +100,16 @@ def new_run_dir(base, resume=False, exist_ok=False):
 
 
 def record_latest_run(run_dir):
-    """Write ``latest_run`` in the folder that holds ``run_dir``, naming it (atomically)."""
+    """Write ``latest_run`` in the folder that holds ``run_dir``, naming it (atomically). A folder
+    that cannot take it (read-only) costs the record, not the training: one line says so."""
     from segkit.data.atomic import write_text
 
     parent = os.path.dirname(os.path.abspath(run_dir))
-    write_text(os.path.join(parent, LATEST_RUN), os.path.basename(os.path.abspath(run_dir)) + "\n")
+    try:
+        write_text(os.path.join(parent, LATEST_RUN), os.path.basename(os.path.abspath(run_dir)) + "\n")
+    except OSError as e:
+        print(f"warning: could not record {run_dir} as the latest run in {parent} ({e.strerror}); later "
+              f"commands need --weights {run_dir}", file=sys.stderr)
 
 
 def latest_run(runs_root=RUNS_ROOT):

@@ -174,8 +174,11 @@ def training_config(args):
     config_file = args.config_file = resolve_config_file(args.config_file or DEFAULT_CONFIG)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(args.opts)
-    if args.weights:
-        cfg.MODEL.WEIGHTS = args.weights
+    if args.weights:  # a run or checkpoint to start from; URLs (imagenet://, detectron2://) as they are
+        try:
+            cfg.MODEL.WEIGHTS = args.weights if "://" in args.weights else resolve_weights(args.weights)
+        except NoModelError as e:
+            raise SystemExit(str(e))
     if getattr(args, "time_budget", None):
         cfg.SOLVER.TIME_BUDGET = int(math.ceil(args.time_budget))
     register_datasets(cfg)

@@ -73,6 +73,11 @@ class TrainingJob:
         sys.argv = [self.script, *argv]
         try:
             runpy.run_path(self.script, run_name="__main__")
+        except SystemExit as e:
+            # The script's sys.exit(0) is a success: submitit records a result only when we return.
+            # Any other exit (submitit's own after a requeue, a failed run) goes on as it was.
+            if e.code not in (None, 0):
+                raise
         finally:
             sys.argv = saved
 
