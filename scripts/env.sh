@@ -48,9 +48,12 @@ if [ "$HAVE" != "$PYV" ]; then
       echo "$VENV is not a virtual environment (no pyvenv.cfg): refusing to replace it; point SEGKIT_VENV elsewhere." >&2; exit 1; }
     echo "Recreating $VENV: it runs Python ${HAVE:-(none that works)}, the set-up picked $PYV"
   fi
-  echo "Creating $VENV with $PY"
+  # The interpreter behind PY when PY is itself a venv's (maybe this one's, which is about to go).
+  BASE="$("$PY" -c 'import os, sys; print(sys.base_prefix != sys.prefix and os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2]) or "")')"
+  BASE="${BASE:-$PY}"
+  echo "Creating $VENV with $BASE"
   rm -rf "$VENV"
-  "$PY" -m venv "$VENV"
+  "$BASE" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install --quiet --disable-pip-version-check --progress-bar off)

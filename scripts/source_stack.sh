@@ -36,6 +36,7 @@ PY312="${PYTHON312:-}"
 # The set-up is scripts/env.sh's for a Python without sal-detectron2 (what a user without Python 3.10
 # gets): the venv, requirements-source.txt, detectron2 built from source, segkit editable, with stamps.
 export SEGKIT_VENV="$VENV"
+USER_PATH="$PATH"  # the demo below runs without this venv on the PATH, as a user's does
 PYTHON="$PY312" source "$ROOT/scripts/env.sh"
 python - <<'EOF2'
 import sys, numpy, torch, torchvision, cv2, detectron2, detectron2._C  # noqa: F401
@@ -60,7 +61,7 @@ fi
 echo "== ./scripts/demo.sh with only Python 3.12 visible (no 3.10, PYTHON unset), in $VENV"
 MARK="$(mktemp)"; LOG="$(mktemp)"; trap 'rm -f "$MARK" "$LOG"' EXIT
 start=$(date +%s)
-"$ROOT/scripts/with_python312_only.sh" ./scripts/demo.sh 2>&1 | tee "$LOG"
+PATH="$USER_PATH" "$ROOT/scripts/with_python312_only.sh" ./scripts/demo.sh 2>&1 | tee "$LOG"
 grep -q "^No Python 3.10 found: using Python 3\.12" "$LOG" || { echo "== env.sh did not say it picked Python 3.12" >&2; exit 1; }
 echo "== demo took $(( $(date +%s) - start )) s"
 # The run the demo just wrote (its output folder is its own business: find what is newer than MARK).

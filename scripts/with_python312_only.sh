@@ -5,11 +5,12 @@
 #   scripts/with_python312_only.sh ./scripts/demo.sh
 #
 # PYTHON, PYENV_VERSION and CONDA_PREFIX unset; PYENV_ROOT a folder of links to pyenv's 3.12
-# versions only (in XDG_CACHE_HOME: a venv made through it keeps working); the PATH without pyenv's folders and without any folder holding a python3.10 or a
-# python3/python that is 3.10; HOME a scratch folder (no ~/.pyenv, no conda there; XDG_CACHE_HOME
-# stays the real cache, so pip and model downloads are reused). Stops before running anything if
-# scripts/find_python.sh can still find a Python 3.10, or cannot find a 3.12. Everything else
-# (SEGKIT_VENV, DETECTRON2_SRC, MAX_JOBS, ...) passes through.
+# versions only (kept in XDG_CACHE_HOME: a venv made through it keeps working); the PATH without
+# pyenv's folders and without any folder holding a python3.10 or a python3/python that is 3.10; HOME
+# a scratch folder (no ~/.pyenv, no conda there; XDG_CACHE_HOME stays the real cache, so pip and
+# model downloads are reused). Stops before running anything if scripts/find_python.sh can still
+# find a Python 3.10, or cannot find a 3.12. Other Pythons stay (a system python3.11 on the PATH:
+# the set-up prefers 3.12). Everything else (SEGKIT_VENV, DETECTRON2_SRC, MAX_JOBS, ...) passes through.
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
