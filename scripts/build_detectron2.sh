@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds detectron2 from its upstream source into one Python environment, with our patch applied,
-# and prints how long the compile took. Used by scripts/source_stack.sh and benchmarks/gpu/run.sh.
+# and prints how long the compile took. Used by scripts/env.sh (the set-up without Python 3.10, which
+# scripts/source_stack.sh also uses) and benchmarks/gpu/run.sh.
 #
 #   scripts/build_detectron2.sh PYTHON SOURCE WORKDIR
 #
@@ -19,7 +20,8 @@ if [ -f "$SRC" ]; then
 elif [ -d "$SRC" ]; then
   cp -r "$SRC" "$WORK/src/"
 else
-  git clone --quiet https://github.com/facebookresearch/detectron2.git "$WORK/src/detectron2"
+  git clone --quiet https://github.com/facebookresearch/detectron2.git "$WORK/src/detectron2" || {
+    echo "Could not clone detectron2: set DETECTRON2_SRC to a tarball or folder of its source at commit $D2_COMMIT." >&2; exit 1; }
   git -C "$WORK/src/detectron2" checkout --quiet "$D2_COMMIT"
 fi
 D2_DIR="$(dirname "$(ls -d "$WORK"/src/*/setup.py | head -1)")"
