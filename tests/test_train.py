@@ -74,14 +74,19 @@ def test_eval_only_on_the_test_split_as_the_import_summary_says(trained_mini_che
     import shutil
 
     from segkit.data.layout import eval_test_lines
+    from segkit.data.run_layout import record_latest_run
 
     data = tmp_path / "data"
     shutil.copytree(sample_data, data)
     shutil.copy(data / "val.json", data / "test.json")
-    command = shlex.split(eval_test_lines(str(data))[-1].replace("CONFIG", str(MINI)).replace(
-        "OUTPUT_DIR/model_final.pth", str(trained_mini_checkpoint)))
-    assert command[:2] == ["python", "train_net.py"]
-    proc = run_train_net(*command[2:], "OUTPUT_DIR", tmp_path / "eval_test", *TINY_OVERRIDES)
+    # the command evaluates the latest run, as it is after a training in this folder
+    run = tmp_path / "output" / "mini"
+    run.mkdir(parents=True)
+    shutil.copy(trained_mini_checkpoint, run / "model_final.pth")
+    record_latest_run(str(run))
+    command = shlex.split(eval_test_lines(str(data))[-1])
+    assert command[:2] == ["python", "train_net.py"] and "--weights" not in command
+    proc = run_train_net(*command[2:], "OUTPUT_DIR", tmp_path / "eval_test", *TINY_OVERRIDES, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval_test/eval/metrics_mydata_test.json").read_text())
     assert set(metrics) >= {"bbox", "segm"}
