@@ -218,34 +218,16 @@ finally:
 """
 
 
-@pytest.mark.slow
-def test_installed_wheel_runs_the_new_user_session_outside_the_checkout(wheel, tmp_path):
-    """A new user's session with the installed `segkit` command, in a folder outside the checkout:
-    convert, train twice, then predict, the app's API, export and evaluation with no --weights and no
-    --config-file. Both runs' files stay intact; evaluating from the checkpoint alone rebuilds the
-    trained Lite0 model (the same predictions as training's own evaluation, where train_net's
-    default R50 config would give others)."""
-    bin_dir = _fresh_venv_with(wheel, tmp_path / "venv")
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="2")
-
-    def segkit(*argv, timeout=600):
-        proc = subprocess.run(["segkit", *map(str, argv)], cwd=work, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-        assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-4000:])
-        return proc
-
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import segkit; print(segkit.__file__)"], cwd=work,
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()
-    assert where.startswith(str(tmp_path / "venv")), where
+def _new_user_session(work, segkit, python, env):
+    """Convert, train twice, then predict, the app's API, export and evaluation with no --weights and
+    no --config-file, in ``work``. ``segkit(*argv)`` runs one command (``segkit train ...``) and returns
+    the CompletedProcess; ``python``: the interpreter for the app's API call."""
     segkit("sample", "--out", "labelme", "--num-images", "8", "--seed", "0")
     segkit("sample", "--out", "labelme_test", "--num-images", "3", "--seed", "1")
     segkit("convert", "labelme", "--no-report", "--quiet")
     segkit("convert", "labelme_test", "--output", "testdata", "--no-report", "--quiet")
 
-    lite0 = ["--config-file", "configs/mask_rcnn_lite0_FPN.yaml"]
+    lite0 = ["--config-file", "configs/mask_rcnn_lite0_FPN.yaml"]  # not in `work`: the shipped one
     segkit("train", *lite0, *TINY_RUN, "SOLVER.MAX_ITER", "12", "TEST.EVAL_PERIOD", "0")
     first = work / "output" / "lite0"
     before = tree_digest(first)
@@ -265,7 +247,7 @@ def test_installed_wheel_runs_the_new_user_session_outside_the_checkout(wheel, t
     assert len(json.loads((work / "pred" / "images.json").read_text())["images"]) == 8
 
     image = next((work / "data" / "images").iterdir())
-    proc = subprocess.run([str(bin_dir / "python"), "-c", APP_CALL, str(image)], cwd=work, env=env,
+    proc = subprocess.run([str(python), "-c", APP_CALL, str(image)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "APP output/lite0-2/model_best.pth True" in proc.stdout, proc.stdout[-2000:]
@@ -283,3 +265,45 @@ def test_installed_wheel_runs_the_new_user_session_outside_the_checkout(wheel, t
     metrics = json.loads((second / "eval" / "metrics_eval_trainval.json").read_text())
     assert "segm" in metrics and "bbox" in metrics
     assert tree_digest(first) == before
+
+
+def _runner(command_of, work, env):
+    def run(*argv, timeout=600):
+        proc = subprocess.run([*command_of(argv[0]), *map(str, argv[1:])], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-4000:])
+        return proc
+    return run
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_the_new_user_session_outside_the_checkout(wheel, tmp_path):
+    """The new user's session (_new_user_session) with the `segkit` command of the wheel installed in a
+    fresh venv, in a folder outside the checkout. Evaluating from the checkpoint alone rebuilds the
+    trained Lite0 model: the same predictions as training's own evaluation, where train_net's default
+    R50 config would give others."""
+    bin_dir = _fresh_venv_with(wheel, tmp_path / "venv")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="2")
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import segkit; print(segkit.__file__)"], cwd=work,
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(tmp_path / "venv")), where
+    _new_user_session(work, _runner(lambda name: ["segkit", name], work, env), bin_dir / "python", env)
+
+
+# The checkout's own entry points for the session's commands.
+SCRIPTS = {"sample": ["-m", "segkit.data.sample"], "convert": [str(ROOT / "labelme2coco.py")],
+           "train": [str(ROOT / "train_net.py")], "val": [str(ROOT / "train_net.py"), "--eval-only"],
+           "predict": [str(ROOT / "predict.py")], "export": [str(ROOT / "export_model.py")]}
+
+
+@pytest.mark.slow
+def test_checkout_scripts_run_the_new_user_session(tmp_path):
+    """The same session with the checkout's scripts (python train_net.py, predict.py, ...), as the
+    README shows them, the data and runs in their own folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    _new_user_session(work, _runner(lambda name: [sys.executable, *SCRIPTS[name]], work, env), sys.executable, env)
