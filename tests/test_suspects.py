@@ -109,6 +109,28 @@ def test_calibration_puts_the_threshold_where_the_model_agrees_with_the_labels()
     assert judge_image(labels, preds, thresholds, recall) == []
 
 
+def test_labels_with_unusable_polygons_are_reported_not_passed_through_or_crashing(caplog):
+    # one COCO image: a square with a stray odd-length ring, a label whose only polygons are too
+    # short for pycocotools (frPyObjects([]) crashed), and a good label
+    square = [10, 10, 50, 10, 50, 50, 10, 50]
+    coco = {"images": [{"id": 7, "file_name": "shelf.jpg", "height": 60, "width": 80}],
+            "categories": [{"id": 1, "name": "box"}],
+            "annotations": [
+                {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [square, [60, 5, 75, 5, 75, 20, 60]]},
+                {"id": 2, "image_id": 7, "category_id": 1, "segmentation": [[1, 1, 2, 2], [3, 3]]},
+                {"id": 3, "image_id": 7, "category_id": 1, "segmentation": [[60, 40, 75, 40, 75, 55, 60, 55]]}]}
+    with caplog.at_level("WARNING", logger="segkit.inference.suspects"):
+        labels = coco_labels(coco, coco["images"][0])
+    # the odd ring is left out (as detectron2's loader leaves it out of training), not half-read
+    assert [g["id"] for g in labels] == [1, 3]
+    assert not labels[0]["mask"][:, 55:].any() and labels[0]["mask"][10:50, 10:50].all()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said  # one line per annotation, naming the image and the annotation
+    assert "shelf.jpg" in said[0] and "annotation 1" in said[0] and "odd number of coordinates" in said[0]
+    assert "shelf.jpg" in said[1] and "annotation 2" in said[1] and "fewer than 3 points" in said[1]
+    assert "not judged" in said[1]
+
+
 def test_fold_models_train_as_long_as_train_net_would_on_their_images():
     lite0 = str(ROOT / "configs" / "mask_rcnn_lite0_FPN.yaml")
     assert default_iters(lite0, (), 14) == 400  # 20 epochs of 14 images = 140, raised to MIN_ITER

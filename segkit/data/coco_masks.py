@@ -35,16 +35,48 @@ def segmentation_to_rle(segmentation, height, width, raise_errors=False):
     return None
 
 
-def segmentation_to_mask(segmentation, height, width):
-    """HxW bool mask of a COCO segmentation; None if unusable or of another size."""
+def _dropped_polygons(segmentation):
+    """In words, each polygon of a polygon segmentation that :func:`segmentation_to_rle` drops."""
+    if not isinstance(segmentation, list):
+        return []
+    n = len(segmentation)
+    dropped = []
+    for k, p in enumerate(segmentation, 1):
+        if not isinstance(p, list):
+            dropped.append(f"polygon {k} of {n} is not a list of coordinates")
+        elif len(p) % 2:  # pycocotools would quietly read floor(len / 2) points of it
+            dropped.append(f"polygon {k} of {n} has an odd number of coordinates ({len(p)})")
+        elif len(p) < 6:
+            dropped.append(f"polygon {k} of {n} has fewer than 3 points ({len(p) // 2})")
+    return dropped
+
+
+def decode_segmentation(segmentation, height, width):
+    """``(mask, problems)``: the HxW bool mask of a COCO segmentation (None if unusable or of
+    another size) and, in words, what was left out of it or why there is none. For readers that
+    must say what they did with a user's label rather than drop part of it unseen."""
+    problems = _dropped_polygons(segmentation)
     rle = segmentation_to_rle(segmentation, height, width)
     if rle is None:
-        return None
+        if isinstance(segmentation, list):
+            problems.append("no polygon with 3 or more points" if segmentation else "no polygon")
+        elif isinstance(segmentation, dict) and "counts" in segmentation:
+            problems.append("unreadable RLE")
+        else:
+            problems.append("no segmentation (a box only)")
+        return None, problems
     try:
         mask = mask_util.decode(rle).astype(bool)
-    except Exception:
-        return None
-    return mask if mask.shape == (height, width) else None
+    except Exception as e:  # compressed counts are only checked when decoded
+        return None, problems + [f"unreadable RLE ({e})"]
+    if mask.shape != (height, width):
+        return None, problems + [f"RLE size {mask.shape[1]}x{mask.shape[0]} differs from the image's {width}x{height}"]
+    return mask, problems
+
+
+def segmentation_to_mask(segmentation, height, width):
+    """HxW bool mask of a COCO segmentation; None if unusable or of another size."""
+    return decode_segmentation(segmentation, height, width)[0]
 
 
 def mask_geometry(segmentation, height, width):

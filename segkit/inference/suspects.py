@@ -72,6 +72,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from segkit.data.atomic import write_bytes, write_json, write_text
+from segkit.data.coco_masks import decode_segmentation
 from segkit.data.run_layout import CPU_CONFIG, KEY_SCORE_THRESHOLD, MODEL_FINAL, NoModelError, resolve_weights
 from segkit.data.labelme import labelme_document, labelme_shape, mask_to_polygons
 
@@ -258,21 +259,24 @@ def read_split(data_dir, split):
 
 
 def coco_labels(coco, image):
-    """Label dicts (id, class, mask, iscrowd) of one image of a COCO dict."""
+    """Label dicts (id, class, mask, iscrowd) of one image of a COCO dict.
+
+    Decoded as detectron2's loader reads them for training (polygons with an odd number of
+    coordinates or fewer than 3 points left out); each such label is named in a one-line warning,
+    and a label with no usable mask left is not judged rather than judged as an empty one."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
     h, w = image["height"], image["width"]
     out = []
     for a in coco["annotations"]:
         if a["image_id"] != image["id"]:
             continue
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rle = mask_util.merge(mask_util.frPyObjects([s for s in seg if len(s) >= 6], h, w)) if seg else None
-        elif isinstance(seg.get("counts"), list):
-            rle = mask_util.frPyObjects(seg, h, w)
-        else:
-            rle = seg
-        mask = mask_util.decode(rle).astype(bool) if rle is not None else np.zeros((h, w), bool)
+        mask, problems = decode_segmentation(a.get("segmentation"), h, w)
+        where = f"{image['file_name']}: annotation {a['id']} ({names[a['category_id']]})"
+        if mask is None:
+            logger.warning(f"{where}: {'; '.join(problems)}; not judged")
+            continue
+        if problems:
+            logger.warning(f"{where}: {'; '.join(problems)}; judged without {'it' if len(problems) == 1 else 'them'}")
         out.append({"id": a["id"], "class": names[a["category_id"]], "mask": mask,
                     "iscrowd": int(a.get("iscrowd", 0))})
     return out
