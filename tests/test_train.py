@@ -287,3 +287,49 @@ def test_trainer_init_mirrors_detectron2_default_trainer(sample_data, tmp_path):
     assert type(ours.scheduler) is type(theirs.scheduler)
     # ours may be a subclass (PeriodicCheckpointer keeps the last N checkpoints)
     assert all(any(isinstance(h, type(t)) for h in ours._hooks) for t in theirs._hooks)
+
+
+def test_precise_bn_runs_where_batch_norm_trains_and_says_so_where_none_does(sample_data, tmp_path):
+    """TEST.PRECISE_BN.ENABLED used to do nothing without a word: Trainer.build_hooks left out the
+    PreciseBN hook DefaultTrainer makes. Only the hooks are built here; nothing trains."""
+    import logging
+
+    from detectron2.engine import hooks
+
+    from segkit.engine.budget import TimeBudget
+    from segkit.engine.launch import build_argument_parser, setup
+    from segkit.engine.trainer import Trainer
+
+    def trainer_and_warnings(config, *opts):
+        args = build_argument_parser().parse_args([
+            "--config-file", str(config), "DATASETS.DATA_DIR", str(sample_data),
+            "OUTPUT_DIR", str(tmp_path / config.stem), "TEST.PRECISE_BN.ENABLED", "True",
+            "INPUT.AUG.PREVIEW_BATCHES", "0", *opts, *TINY_OVERRIDES])
+        cfg = setup(args)  # sets up the "segkit" logger (no propagation): listen on it after
+        said = []
+        listener = logging.Handler(logging.WARNING)
+        listener.emit = lambda record: said.append(record.getMessage())
+        logging.getLogger("segkit").addHandler(listener)
+        try:
+            trainer = Trainer(cfg)
+        finally:
+            logging.getLogger("segkit").removeHandler(listener)
+        return trainer, [m for m in said if "PRECISE_BN" in m]
+
+    # The U-Net's batch norm trains: fresh statistics before each evaluation, ahead of the
+    # checkpointer (so checkpoints hold them) and of the evaluation, as in DefaultTrainer.
+    unet, said = trainer_and_warnings(ROOT / "configs/unet_R18_mini.yaml", "TEST.EVAL_PERIOD", "7",
+                                         "SOLVER.TIME_BUDGET", "3600")
+    precise = [h for h in unet._hooks if isinstance(h, hooks.PreciseBN)]
+    assert len(precise) == 1 and precise[0]._period == 7 and not precise[0]._disabled and said == []
+    names = [type(h).__name__ for h in unet._hooks]
+    assert names.index("PreciseBN") < names.index("PeriodicCheckpointer") < names.index("EvalHook")
+    # a time budget that moves the evaluations moves the recomputation with them
+    budget = next(h for h in unet._hooks if isinstance(h, TimeBudget))
+    budget._apply(dict(TimeBudget._cfg_plan(unet.cfg), eval_period=5), announce=False)
+    assert precise[0]._period == 5
+
+    # The mini R-CNN has GN and FrozenBN only: nothing to recompute, and one line says so.
+    rcnn, said = trainer_and_warnings(MINI, "DATASETS.TEST", "()")
+    assert not any(isinstance(h, hooks.PreciseBN) for h in rcnn._hooks)
+    assert len(said) == 1 and "does nothing for this model" in said[0], said

@@ -229,8 +229,8 @@ class TimeBudget(HookBase):
         for h in trainer._hooks:
             if isinstance(h, hooks.PeriodicCheckpointer):
                 h.max_iter, h.period = plan["max_iter"], plan["checkpoint_period"]
-            elif isinstance(h, (hooks.EvalHook, hooks.BestCheckpointer)):
-                h._period = plan["eval_period"]
+            elif isinstance(h, (hooks.EvalHook, hooks.BestCheckpointer, hooks.PreciseBN)):
+                h._period = plan["eval_period"]  # PreciseBN: fresh statistics before each evaluation
             elif type(h).__name__ == "ValidationLoss" and not cfg.TEST.VAL_LOSS_PERIOD:
                 h._period = plan["eval_period"]
             elif type(h).__name__ == "EarlyStopping":

@@ -14,6 +14,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
 
 from segkit.data.augmentation import build_train_mapper
 from segkit.data.loader import build_resumable_train_loader
@@ -215,6 +216,9 @@ class Trainer(DefaultTrainer):
             return results
 
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        precise_bn = self.build_precise_bn(eval_period)
+        if precise_bn is not None:
+            ret.append(precise_bn)  # where DefaultTrainer has it: before the checkpointer and EvalHook
         if main and cfg.INPUT.AUG.PREVIEW_BATCHES > 0:
             ret.append(self.build_batch_pictures(cfg))
         if main:
@@ -236,6 +240,33 @@ class Trainer(DefaultTrainer):
         if cfg.SOLVER.TIME_BUDGET > 0:
             ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg))  # last: it times the other hooks too
         return ret
+
+    def build_precise_bn(self, eval_period):
+        """detectron2's PreciseBN hook as DefaultTrainer.build_hooks makes it, for TEST.PRECISE_BN:
+        the batch norm statistics recomputed on NUM_ITER training batches before each evaluation
+        and at the end, ahead of the checkpointer so that checkpoints hold them. Made here rather
+        than taken from super().build_hooks(), which also builds the checkpointer, EvalHook and
+        writers we build our own way (its writers open the run's metrics files).
+
+        None when off, or when no batch norm trains: FrozenBN (the ResNets' default, EfficientNet-Lite
+        with FREEZE_BN) and GN keep no running statistics that training moves, so there is nothing to
+        recompute; the U-Net encoders' batch norm trains, at small batches, where it helps. When the
+        key is set for such a model, one warning says it does nothing (detectron2 says nothing)."""
+        cfg = self.cfg
+        if not cfg.TEST.PRECISE_BN.ENABLED:
+            return None
+        if not get_bn_modules(self.model):
+            if comm.is_main_process():
+                logger.warning("TEST.PRECISE_BN.ENABLED does nothing for this model: its batch norm is frozen or it "
+                               "has none (GN), so there are no statistics to recompute.")
+            return None
+        loader_cfg = cfg.clone()
+        loader_cfg.defrost()
+        loader_cfg.DATALOADER.NUM_WORKERS = 0  # as detectron2: no worker processes for a few batches
+        # Our seeded stream (its augmentation restores the global RNGs). The forward passes may draw
+        # random numbers (R-CNN's proposal sampling), but at the same iterations in every run and
+        # before the checkpointer saves the RNG states, so --resume still replays the run.
+        return hooks.PreciseBN(eval_period, self.model, self.build_train_loader(loader_cfg), cfg.TEST.PRECISE_BN.NUM_ITER)
 
     def _store_score_thresholds(self, thresholds, evaluated):
         """Later checkpoints (model_best, model_final) carry the thresholds of the model they hold
