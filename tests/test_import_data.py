@@ -646,6 +646,20 @@ def test_open_images_with_a_masks_folder_is_open_images(tmp_path):
     assert result.written and result.problems == [] and sum(result.images) == 2
 
 
+def test_open_images_png_images_are_found_not_taken_for_masks(tmp_path):
+    # Open Images' own images are JPEGs, but a user's may be PNGs: only the PNGs that a MaskPath
+    # names are masks (every PNG was, and each PNG image was reported missing)
+    src = tmp_path / "oi"
+    make_open_images_as_downloaded(src)
+    for jpg in sorted((src / "images").glob("*.jpg")):
+        Image.open(jpg).save(jpg.with_suffix(".png"))
+        jpg.unlink()
+    result = run(src, tmp_path / "data")
+    assert result.written and result.problems == [] and sum(result.images) == 2
+    coco = check_folder(str(tmp_path / "data"))
+    assert masks_by_file(coco) == {f"{i}.png": [("Cat", 320, 0)] for i in ("0a1b2c3d4e5f6071", "1b2c3d4e5f607182")}
+
+
 # A format's own marker file decides over generic folder names that another format also uses.
 def _generic_yolo_labels(root):
     (root / "labels").mkdir(exist_ok=True)

@@ -5,7 +5,7 @@
 - The mask PNGs (from the ``*-masks-[0-9a-f].zip`` archives, in any folder below SRC), found by the
   ``MaskPath`` file name. They are smaller than their image: scaled up to the image size (bilinear,
   threshold at half). A mask whose aspect ratio differs from the image's is reported.
-- Images ``<ImageID>.jpg`` in any folder below SRC.
+- Images ``<ImageID>.jpg`` (or another image type, PNG included) in any folder below SRC.
 - Class names from the class-descriptions CSV (``oidv7-class-descriptions.csv`` with a
   ``LabelName,DisplayName`` header, or the older headerless ``class-descriptions-boxable.csv``);
   without it the MIDs (``/m/01yrx``) are the names. ``--classes Cat Dog`` keeps those display names.
@@ -86,9 +86,6 @@ def read(src_dir, log, options):
     result = ReadResult(num_files=len(csvs))
     names = read_class_names(src_dir, log)
     exclude = {os.path.abspath(e) for e in options.exclude}
-    masks = _index_files(src_dir, (".png",), exclude)
-    image_files = {os.path.splitext(n)[0]: p for n, p in _index_files(src_dir, IMAGE_EXTENSIONS, exclude).items()
-                   if not n.lower().endswith(".png") or n not in masks}
     rows_by_image, split_of, csv_of = {}, {}, {}
     for path in csvs:
         rel = posix_rel(path, src_dir)
@@ -104,6 +101,11 @@ def read(src_dir, log, options):
                     csv_of[row["ImageID"]] = rel
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             log.problem(rel, "unreadable CSV", f"unreadable CSV ({e})")
+    # Masks are the PNGs a MaskPath names; every other image file, PNGs included, may be an image.
+    mask_names = {os.path.basename(r["MaskPath"]) for rows in rows_by_image.values() for _, r in rows}
+    files = _index_files(src_dir, IMAGE_EXTENSIONS, exclude)
+    masks = {n: p for n, p in files.items() if n in mask_names}
+    image_files = {os.path.splitext(n)[0]: p for n, p in files.items() if n not in mask_names}
     used = []
     for image_id in sorted(rows_by_image):
         rel_csv = csv_of[image_id]
