@@ -158,8 +158,13 @@ def test_redraw_uses_the_cached_prediction(app, images):
     *first, cached = seg_app.predict(str(images[0]), 0.05, names)
     calls = model.calls
     rows_low = len(first[1])
-    overlay, table, files, message = seg_app.redraw(cached, 0.9, names)
-    assert len(table) <= rows_low and (table["score"] >= 0.9).all()
+    scores = cached.instances.scores.tolist()
+    assert rows_low == sum(s >= 0.05 for s in scores) > 0  # else the redraw below checks nothing
+    # 0.9, or the best score when it is lower: some rows must stay (an empty table passes any "all")
+    cut = min(0.9, max(scores))
+    overlay, table, files, message = seg_app.redraw(cached, cut, names)
+    assert 0 < len(table) == int((cached.instances.scores >= cut).sum()) <= rows_low
+    assert (table["score"] >= round(cut, 3)).all()  # the table shows scores to 3 decimals
     _, table_none, _, _ = seg_app.redraw(cached, 0.05, [])
     assert len(table_none) == 0
     assert model.calls == calls  # no model run for either redraw

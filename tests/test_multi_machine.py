@@ -2,6 +2,7 @@
 one process per "machine", as detectron2's launch runs them across hosts."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -50,9 +51,9 @@ def _args(data, out, *extra):
 
 
 def test_two_machines_train_with_time_budget_and_early_stopping(sample_data, tmp_path):
-    """Both machines exit 0 and stop at the same iteration although only rank 0 has the metric and
-    plans the budget; only rank 0 writes (rank 1's OUTPUT_DIR, as on a machine without a shared
-    file system, stays absent)."""
+    """Both machines exit 0 and stop at the same iteration, where early stopping fired, although
+    only rank 0 has the metric and plans the budget; only rank 0 writes (rank 1's OUTPUT_DIR, as
+    on a machine without a shared file system, stays absent)."""
     common = ["SOLVER.MAX_ITER", "200", "TEST.EVAL_PERIOD", "2", "SOLVER.EARLY_STOP_PATIENCE", "2",
               "SOLVER.CHECKPOINT_PERIOD", "4"]
     (rc0, out0, err0), (rc1, out1, err1) = run_machines(
@@ -62,8 +63,14 @@ def test_two_machines_train_with_time_budget_and_early_stopping(sample_data, tmp
     assert not (tmp_path / "machine1").exists()
     log = (tmp_path / "machine0" / "log.txt").read_text()
     assert "Time budget 40 s" in log
-    assert "Time budget: training ended at iteration" in log, log[-3000:]
+    # Early stopping, not the budget, ended the run (EarlyStopping's line), at the same iteration
+    # for both ranks (both exited 0: a rank still training would hang in its next all-reduce)
+    stops = re.findall(r"Early stop at iteration (\d+): bbox/AP50 has not improved for 2 evaluations", log)
+    assert len(stops) == 1, log[-3000:]
+    stopped_at = int(stops[0])
+    assert f"Time budget: training ended at iteration {stopped_at + 1:,} " in log, log[-3000:]
     final = torch.load(tmp_path / "machine0" / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == stopped_at
     last = sorted(p.name for p in (tmp_path / "machine0").glob("model_0*.pth"))[-1]
     assert last == f"model_{final['iteration']:07d}.pth"  # --resume continues from the end
     assert not any(k.startswith("module.") for k in final["model"])

@@ -252,6 +252,7 @@ def test_cross_validated_run_trains_one_model_per_fold(sample_data, tmp_path):
     names = [{os.path.basename(im["file_name"]) for im in imgs} for imgs in fold_images]
     assert not names[0] & names[1]  # each image trains exactly one of the two models
     records = json.loads((out / "suspects.json").read_text())["suspects"]
+    assert records, proc.stderr[-3000:]  # else the check below checks nothing
     for s in records:  # each image judged by the model that did not see it
         assert s["file_name"] not in names[s["fold"]]
     again = run_suspects(*args)
