@@ -57,12 +57,14 @@ def test_two_machines_train_with_time_budget_and_early_stopping(sample_data, tmp
     common = ["SOLVER.MAX_ITER", "200", "TEST.EVAL_PERIOD", "2", "SOLVER.EARLY_STOP_PATIENCE", "2",
               "SOLVER.CHECKPOINT_PERIOD", "4"]
     (rc0, out0, err0), (rc1, out1, err1) = run_machines(
-        [["--time-budget", "40s", *_args(sample_data, tmp_path / f"machine{rank}", *common)] for rank in (0, 1)])
+        # a budget with room for several evaluations (its plan leaves out those it cannot afford), so
+        # that early stopping is what ends the run, well before the budget would
+        [["--time-budget", "90s", *_args(sample_data, tmp_path / f"machine{rank}", *common)] for rank in (0, 1)])
     assert rc0 == 0, err0[-3000:]
     assert rc1 == 0, err1[-3000:]
     assert not (tmp_path / "machine1").exists()
     log = (tmp_path / "machine0" / "log.txt").read_text()
-    assert "Time budget 40 s" in log
+    assert "Time budget 90 s" in log
     # Early stopping, not the budget, ended the run (EarlyStopping's line), at the same iteration
     # for both ranks (both exited 0: a rank still training would hang in its next all-reduce)
     stops = re.findall(r"Early stop at iteration (\d+): bbox/AP50 has not improved for 2 evaluations", log)

@@ -241,8 +241,9 @@ def test_reuse_folds_stops_rather_than_train(sample_data, tmp_path):
 @pytest.mark.slow
 def test_cross_validated_run_trains_one_model_per_fold(sample_data, tmp_path):
     out = tmp_path / "cv"
-    args = [sample_data, "--split", "trainval", "--folds", "2", "--iters", "6", "--output", out,
-            "--opts", *TINY_OVERRIDES, "SOLVER.BASE_LR", "0.002"]
+    # long enough for the fold models to predict something, so that there are suspects to check
+    args = [sample_data, "--split", "trainval", "--folds", "2", "--iters", "40", "--output", out,
+            "--opts", *TINY_OVERRIDES, "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", "10"]
     proc = run_suspects(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for fold in (0, 1):
