@@ -2,7 +2,7 @@
 """Export a trained checkpoint for deployment (detectron2 TracingAdapter).
 
     python export_model.py --format onnx          # output/model_final.onnx + model_final.onnx.json
-    python export_model.py --format torchscript --weights output/mini/model_final.pth \
+    python export_model.py --format torchscript --weights output/mini \
                            --sample-image data/images/x.jpg
 
 Run the result with segkit.inference.onnx_predictor.OnnxPredictor / TorchScriptPredictor

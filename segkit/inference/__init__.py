@@ -1,7 +1,7 @@
 """Inference: from a trained checkpoint to results a person can look at and use.
 
     from segkit.inference import Predictor
-    predictor = Predictor.from_checkpoint("output/model_final.pth")
+    predictor = Predictor.from_checkpoint("output/lite0/model_best.pth")
     prediction = predictor("photo.jpg")          # or a BGR numpy array, rgb=True, a PIL image
     prediction.instances                         # detectron2 Instances on the CPU, input size
     draw_prediction(prediction)                  # RGB overlay (detectron2 Visualizer)

@@ -1,6 +1,6 @@
 """Running a trained checkpoint on images: detectron2's DefaultPredictor, plus what it lacks.
 
-``Predictor.from_checkpoint("output/model_final.pth")`` reads the config and class names from the
+``Predictor.from_checkpoint("output/lite0/model_best.pth")`` reads the config and class names from the
 checkpoint (or the config.yaml beside it), builds the model with detectron2's DefaultPredictor
 (DetectionCheckpointer loads the weights; ResizeShortestEdge as INPUT.MIN/MAX_SIZE_TEST say; the
 model's INPUT.FORMAT), and runs on the GPU when there is one. On top of DefaultPredictor:
