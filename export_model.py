@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a trained checkpoint for deployment (detectron2 TracingAdapter).
 
-    python export_model.py --format onnx          # output/model_final.onnx + model_final.onnx.json
+    python export_model.py --format onnx          # the latest run: output/lite0/model_best.onnx + .onnx.json
     python export_model.py --format torchscript --weights output/mini \
                            --sample-image data/images/x.jpg
 
