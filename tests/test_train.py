@@ -68,6 +68,24 @@ def test_eval_only_writes_metrics(trained_mini_checkpoint, sample_data, tmp_path
     assert list((tmp_path / "eval").glob("pr_segm*.png"))
 
 
+def test_eval_only_with_a_config_file_loads_any_checkpoint_detectron2_loads(trained_mini_checkpoint, sample_data, tmp_path):
+    """detectron2's own form, --config-file CONFIG --eval-only MODEL.WEIGHTS FILE: the config file builds
+    the model and detectron2's checkpointer reads the weights, so its formats work, here a model-zoo
+    style .pkl (numpy arrays, no config inside) that torch.load(weights_only=True) cannot read."""
+    import pickle
+
+    state = torch.load(trained_mini_checkpoint, map_location="cpu", weights_only=True)["model"]
+    pkl = tmp_path / "zoo_style.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"}, f)
+    proc = run_train_net("--config-file", MINI, "--eval-only", "MODEL.WEIGHTS", pkl,
+                         "DATASETS.DATA_DIR", sample_data, *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "eval/metrics_mydata_val.json").read_text())["segm"]["AP"] > 0
+    url = run_train_net("--eval-only", "--weights", "detectron2://no/such/model.pkl", cwd=tmp_path)
+    assert url.returncode != 0 and "needs --config-file" in url.stderr.strip().splitlines()[-1]
+
+
 def test_eval_only_on_the_test_split_as_the_import_summary_says(trained_mini_checkpoint, sample_data, tmp_path):
     """The command the import summary prints for a test split runs and measures the model on test.json."""
     import shlex

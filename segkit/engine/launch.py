@@ -15,9 +15,11 @@ from detectron2.utils.logger import setup_logger
 
 from segkit.data.catalog import coco_has_rle_instances, register_coco_dataset, register_data_dir
 from segkit.data.layout import SPLITS, dataset_name, image_root
+from segkit.data.remote import is_remote
 from segkit.data.run_layout import (
     CPU_CONFIG,
     DEFAULT_CONFIG,
+    EVAL_DIR,
     NoModelError,
     new_run_dir,
     record_latest_run,
@@ -26,7 +28,7 @@ from segkit.data.run_layout import (
     RUNS_ROOT,
 )
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
-from segkit.engine.checkpoint import SegkitCheckpointer, WeightsUnavailableError, load_for_inference
+from segkit.engine.checkpoint import PreloadedCheckpointer, SegkitCheckpointer, WeightsUnavailableError, load_for_inference
 from segkit.engine.distributed import check_same_data_everywhere, leave_process_group
 from segkit.engine.schedule import apply_epochs
 from segkit.engine.trainer import HideDivergenceTraceback, Trainer, TrainingDiverged, dataset_classes
@@ -148,24 +150,37 @@ def _weights_in_opts(opts):
 
 
 def evaluation_config(args):
-    """(cfg, checkpoint class names) of ``--eval-only``: the model is built from the config stored in
-    the checkpoint unless --config-file is given; the evaluation is written to the checkpoint's run."""
-    try:
-        weights = resolve_weights(args.weights or _weights_in_opts(args.opts),
-                                  announce=comm.is_main_process())
-    except NoModelError as e:
-        raise SystemExit(str(e))
+    """(cfg, checkpoint class names, checkpoint dict) of ``--eval-only``, the evaluation written to
+    the checkpoint's run. Without --config-file the model is built from the config stored in the
+    checkpoint, read here once (the dict goes on to load the weights). With it, as in detectron2,
+    the config file builds the model and the checkpointer alone reads MODEL.WEIGHTS, which may then
+    be any checkpoint it loads: a model-zoo URL, a .pkl."""
+    given = args.weights or _weights_in_opts(args.opts)
     args.config_file = resolve_config_file(args.config_file)
-    loaded = load_for_inference(weights, args.config_file or None)
-    cfg = loaded.cfg
-    cfg.OUTPUT_DIR = os.path.dirname(weights) or "."
+    if given and is_remote(given):
+        if not args.config_file:
+            raise SystemExit(f"{given}: a URL as weights needs --config-file (only our own checkpoints carry their config).")
+        weights = given
+    else:
+        try:
+            weights = resolve_weights(given, announce=comm.is_main_process())
+        except NoModelError as e:
+            raise SystemExit(str(e))
+    if args.config_file:
+        cfg, class_names, state = get_segkit_cfg(), None, None
+        cfg.merge_from_file(args.config_file)
+    else:
+        loaded = load_for_inference(weights)
+        # A plain detectron2 checkpoint names no classes: the test dataset's then count.
+        cfg, class_names, state = loaded.cfg, (loaded.class_names if loaded.names_stored else None), loaded.state
+    if not is_remote(weights):
+        cfg.OUTPUT_DIR = os.path.dirname(weights) or "."
     cfg.merge_from_list(args.opts)
     cfg.MODEL.WEIGHTS = weights
     register_datasets(cfg)
     if args.split:
         cfg.DATASETS.TEST = (evaluation_dataset(cfg, args.split),)
-    # A plain detectron2 checkpoint names no classes: the test dataset's then count.
-    return cfg, (loaded.class_names if loaded.names_stored and not args.config_file else None)
+    return cfg, class_names, state
 
 
 def training_config(args):
@@ -176,7 +191,7 @@ def training_config(args):
     cfg.merge_from_list(args.opts)
     if args.weights:  # a run or checkpoint to start from; URLs (imagenet://, detectron2://) as they are
         try:
-            cfg.MODEL.WEIGHTS = args.weights if "://" in args.weights else resolve_weights(args.weights)
+            cfg.MODEL.WEIGHTS = args.weights if is_remote(args.weights) else resolve_weights(args.weights)
         except NoModelError as e:
             raise SystemExit(str(e))
     if getattr(args, "time_budget", None):
@@ -196,10 +211,15 @@ def training_config(args):
 
 
 def setup(args):
+    return _setup(args)[0]
+
+
+def _setup(args):
+    """(cfg, the checkpoint dict ``--eval-only`` read already, or None)."""
     if args.eval_only:
-        cfg, checkpoint_classes = evaluation_config(args)
+        cfg, checkpoint_classes, state = evaluation_config(args)
     else:
-        cfg, checkpoint_classes = training_config(args), None
+        cfg, checkpoint_classes, state = training_config(args), None, None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         if comm.is_main_process():
@@ -213,15 +233,15 @@ def setup(args):
     if args.eval_only:
         # The run's config.yaml and log.txt stay those of its training: the evaluation logs to eval/.
         default_setup(_without_output(cfg), args)
-        setup_logger(os.path.join(cfg.OUTPUT_DIR, "eval") if comm.is_main_process() else None,
+        setup_logger(os.path.join(cfg.OUTPUT_DIR, EVAL_DIR) if comm.is_main_process() else None,
                      distributed_rank=comm.get_rank(), name="segkit")
-        return cfg
+        return cfg, state
     # Only rank 0 writes files: the other ranks get no log file (detectron2 would write log.txt.rankN).
     default_setup(cfg if comm.is_main_process() else _without_output(cfg), args)
     setup_logger(cfg.OUTPUT_DIR if comm.is_main_process() else None, distributed_rank=comm.get_rank(), name="segkit")
     if schedule and comm.is_main_process():
         logger.info(schedule)
-    return cfg
+    return cfg, None
 
 
 def _without_output(cfg):
@@ -239,10 +259,13 @@ def main(args, trainer_class=Trainer):
 
 
 def _train_or_evaluate(args, trainer_class):
-    cfg = setup(args)
+    cfg, state = _setup(args)
     if args.eval_only:
         model = trainer_class.build_model(cfg)
-        SegkitCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if state is not None:  # the checkpoint setup read for its config: not read again
+            PreloadedCheckpointer(model, state).load(cfg.MODEL.WEIGHTS)
+        else:
+            SegkitCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = trainer_class.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
