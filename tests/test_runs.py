@@ -110,7 +110,7 @@ def test_commands_without_a_model_say_what_to_run_first(tmp_path):
     that trains one (no traceback)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for argv in (["predict", "--input", str(tmp_path), "--output", str(tmp_path / "out")],
-                 ["export", "--format", "onnx"], ["val"]):
+                 ["export", "--format", "onnx"], ["val"], ["review"]):
         proc = subprocess.run([sys.executable, "-m", "segkit", *argv], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0, argv

@@ -140,26 +140,30 @@ def run_checkpoint(run_dir):
     return None, None
 
 
+def resolve_run(run=None, runs_root=RUNS_ROOT):
+    """(run folder, how it was named) of ``run``: a run folder, a run name under ``runs_root``, or None
+    for the newest run. Raises NoModelError saying where it looked and what to run."""
+    if run is None:
+        found = latest_run(runs_root)
+        if found is None:
+            raise NoModelError(f"No checkpoint found: no run recorded in {os.path.join(runs_root, LATEST_RUN)}. "
+                               f"Train one first ({TRAIN_HINT}) or pass --weights CHECKPOINT_OR_RUN.")
+        return found, f"the latest run {found}"
+    if os.path.isdir(run):
+        return run, f"run {run}"
+    if not os.path.isabs(run) and os.path.isdir(os.path.join(runs_root, run)):
+        return os.path.join(runs_root, run), f"run {os.path.join(runs_root, run)}"
+    raise NoModelError(f"No checkpoint at {run} (no such file, run folder or run name under "
+                       f"{runs_root}/): train one first ({TRAIN_HINT}) or pass --weights CHECKPOINT_OR_RUN.")
+
+
 def resolve_weights(weights=None, runs_root=RUNS_ROOT, announce=True):
     """The checkpoint file a command uses. ``weights``: a checkpoint file, a run folder, a run name
     under ``runs_root``, or None for the newest run. Prints one line saying which file it took
     (unless ``announce`` is False). Raises NoModelError saying where it looked and what to run."""
     if weights and os.path.isfile(weights):
         return weights
-    if weights:
-        candidates = [weights] if os.path.isdir(weights) else []
-        if not os.path.isabs(weights) and os.path.isdir(os.path.join(runs_root, weights)):
-            candidates.append(os.path.join(runs_root, weights))
-        if not candidates:
-            raise NoModelError(f"No checkpoint at {weights} (no such file, run folder or run name under "
-                               f"{runs_root}/): train one first ({TRAIN_HINT}) or pass --weights CHECKPOINT_OR_RUN.")
-        run_dir, how = candidates[0], f"run {candidates[0]}"
-    else:
-        run_dir = latest_run(runs_root)
-        if run_dir is None:
-            raise NoModelError(f"No checkpoint found: no run recorded in {os.path.join(runs_root, LATEST_RUN)}. "
-                               f"Train one first ({TRAIN_HINT}) or pass --weights CHECKPOINT_OR_RUN.")
-        how = f"the latest run {run_dir}"
+    run_dir, how = resolve_run(weights or None, runs_root)
     path, which = run_checkpoint(run_dir)
     if path is None:
         raise NoModelError(f"{run_dir}: no checkpoint in this run folder yet ({MODEL_BEST}, {MODEL_FINAL} or a "

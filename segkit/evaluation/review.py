@@ -40,7 +40,7 @@ from tqdm import tqdm
 from segkit.data.atomic import atomic_path, write_json, write_text
 from segkit.evaluation.analysis import analyse_detections, group_by_image
 from segkit.data.coco_masks import segmentation_to_rle
-from segkit.data.run_layout import CONFIG_YAML, EVAL_DIR, LATEST_RUN, RUNS_ROOT, latest_run
+from segkit.data.run_layout import CONFIG_YAML, EVAL_DIR, NoModelError, resolve_run
 
 __all__ = ["annotation_source", "build_review", "main", "rank_images"]
 
@@ -389,23 +389,17 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     metrics = None
-    if not args.eval_dir and not (args.gt and args.predictions):
-        run = latest_run()
-        if run is None:
-            get_parser().error(f"no run found ({os.path.join(RUNS_ROOT, LATEST_RUN)}): give EVAL_DIR, or --gt and --predictions")
-        args.eval_dir = run
-    if args.eval_dir and not os.path.isdir(args.eval_dir) and os.path.isdir(os.path.join(RUNS_ROOT, args.eval_dir)):
-        args.eval_dir = os.path.join(RUNS_ROOT, args.eval_dir)  # a run name
-    if args.eval_dir and os.path.isdir(os.path.join(args.eval_dir, EVAL_DIR)):
-        args.eval_dir = os.path.join(args.eval_dir, EVAL_DIR)  # a run folder
-    if args.eval_dir:
+    if args.eval_dir or not (args.gt and args.predictions):
+        try:  # an eval/ folder, a run folder or name, or the latest run
+            run, _ = resolve_run(args.eval_dir)
+        except NoModelError as e:
+            get_parser().error(f"{e} Or give --gt and --predictions.")
+        args.eval_dir = os.path.join(run, EVAL_DIR) if os.path.isdir(os.path.join(run, EVAL_DIR)) else run
         print(f"Reviewing {args.eval_dir}.", file=sys.stderr)
         gt, predictions, metrics = _find_eval_inputs(args.eval_dir, args.dataset)
         gt, predictions = args.gt or gt, args.predictions or predictions
         output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.eval_dir)), "review")
     else:
-        if not (args.gt and args.predictions):
-            get_parser().error("give EVAL_DIR, or --gt and --predictions")
         gt, predictions, output = args.gt, args.predictions, args.output or "review"
     for path in (gt, predictions):
         if not os.path.isfile(path):
