@@ -88,6 +88,23 @@ def test_folder_with_broken_file(trained_mini_checkpoint, folder, tmp_path):
         assert len(pngs) == len(anns)
         for ann, png in zip(sorted(anns, key=lambda a: a["id"]), pngs):
             assert np.array_equal(np.asarray(Image.open(png)) > 0, res.annToMask(ann) > 0)
+    # counts.csv: per image, per class, the instances of results.json; the summary line adds them up
+    import csv
+
+    with open(out / "counts.csv", newline="") as f:
+        rows = {r["file_name"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"a.jpg", "b.jpg", "a_2.jpg"}
+    names = ["disc", "square", "triangle"]
+    total = {n: 0 for n in names}
+    for img in coco.dataset["images"]:
+        mine = [r for r in results if r["image_id"] == img["id"]]
+        row = rows[img["file_name"]]
+        assert int(row["instances"]) == len(mine)
+        for k, n in enumerate(names):
+            assert int(row[n]) == sum(r["category_id"] == k + 1 for r in mine)
+            total[n] += int(row[n])
+    present = ", ".join(f"{c} {n}" for n, c in sorted(total.items(), key=lambda x: (-x[1], x[0])) if c)
+    assert f"{len(results)} instance(s)" in proc.stdout and present in proc.stdout, proc.stdout
 
 
 def test_expand_inputs(folder):

@@ -32,8 +32,13 @@ class ImageLoadError(ValueError):
         self.name = name
 
 
-def _exif_transpose(im):
+def _exif_transpose(im, in_place=False):
+    """``in_place``: for an image we opened ourselves; Pillow otherwise returns a full copy even
+    when there is nothing to turn (576 MB for a 144 MP photo)."""
     try:
+        if in_place:
+            ImageOps.exif_transpose(im, in_place=True)
+            return im
         return ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF blocks: fall back to detectron2's tolerant version
         from detectron2.data.detection_utils import _apply_exif_orientation
@@ -60,12 +65,13 @@ def _array_to_uint8(arr):
     raise ImageLoadError(f"unsupported image dtype {arr.dtype}")
 
 
-def pil_to_rgb(im):
-    """PIL image of any mode -> HxWx3 uint8 RGB array (EXIF orientation applied)."""
-    im = _exif_transpose(im)
+def pil_to_rgb(im, owned=False):
+    """PIL image of any mode -> HxWx3 uint8 RGB array (EXIF orientation applied; ``owned``: ``im``
+    is ours to change, so it is turned in place)."""
+    im = _exif_transpose(im, in_place=owned)
     mode = im.mode
     if mode in ("RGB",):
-        return np.asarray(im, dtype=np.uint8).copy()
+        return _rgb_array(im)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im)
         if mode.startswith("I;16"):
@@ -75,6 +81,17 @@ def pil_to_rgb(im):
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     # RGBA, LA, PA, L, 1, CMYK, YCbCr, LAB, HSV, ...: PIL knows how to get to RGB.
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _rgb_array(im, rows=1024):
+    """An RGB PIL image as a writable array, copied in strips of ``rows``: ``np.array(im)`` goes
+    through one ``tobytes()`` of the whole image, so a 144 MP photo would briefly be held three
+    times (PIL's 4-byte pixels, the bytes, the array) instead of twice."""
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    for y in range(0, h, rows):
+        out[y:y + rows] = np.asarray(im.crop((0, y, w, min(h, y + rows))))
+    return out
 
 
 def gray_or_color_to_rgb(arr, rgb):
@@ -127,7 +144,7 @@ def open_image_file(path, max_pixels=DEFAULT_MAX_PIXELS):
         im.close()
         raise ImageLoadError(
             f"{w}x{h} px ({w * h / 1e6:.0f} MP) is larger than the {max_pixels / 1e6:.0f} MP "
-            f"accepted; downscale it first.",
+            f"accepted; downscale it first, or predict it in tiles (predict.py --tile SIZE).",
             name,
         )
     if w == 0 or h == 0:
@@ -142,7 +159,7 @@ def read_image_rgb(path, max_pixels=DEFAULT_MAX_PIXELS):
     try:
         with im:
             im.load()  # a truncated file fails here, not later
-            return pil_to_rgb(im)
+            return pil_to_rgb(im, owned=True)
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -36,7 +36,7 @@ from segkit.data.image_files import IMAGE_EXTENSIONS
 from segkit.data.run_layout import NoModelError, resolve_weights
 from segkit.data.remote import RemoteSourceError, is_remote, list_files, staged_output
 from segkit.inference import sharded_predict
-from segkit.inference.image_io import ImageLoadError, to_rgb_uint8
+from segkit.inference.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, to_rgb_uint8
 
 
 
@@ -61,6 +61,9 @@ def get_parser():
     p.add_argument("--color-mode", default="image", choices=["image", "segmentation", "bw"],
                    help="Visualizer ColorMode of the overlays (default image)")
     p.add_argument("--no-masks", action="store_true", help="do not write per-instance mask PNGs")
+    p.add_argument("--overlay-size", type=int, default=DEFAULT_OVERLAY_SIZE, metavar="PX",
+                   help="longest side of the overlay PNGs; larger images are drawn scaled down "
+                        f"(default {DEFAULT_OVERLAY_SIZE}; 0: full resolution)")
     p.add_argument("--masked", action="store_true", help="also write the masked images (background black)")
     p.add_argument("--label-map", action="store_true", help="also write RGB label maps")
     p.add_argument("--gt-json", metavar="COCO_FILE",
@@ -135,33 +138,58 @@ def unique_names(paths):
     return [unique_name(os.path.splitext(os.path.basename(p))[0] or "image", used) for p in paths]
 
 
+# Above this many mask pixels per image, --tile runs write one instance map instead of a PNG
+# per instance (a 12 MP photo with 80 instances stays below it and keeps its PNGs).
+MAX_MASK_PIXELS = 2_000_000_000
+DEFAULT_OVERLAY_SIZE = 4096
+
+
 class Writer:
     """Writes every requested output of one prediction."""
 
     def __init__(self, args, predictor):
         self.args = args
         self.out = args.output
-        self.results, self.images = [], []
+        self.results, self.images, self.counts = [], [], []
         self.class_names = predictor.class_names
         self.num_instances = 0
+        self.total_counts = {n: 0 for n in self.class_names}
 
-    def write(self, prediction, name, image_id, source_name):
-        from segkit.inference import visualization as vis
+    def add(self, prediction, image_id, source_name):
+        """Record one image's results and counts (no files written)."""
         from segkit.inference.coco_results import coco_results
+        from segkit.inference.counts import class_counts
 
-        a = self.args
         h, w = prediction.image_size
         self.images.append((image_id, source_name, h, w))
         self.results += coco_results(prediction, image_id, file_name=source_name)
         self.num_instances += len(prediction)
+        counts = class_counts(prediction)
+        self.counts.append((source_name, counts))
+        for c, n in counts.items():
+            self.total_counts[c] = self.total_counts.get(c, 0) + n
+
+    def overlay(self, prediction):
+        """The overlay, drawn at ``--overlay-size`` at most: a 12,000 px image drawn by matplotlib
+        at full size takes gigabytes and minutes, and no screen shows it."""
+        from segkit.inference import visualization as vis
+
+        size = self.args.overlay_size
+        shown = vis.downscale(prediction, size) if size else prediction
+        return vis.draw_prediction(shown, mode=self.args.color_mode)
+
+    def write(self, prediction, name, image_id, source_name):
+        from segkit.inference import visualization as vis
+
+        a = self.args
+        self.add(prediction, image_id, source_name)
         if not self.out:
             return
-        overlay = vis.draw_prediction(prediction, mode=a.color_mode)
-        vis.save_png(overlay, os.path.join(self.out, "overlays", f"{name}.png"))
+        vis.save_png(self.overlay(prediction), os.path.join(self.out, "overlays", f"{name}.png"))
         if prediction.is_semantic:
             vis.save_png(prediction.class_map(), os.path.join(self.out, "class_maps", f"{name}.png"))
         elif not a.no_masks:
-            vis.save_instance_masks(prediction, os.path.join(self.out, "masks", name), "")
+            self.write_masks(prediction, name)
         if a.masked:
             vis.save_png(vis.masked_image(prediction), os.path.join(self.out, "masked", f"{name}.png"))
         if a.label_map:
@@ -173,13 +201,34 @@ class Writer:
             except KeyError:
                 pass  # the image is not in the ground-truth file
 
+    def write_masks(self, prediction, name):
+        """One PNG per instance, or, when those would hold more than MAX_MASK_PIXELS pixels (6,000
+        instances of a 144 MP image are 860 GP), one 16-bit instance map of the image."""
+        from segkit.inference import visualization as vis
+
+        h, w = prediction.image_size
+        if len(prediction) * h * w <= MAX_MASK_PIXELS:
+            vis.save_instance_masks(prediction, os.path.join(self.out, "masks", name), "")
+            return
+        path = os.path.join(self.out, "instance_maps", f"{name}.png")
+        try:
+            vis.save_png(vis.instance_map(prediction), path)
+        except ValueError as e:
+            print(f"{name}: masks not written ({e}); results.json holds them", file=sys.stderr)
+            return
+        print(f"{name}: {len(prediction)} instances of a {w}x{h} image: masks written as one "
+              f"instance map {path} (pixel value = instance index + 1), not one PNG each",
+              file=sys.stderr)
+
     def finish(self):
-        from segkit.data.atomic import write_json
+        from segkit.data.atomic import write_json, write_text
         from segkit.inference.coco_results import coco_images
+        from segkit.inference.counts import COUNTS_FILE, counts_csv
 
         if not self.out:
             return
         write_json(os.path.join(self.out, "images.json"), coco_images(self.images, self.class_names))
+        write_text(os.path.join(self.out, COUNTS_FILE), counts_csv(self.counts, self.class_names))
         with open(os.path.join(self.out, ".results.json.tmp"), "w", encoding="utf-8") as f:
             json.dump(self.results, f)
         os.replace(os.path.join(self.out, ".results.json.tmp"), os.path.join(self.out, "results.json"))
@@ -194,9 +243,12 @@ def _progress(total, quiet, unit):
 def run_images(args, predictor, paths, names=None, writer=None, summary=True):
     from tqdm import tqdm
 
+    from segkit.inference.counts import counts_line
     from segkit.inference.labelme_writer import write_labelme
 
     writer = writer or Writer(args, predictor)
+    # Tiles bound the memory of a large image; without them the whole image goes through the model.
+    max_pixels = None if getattr(predictor, "tiled", None) is not None else DEFAULT_MAX_PIXELS
     names = names or unique_names(paths)
     skipped, kept_json, image_id = [], [], 0
     bar = _progress(len(paths), args.quiet, "img")
@@ -210,7 +262,7 @@ def run_images(args, predictor, paths, names=None, writer=None, summary=True):
         loaded = []
         for path, name in chunk:
             try:
-                loaded.append((path, name, to_rgb_uint8(path)))
+                loaded.append((path, name, to_rgb_uint8(path, max_pixels=max_pixels)))
             except ImageLoadError as e:
                 skipped.append(path)
                 report(f"skipped {path}: {e.reason}")
@@ -242,8 +294,8 @@ def run_images(args, predictor, paths, names=None, writer=None, summary=True):
     if not summary:
         return 0 if image_id else 1
     where = f"; results in {args.output}" if args.output else ""
-    print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}); "
-          f"{len(skipped)} skipped"
+    print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}): "
+          f"{counts_line(writer.total_counts)}; {len(skipped)} skipped"
           + (f"; {len(kept_json)} existing LabelMe file(s) kept" if kept_json else "") + where)
     return 0 if image_id else 1
 
@@ -252,7 +304,6 @@ def run_video(args, predictor):
     import cv2
 
     from segkit.inference import visualization as vis
-    from segkit.inference.coco_results import coco_results
 
     video = cv2.VideoCapture(args.video_input)
     if not video.isOpened():
@@ -275,10 +326,7 @@ def run_video(args, predictor):
             break
         n += 1
         pred = predictor(frame)  # BGR, as OpenCV reads it
-        name = f"{stem}_frame{n:06d}"
-        writer.images.append((n, name, height, width))
-        writer.results += coco_results(pred, n, file_name=name)
-        writer.num_instances += len(pred)
+        writer.add(pred, n, f"{stem}_frame{n:06d}")
         overlay = vis.draw_prediction(pred, mode=args.color_mode)
         out.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         bar.update(1)
@@ -286,7 +334,10 @@ def run_video(args, predictor):
     video.release()
     out.release()
     writer.finish()
-    print(f"{n} frame(s), {writer.num_instances} instance(s); overlay video {out_path}")
+    from segkit.inference.counts import counts_line
+
+    print(f"{n} frame(s), {writer.num_instances} instance(s): {counts_line(writer.total_counts)}; "
+          f"overlay video {out_path}")
     return 0 if n else 1
 
 

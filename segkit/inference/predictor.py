@@ -288,11 +288,11 @@ class Predictor:
 
     def _predict_tiled(self, image, rgb, keep_image, progress=None):
         """One image through :class:`TiledModel`: tiles at native resolution, no resize."""
-        image_rgb = to_rgb_uint8(image, rgb=rgb)
-        original = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
-        tensor = torch.as_tensor(np.ascontiguousarray(original.transpose(2, 0, 1)))
+        image_rgb = to_rgb_uint8(image, rgb=rgb, max_pixels=None)
+        # A CHW view of the image, not a copy (432 MB at 144 MP); tiles are sliced from it.
+        tensor = torch.from_numpy(image_rgb).permute(2, 0, 1)
         with torch.inference_mode():
-            inst = self.tiled.predict_one(tensor, progress=progress)
+            inst = self.tiled.predict_one(tensor, progress=progress, flip_channels=self.input_format != "RGB")
         del tensor
         name = str(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else None
         return self._to_prediction({"instances": inst}, image_rgb if keep_image else None, name)

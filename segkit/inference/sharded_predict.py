@@ -104,8 +104,9 @@ def merge(args, class_names, names, records, threshold_note):
     """results.json and images.json of every recorded image, numbered 1..N in input order."""
     from segkit.data.atomic import write_json, write_text
     from segkit.inference.coco_results import coco_images
+    from segkit.inference.counts import COUNTS_FILE, counts_csv, counts_from_results, counts_line
 
-    images, results = [], []
+    images, results, counts = [], [], []
     for name in names:
         record = records.get(name)
         if record is None:
@@ -113,9 +114,12 @@ def merge(args, class_names, names, records, threshold_note):
         image_id = len(images) + 1
         images.append((image_id, record["source"], record["height"], record["width"]))
         results += [{"image_id": image_id, **r} for r in record["results"]]
+        counts.append((record["source"], counts_from_results(record["results"], class_names)))
     write_json(os.path.join(args.output, "images.json"), coco_images(images, class_names))
     write_text(os.path.join(args.output, "results.json"), json.dumps(results))
-    print(f"{len(images)} image(s), {len(results)} instance(s) ({threshold_note}); "
+    write_text(os.path.join(args.output, COUNTS_FILE), counts_csv(counts, class_names))
+    print(f"{len(images)} image(s), {len(results)} instance(s) ({threshold_note}): "
+          f"{counts_line(counts_from_results(results, class_names))}; "
           f"{len(names) - len(images)} skipped; results in {args.output}")
     return 0 if images else 1
 

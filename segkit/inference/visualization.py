@@ -5,6 +5,7 @@
   results. Colours are reproducible: the same prediction is drawn the same way every time.
 - :func:`masked_image` - objects kept, background black.
 - :func:`instance_masks` / :func:`save_instance_masks` - one binary PNG (0/255) per instance.
+- :func:`instance_map` - one 16-bit map, pixel value instance index + 1 (thousands of instances).
 - :func:`label_map` - an RGB label map (class colours on black; or one colour per instance).
 - :func:`class_map` - the single-channel class-index map (U-Net's PNG output).
 - :func:`side_by_side` - ground truth from a COCO file beside the prediction, for one image.
@@ -211,6 +212,22 @@ def class_map(prediction):
     """Single-channel class-index map (uint8; uint16 past 255 classes). U-Net: the argmax class;
     instances: 0 background, i+1 for class i."""
     return prediction.class_map()
+
+
+def instance_map(prediction):
+    """HxW uint16 map of the instances: 0 background, i+1 where instance i is (the higher score
+    on top where masks overlap). One PNG for an image with thousands of instances."""
+    inst = prediction.instances
+    if len(inst) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{len(inst)} instances do not fit a 16-bit instance map")
+    out = np.zeros(prediction.image_size, dtype=np.uint16)
+    masks = inst.pred_masks if len(inst) and inst.has("pred_masks") else None
+    for i in torch.argsort(inst.scores).tolist() if masks is not None else []:
+        if isinstance(masks, CroppedMasks):
+            masks.paint(out, i, i + 1)
+        else:
+            out[masks[i].numpy()] = i + 1
+    return out
 
 
 def label_map(prediction, by="class"):

@@ -339,9 +339,10 @@ class TiledModel(torch.nn.Module):
     def forward(self, batched_inputs):
         return [{"instances": self.predict_one(x["image"], x.get("height"), x.get("width"))} for x in batched_inputs]
 
-    def predict_one(self, image, height=None, width=None, progress=None):
+    def predict_one(self, image, height=None, width=None, progress=None, flip_channels=False):
         """Instances of one CHW image (a tensor at its original size). ``progress(done, total)``
-        is called after each batch of tiles."""
+        is called after each batch of tiles. ``flip_channels``: reverse the channel order of each
+        tile (an RGB view given to a BGR model: one tile flipped at a time, not the whole image)."""
         h, w = int(image.shape[-2]), int(image.shape[-1])
         if (height or h) != h or (width or w) != w:
             raise ValueError(f"tiled inference needs the image at its original size: got {w}x{h} for "
@@ -351,7 +352,8 @@ class TiledModel(torch.nn.Module):
         with torch.no_grad():
             for start in range(0, len(windows), self.batch_size):
                 chunk = windows[start:start + self.batch_size]
-                inputs = [{"image": image[:, y0:y1, x0:x1]} for x0, y0, x1, y1 in chunk]
+                inputs = [{"image": image[:, y0:y1, x0:x1].flip(0) if flip_channels else image[:, y0:y1, x0:x1]}
+                          for x0, y0, x1, y1 in chunk]
                 outputs = self.model.inference(inputs, do_postprocess=False)
                 for k, ((x0, y0, _, _), out) in enumerate(zip(chunk, outputs)):
                     detections += paste_detections(out, (x0, y0), (1.0, 1.0), (h, w), start + k,
@@ -359,12 +361,14 @@ class TiledModel(torch.nn.Module):
                 if progress is not None:
                     progress(start + len(chunk), len(windows))
             if self.full_pass_aug is not None:
-                detections += self._full_pass(image, h, w)
+                detections += self._full_pass(image, h, w, flip_channels)
         return detections_to_instances(merge_detections(detections, self.min_ios), (h, w))
 
-    def _full_pass(self, image, h, w):
+    def _full_pass(self, image, h, w, flip_channels=False):
         hwc = image.permute(1, 2, 0).cpu().numpy()
         resized = self.full_pass_aug.get_transform(hwc).apply_image(hwc)
+        if flip_channels:
+            resized = resized[:, :, ::-1]
         rh, rw = resized.shape[:2]
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         out = self.model.inference([{"image": tensor}], do_postprocess=False)[0]
