@@ -90,6 +90,9 @@ def test_predict_api(app, images, run_dir):
     assert [r[3] for r in rows] == [r["area"] for r in reference.records()]
     assert all(float(r[2]) >= 0.5 for r in rows)
     assert f"{len(rows)} of" in message
+    shown = {n: sum(r[1] == n for r in rows) for n in names}  # counts of the rows shown, by class
+    counts = ", ".join(f"{c} {n}" for n, c in sorted(shown.items(), key=lambda x: (-x[1], x[0])) if c)
+    assert f"Counts: {counts}." in message, message
 
     by_suffix = {Path(f).name.split("_")[-1]: f for f in files}
     assert len(files) == 4

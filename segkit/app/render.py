@@ -81,6 +81,7 @@ def render(prediction, min_score, classes, workdirs, note=""):
     by ``min_score`` and ``classes``; no model call."""
     from segkit.inference import visualization as vis
     from segkit.inference.coco_results import coco_results
+    from segkit.inference.counts import class_counts, counts_line
     from segkit.inference.labelme_writer import prediction_to_labelme
 
     classes = list(classes) if classes is not None else list(prediction.class_names)
@@ -117,7 +118,8 @@ def render(prediction, min_score, classes, workdirs, note=""):
         msg = f"{w}x{h} px: {len(table)} class(es) present."
     else:
         msg = (f"{w}x{h} px: {len(shown)} of {len(prediction)} instance(s) shown "
-               f"(score >= {min_score:.2f}, {len(classes)} of {len(prediction.class_names)} classes).")
+               f"(score >= {min_score:.2f}, {len(classes)} of {len(prediction.class_names)} classes). "
+               f"Counts: {counts_line(class_counts(shown))}.")
     if display is not shown:
         msg += f" Shown at {display.image_size[1]}x{display.image_size[0]} px."
     return overlay, table, files, (note + " " + msg).strip()

@@ -10,8 +10,11 @@
 
 Writes into ``--output``:
 
-- ``overlays/<name>.png`` - Visualizer overlay (U-Net: draw_sem_seg);
-- ``masks/<name>/<index>_<class>.png`` - one binary PNG per instance;
+- ``overlays/<name>.png`` - Visualizer overlay (U-Net: draw_sem_seg), at most ``--overlay-size``
+  px on its longest side;
+- ``masks/<name>/<index>_<class>.png`` - one binary PNG per instance (for thousands of instances
+  of a huge image: ``instance_maps/<name>.png``, 16-bit, instance index + 1 per pixel);
+- ``counts.csv`` - instances per image and class;
 - ``class_maps/<name>.png`` - U-Net only: class index per pixel;
 - ``masked/<name>.png`` / ``label_maps/<name>.png`` / ``side_by_side/<name>.png`` with
   ``--masked`` / ``--label-map`` / ``--gt-json COCO_FILE``;
