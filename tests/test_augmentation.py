@@ -282,3 +282,46 @@ def test_config_switches():
     cfg.INPUT.AUG.BRIGHTNESS = (1.2,)
     with pytest.raises(ValueError, match="INPUT.AUG.BRIGHTNESS"):
         build_train_augmentations(cfg)
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory):
+    """The two objects (80 x 90 px together) in one corner of a 1600 x 1200 image: a 128 px crop
+    drawn uniformly holds any of them about 1 time in 40."""
+    folder = tmp_path_factory.mktemp("sparse")
+    big_h, big_w, ox, oy = 1200, 1600, 1400, 1050
+    image = np.full((big_h, big_w, 3), BACKGROUND, np.uint8)
+    annotations = []
+    for class_id, (poly, colour) in OBJECTS.items():
+        pts = np.array(poly, np.int32) + (ox, oy)
+        cv2.fillPoly(image, [pts], colour)
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        annotations.append({"bbox": [float(x0), float(y0), float(x1 + 1 - x0), float(y1 + 1 - y0)],
+                            "bbox_mode": BoxMode.XYWH_ABS, "category_id": class_id, "iscrowd": 0,
+                            "segmentation": [[float(v) for xy in pts.tolist() for v in xy]]})
+    path = folder / "sparse.png"
+    cv2.imwrite(str(path), image)
+    return {"file_name": str(path), "height": big_h, "width": big_w, "image_id": 1, "annotations": annotations}
+
+
+@pytest.mark.skipif(not HAVE_SHAPELY, reason="cropping polygon masks needs shapely")
+@pytest.mark.parametrize("object_prob", [0.0, 0.5, 1.0])
+def test_object_crop_holds_an_instance_as_often_as_asked(sparse, object_prob):
+    cfg = _cfg()
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = [128, 128]
+    cfg.INPUT.CROP.OBJECT_PROB = object_prob
+    cfg.INPUT.MIN_SIZE_TRAIN = (128,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 128
+    mapper = build_train_mapper(cfg)
+    seed_all_rng(0)
+    draws, held = 200, 0
+    for draw in range(draws):
+        out = mapper(sparse)
+        assert tuple(out["image"].shape[1:]) == (128, 128)
+        held += len(out["instances"]) > 0
+    # uniform crops: 2.6% expected; object crops add object_prob (each holds its box whole)
+    expected = object_prob + (1 - object_prob) * 0.026
+    assert abs(held / draws - expected) < 0.08, (held, draws, expected)

@@ -22,6 +22,7 @@ from fvcore.transforms.transform import NoOpTransform, Transform
 
 __all__ = [
     "AlbumentationsPhotometric",
+    "ObjectCrop",
     "AlbumentationsTransform",
     "build_train_augmentations",
     "build_train_mapper",
@@ -108,6 +109,68 @@ class AlbumentationsPhotometric(T.Augmentation):
         return AlbumentationsTransform(self._compose, seed, rgb_input=self.image_format != "BGR")
 
 
+class ObjectCrop(T.Augmentation):
+    """detectron2's RandomCrop that, with probability ``object_prob``, places the crop to hold an
+    instance: one box drawn at random, the window drawn uniformly among those that contain the
+    box (or, for a box larger than the crop, its centre). Otherwise the crop is RandomCrop's.
+
+    The boxes come from the image's annotations (``AugInput.boxes``, XYXY pixels, set by
+    :class:`BoxesToAugmentations`): detectron2's DatasetMapper gives its augmentations the image
+    and the semantic map only, so RandomCrop_CategoryAreaConstraint cannot serve instances."""
+
+    def __init__(self, crop_type, crop_size, object_prob=0.5):
+        super().__init__()
+        self.crop = T.RandomCrop(crop_type, crop_size)
+        self._init(locals())
+
+    def get_transform(self, image, boxes=None):
+        h, w = image.shape[:2]
+        if boxes is None or not len(boxes) or np.random.rand() >= self.object_prob:
+            return self.crop.get_transform(image)
+        ch, cw = self.crop.get_crop_size((h, w))
+        x0, y0, x1, y1 = np.asarray(boxes, dtype=np.float64)[np.random.randint(len(boxes))]
+        return T.CropTransform(_start(x0, x1, cw, w), _start(y0, y1, ch, h), cw, ch)
+
+
+def _start(lo, hi, crop, size):
+    """A crop start along one axis, uniform among those holding [lo, hi) (its centre when the
+    span is longer than the crop), inside [0, size - crop]."""
+    if hi - lo > crop:
+        lo = hi = (lo + hi) / 2
+    first = max(0, int(np.ceil(hi)) - crop)
+    last = min(size - crop, int(np.floor(lo)))
+    if first > last:  # the box lies partly outside the image
+        first, last = min(first, size - crop), min(first, size - crop)
+    return int(np.random.randint(first, last + 1))
+
+
+class BoxesToAugmentations(T.AugmentationList):
+    """An AugmentationList that hands the current image's instance boxes to its augmentations
+    (as ``AugInput.boxes``); the mapper sets ``boxes`` before each image."""
+
+    boxes = None
+
+    def __call__(self, aug_input):
+        aug_input.boxes = self.boxes
+        return super().__call__(aug_input)
+
+
+class ObjectCropMapper(DatasetMapper):
+    """DatasetMapper whose augmentations see the image's boxes (for :class:`ObjectCrop`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.augmentations = BoxesToAugmentations(self.augmentations.augs)
+
+    def __call__(self, dataset_dict):
+        from detectron2.structures import BoxMode
+
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                 for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
+        self.augmentations.boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+        return super().__call__(dataset_dict)
+
+
 def _intensity_range(value, key):
     value = tuple(value)
     if not value:
@@ -135,7 +198,10 @@ def build_train_augmentations(cfg):
                 "INPUT.CROP.ENABLED with MODEL.MASK_ON needs the shapely package to crop polygon "
                 "masks: install it (pip install shapely) or set INPUT.CROP.ENABLED False."
             )
-        augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        if cfg.INPUT.CROP.OBJECT_PROB > 0:
+            augs.insert(0, ObjectCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.OBJECT_PROB))
+        else:
+            augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     brightness = _intensity_range(cfg.INPUT.AUG.BRIGHTNESS, "INPUT.AUG.BRIGHTNESS")
     if brightness:
         augs.append(T.RandomBrightness(*brightness))
@@ -164,4 +230,6 @@ def build_train_mapper(cfg):
     """
     kwargs = DatasetMapper.from_config(cfg, is_train=True)
     kwargs["augmentations"] = build_train_augmentations(cfg)
+    if any(isinstance(a, ObjectCrop) for a in kwargs["augmentations"]):
+        return ObjectCropMapper(**kwargs)
     return DatasetMapper(**kwargs)

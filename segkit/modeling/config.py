@@ -28,6 +28,10 @@ def add_segkit_config(cfg):
     cfg.INPUT.AUG.ALBUMENTATIONS.JPEG_QUALITY = (60, 100)
     cfg.INPUT.AUG.ALBUMENTATIONS.NOISE_STD = (0.01, 0.05)  # fraction of the intensity range
     cfg.INPUT.AUG.ALBUMENTATIONS.COLOR_JITTER = 0.2
+    # With INPUT.CROP: the share of crops placed to hold an instance (a random one, its box
+    # whole when it fits), the rest uniform as detectron2's RandomCrop. On a few objects in a
+    # large image, uniform crops are mostly background; 0 keeps detectron2's crop.
+    cfg.INPUT.CROP.OBJECT_PROB = 0.0
     # OUTPUT_DIR/train_batch_<i>.png at the start of training: this many batches after
     # augmentation with their ground truth drawn; 0 turns it off.
     cfg.INPUT.AUG.PREVIEW_BATCHES = 3
