@@ -121,10 +121,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def random_mask_rcnn(tmp_path_factory):
-    """A Mask R-CNN checkpoint in our format (the mini config, random weights, 3 classes): at a low
-    threshold it finds many instances, which is all the comparison needs."""
+def save_random_mask_rcnn(path, seed=0):
+    """A Mask R-CNN checkpoint in our format at ``path``: the mini config, random weights from
+    ``seed``, 3 classes."""
     import torch
     from detectron2.modeling import build_model
 
@@ -134,12 +133,18 @@ def random_mask_rcnn(tmp_path_factory):
     cfg.merge_from_file(str(ROOT / "configs" / "mask_rcnn_R_18_FPN_mini.yaml"))
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(cfg)
-    path = tmp_path_factory.mktemp("random_mask_rcnn") / "model.pth"
     torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": ["disc", "square", "triangle"],
                 "iteration": 0}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def random_mask_rcnn(tmp_path_factory):
+    """A Mask R-CNN checkpoint in our format (the mini config, random weights, 3 classes): at a low
+    threshold it finds many instances, which is all the comparison needs."""
+    return save_random_mask_rcnn(tmp_path_factory.mktemp("random_mask_rcnn") / "model.pth")
 
 
 class UnetCheckpoint(NamedTuple):

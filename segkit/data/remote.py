@@ -1,7 +1,8 @@
 """Import sources in cloud storage: ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``https://host/folder/``.
 
 (Prediction reads such URLs one image at a time instead, :func:`list_files` and :func:`read_bytes`,
-and writes to them through :func:`staged_output`.)
+and writes to them image by image through :func:`output_folder`, or all at the end through
+:func:`staged_output`.)
 
 The remote tree is mirrored into a staging folder inside the output folder (through fsspec, with a
 progress bar), then the local converter runs on that copy, so a remote import writes what a local
@@ -160,3 +161,140 @@ def staged_output(output):
         except Exception as e:
             raise RemoteSourceError(f"{redact(output)}: upload failed, {_reason(e)}") from None
         print(f"uploaded {len(files)} file(s) to {redact(output)}", file=sys.stderr)
+
+
+def _literal(path):
+    """fsspec expands glob characters in a list of paths: such names go one at a time."""
+    from glob import has_magic  # fsspec's test
+
+    return not has_magic(path)
+
+
+class LocalOutput:
+    """An output folder on this machine, written in place; the interface of :class:`RemoteOutput`
+    (paths relative to the folder, "/"-separated)."""
+
+    def __init__(self, folder):
+        self.local = self.shown = folder
+
+    def _path(self, rel):
+        return os.path.join(self.local, *rel.split("/"))
+
+    def files(self, *unders):
+        """Relative paths of the files below these sub-folders."""
+        found = set()
+        for under in unders:
+            for d, _, names in os.walk(self._path(under)):
+                found.update(os.path.relpath(os.path.join(d, n), self.local).replace(os.sep, "/") for n in names)
+        return found
+
+    def read(self, rels):
+        """{relative path: bytes} of those of ``rels`` that can be read."""
+        out = {}
+        for rel in rels:
+            try:
+                with open(self._path(rel), "rb") as f:
+                    out[rel] = f.read()
+            except OSError:
+                pass
+        return out
+
+    def remove(self, rels):
+        for rel in rels:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._path(rel))
+            if rel.count("/") > 1:  # a per-image folder (masks/<name>/) left empty goes too
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.dirname(self._path(rel)))
+
+    def push(self, last=None):
+        """Nothing to upload: the files are in place already."""
+
+
+class RemoteOutput:
+    """An ``s3://`` (or other fsspec) output written file by file: files are written into the local
+    staging folder ``local``, and :meth:`push` uploads and then deletes them, so the local disk
+    holds one image's outputs at a time and a crash loses only what was not pushed yet."""
+
+    def __init__(self, url, local):
+        import fsspec
+
+        self.url, self.shown, self.local = url, redact(url), local
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except Exception as e:
+            raise RemoteSourceError(f"{self.shown}: {_reason(e)}") from None
+        self.root = root.rstrip("/")
+
+    def _remote(self, rel):
+        return f"{self.root}/{rel}"
+
+    def _fail(self, what, error):
+        return RemoteSourceError(f"{self.shown}: {what} failed, {_reason(error)}")
+
+    def files(self, *unders):
+        """Relative paths of the files below these sub-folders: one listing (of the whole output
+        when several sub-folders are asked for)."""
+        top = self._remote(unders[0]) if len(unders) == 1 else self.root
+        try:
+            found = self.fs.find(top)
+        except FileNotFoundError:
+            found = []
+        except Exception as e:
+            raise self._fail("listing", e) from None
+        base = self.root + "/"
+        rels = {p[len(base):] for p in found if p.startswith(base)}
+        return {r for r in rels if r.split("/", 1)[0] in unders}
+
+    def read(self, rels):
+        """{relative path: bytes} of those of ``rels`` that can be read (fetched concurrently)."""
+        rels = list(rels)
+        try:
+            data = self.fs.cat_ranges([self._remote(r) for r in rels], None, None, on_error="return")
+        except Exception as e:
+            raise self._fail("reading", e) from None
+        return {r: d for r, d in zip(rels, data) if isinstance(d, bytes)}
+
+    def remove(self, rels):
+        paths = [self._remote(r) for r in rels]
+        try:
+            if any(map(_literal, paths)):
+                self.fs.rm([p for p in paths if _literal(p)])
+            for p in paths:
+                if not _literal(p):
+                    self.fs.rm_file(p)
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            raise self._fail("removing old outputs", e) from None
+
+    def push(self, last=None):
+        """Upload every file in the staging folder, those below the sub-folder ``last`` after the
+        others (a record is uploaded after the outputs it stands for), then delete them here."""
+        staged = sorted(os.path.join(d, f) for d, _, names in os.walk(self.local) for f in names)
+        if not staged:
+            return
+        rel = {p: os.path.relpath(p, self.local).replace(os.sep, "/") for p in staged}
+        later = [p for p in staged if last and rel[p].split("/", 1)[0] == last]
+        try:
+            for group in ([p for p in staged if p not in later], later):
+                if group:
+                    self.fs.put(group, [self._remote(rel[p]) for p in group])
+        except Exception as e:
+            raise self._fail("upload", e) from None
+        for p in staged:
+            os.remove(p)
+        for d, subdirs, names in os.walk(self.local, topdown=False):
+            if d != self.local and not subdirs and not names:
+                os.rmdir(d)
+
+
+@contextlib.contextmanager
+def output_folder(dest):
+    """``with output_folder(dest) as out:`` a :class:`LocalOutput` for a folder, a
+    :class:`RemoteOutput` staging in a temporary folder for a URL."""
+    if not is_remote(dest):
+        yield LocalOutput(dest)
+        return
+    with tempfile.TemporaryDirectory(prefix="segkit-upload-") as local:
+        yield RemoteOutput(dest, local)

@@ -1,13 +1,10 @@
 """How many objects of each class: the first question about a large image (rebar ends, cells,
 seedlings). One home for the counts that ``predict.py`` writes (``counts.csv`` beside
-``results.json``, and its summary line) and that the app shows."""
+``results.json``, named in segkit/inference/records.py, and its summary line) and that the app shows."""
 
 import csv
 import io
 from collections import Counter
-
-COUNTS_FILE = "counts.csv"
-
 
 def class_counts(prediction):
     """{class name: instances} of one prediction, every class listed (0 when absent). U-Net

@@ -18,10 +18,16 @@ Writes into ``--output``:
 - ``class_maps/<name>.png`` - U-Net only: class index per pixel;
 - ``masked/<name>.png`` / ``label_maps/<name>.png`` / ``side_by_side/<name>.png`` with
   ``--masked`` / ``--label-map`` / ``--gt-json COCO_FILE``;
+- ``per_image/<name>.json`` - the image's record: its results and what made them (checkpoint,
+  thresholds, tiles, options), written after its outputs; ``--skip-done`` continues a killed run
+  from them (segkit/inference/records.py, segkit/inference/sharded_predict.py);
 - ``results.json`` - COCO results (RLE masks, category ids 1..K, image ids 1..N in input order,
   each entry also naming its ``file_name``) and ``images.json``, the matching image list as a
   COCO file, so ``COCO("images.json").loadRes("results.json")`` works;
 - with ``--video-input``: ``<video stem>.mp4``, the overlay video, and results per frame.
+
+A rerun into the same ``--output`` replaces what an earlier run wrote for its images. An
+``s3://`` output is uploaded image by image (``--rank`` and ``--video-input``: at the end).
 
 A file that cannot be read is reported in one line and skipped; the run goes on (exit status 0
 when at least one image was processed).
@@ -38,6 +44,7 @@ from segkit.data.file_names import unique_name
 from segkit.data.image_files import IMAGE_EXTENSIONS
 from segkit.data.run_layout import NoModelError, resolve_weights
 from segkit.data.remote import RemoteSourceError, is_remote, list_files, staged_output
+from segkit.inference import records as rec
 from segkit.inference import sharded_predict
 from segkit.inference.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, to_rgb_uint8
 
@@ -148,7 +155,7 @@ DEFAULT_OVERLAY_SIZE = 4096
 
 
 class Writer:
-    """Writes every requested output of one prediction."""
+    """Writes every requested output of one prediction (folder names: segkit/inference/records.py)."""
 
     def __init__(self, args, predictor):
         self.args = args
@@ -157,6 +164,14 @@ class Writer:
         self.class_names = predictor.class_names
         self.num_instances = 0
         self.total_counts = {n: 0 for n in self.class_names}
+
+    def folders(self, semantic):
+        """The per-image output folders this run writes."""
+        a = self.args
+        found = [rec.OVERLAYS, rec.CLASS_MAPS if semantic else None if a.no_masks else rec.MASKS,
+                 rec.MASKED if a.masked else None, rec.LABEL_MAPS if a.label_map else None,
+                 rec.SIDE_BY_SIDE if a.gt_json else None]
+        return [f for f in found if f]
 
     def add(self, prediction, image_id, source_name):
         """Record one image's results and counts (no files written)."""
@@ -188,19 +203,23 @@ class Writer:
         self.add(prediction, image_id, source_name)
         if not self.out:
             return
-        vis.save_png(self.overlay(prediction), os.path.join(self.out, "overlays", f"{name}.png"))
+
+        def png(folder):
+            return os.path.join(self.out, folder, f"{name}.png")
+
+        vis.save_png(self.overlay(prediction), png(rec.OVERLAYS))
         if prediction.is_semantic:
-            vis.save_png(prediction.class_map(), os.path.join(self.out, "class_maps", f"{name}.png"))
+            vis.save_png(prediction.class_map(), png(rec.CLASS_MAPS))
         elif not a.no_masks:
             self.write_masks(prediction, name)
         if a.masked:
-            vis.save_png(vis.masked_image(prediction), os.path.join(self.out, "masked", f"{name}.png"))
+            vis.save_png(vis.masked_image(prediction), png(rec.MASKED))
         if a.label_map:
-            vis.save_png(vis.label_map(prediction), os.path.join(self.out, "label_maps", f"{name}.png"))
+            vis.save_png(vis.label_map(prediction), png(rec.LABEL_MAPS))
         if a.gt_json:
             try:
                 pair = vis.side_by_side(prediction, a.gt_json, file_name=source_name, mode=a.color_mode)
-                vis.save_png(pair, os.path.join(self.out, "side_by_side", f"{name}.png"))
+                vis.save_png(pair, png(rec.SIDE_BY_SIDE))
             except KeyError:
                 pass  # the image is not in the ground-truth file
 
@@ -211,9 +230,9 @@ class Writer:
 
         h, w = prediction.image_size
         if len(prediction) * h * w <= MAX_MASK_PIXELS:
-            vis.save_instance_masks(prediction, os.path.join(self.out, "masks", name), "")
+            vis.save_instance_masks(prediction, os.path.join(self.out, rec.MASKS, name), "")
             return
-        path = os.path.join(self.out, "instance_maps", f"{name}.png")
+        path = os.path.join(self.out, rec.INSTANCE_MAPS, f"{name}.png")
         try:
             vis.save_png(vis.instance_map(prediction), path)
         except ValueError as e:
@@ -226,15 +245,13 @@ class Writer:
     def finish(self):
         from segkit.data.atomic import write_json, write_text
         from segkit.inference.coco_results import coco_images
-        from segkit.inference.counts import COUNTS_FILE, counts_csv
+        from segkit.inference.counts import counts_csv
 
         if not self.out:
             return
-        write_json(os.path.join(self.out, "images.json"), coco_images(self.images, self.class_names))
-        write_text(os.path.join(self.out, COUNTS_FILE), counts_csv(self.counts, self.class_names))
-        with open(os.path.join(self.out, ".results.json.tmp"), "w", encoding="utf-8") as f:
-            json.dump(self.results, f)
-        os.replace(os.path.join(self.out, ".results.json.tmp"), os.path.join(self.out, "results.json"))
+        write_json(os.path.join(self.out, rec.IMAGES_JSON), coco_images(self.images, self.class_names))
+        write_text(os.path.join(self.out, rec.COUNTS_CSV), counts_csv(self.counts, self.class_names))
+        write_text(os.path.join(self.out, rec.RESULTS_JSON), json.dumps(self.results))
 
 
 def _progress(total, quiet, unit):
@@ -508,7 +525,7 @@ def main(argv=None):
 
     if not args.output:
         return predict_into(args, paths)
-    with staged_output(args.output) as folder:  # s3://...: written here, uploaded at the end
+    with staged_output(args.output) as folder:  # --rank, --video-input to s3://...: uploaded at the end
         args.output = folder
         return predict_into(args, paths)
 

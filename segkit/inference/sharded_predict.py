@@ -1,11 +1,17 @@
-"""``predict.py --num-gpus G [--num-machines M --machine-rank R --dist-url URL] [--skip-done]``:
-the input images shared among processes with detectron2's ``launch`` (NCCL on GPUs, gloo on CPUs).
+"""``predict.py --input ... --output OUT`` image by image, with records, in one process or shared
+among several (``--num-gpus G [--num-machines M --machine-rank R --dist-url URL]``, detectron2's
+``launch``: NCCL on GPUs, gloo on CPUs); ``--skip-done`` continues a killed run.
 
 - Rank 0's input list is the one every rank uses (machines may list a folder differently); rank
   ``r`` of ``n`` takes images ``r, r + n, r + 2n, ...`` of it.
-- Each rank writes the usual per-image outputs (overlays, masks, ...) and, last, one record per image
-  ``per_image/<name>.json`` (its COCO results, size and source file), atomically: a killed rank
-  loses nothing it finished, and ``--skip-done`` skips the images that have a record.
+- Each rank writes the usual per-image outputs and, last, the image's record
+  ``per_image/<name>.json`` (segkit/inference/records.py): a killed rank loses nothing it finished.
+  An ``s3://`` output gets each image's files uploaded as soon as its record is written (the
+  record last), and their staged copy deleted.
+- ``--skip-done`` skips the images that have a record, and refuses (in one line, every rank
+  together) when the records were made with another checkpoint, thresholds, tiles, options or
+  outputs. Without it a run first removes what an earlier run wrote for its images: an image that
+  fails this time keeps none of it and is not counted.
 - At the end every rank sends the records of its share to rank 0 (no shared file system needed),
   which writes ``results.json`` and ``images.json`` exactly as one process would (image ids 1..N
   in input order) and prints the summary.
@@ -17,9 +23,7 @@ import os
 import sys
 from typing import Callable, NamedTuple
 
-from segkit.data.remote import is_remote, staged_output
-
-RECORDS_DIR = "per_image"
+from segkit.inference import records as rec
 
 
 class PredictSteps(NamedTuple):
@@ -44,45 +48,38 @@ def add_arguments(parser):
     group.add_argument("--dist-url", default="auto",
                        help="tcp://HOST:PORT of machine 0 (default auto: a free port, one machine only)")
     group.add_argument("--skip-done", action="store_true",
-                       help=f"skip the images that already have {RECORDS_DIR}/<name>.json in --output "
-                            "(continue a killed run)")
+                       help=f"skip the images that already have {rec.RECORDS_DIR}/<name>.json in --output "
+                            "(continue a killed run; refused when the records were made with other "
+                            "weights, thresholds, tiles, options or outputs)")
 
 
 def requested(args):
-    return args.num_gpus * args.num_machines > 1 or args.skip_done
+    """Images predicted into --output go through this module: records, and uploads per image."""
+    return bool(args.input and args.output and not args.video_input and not args.rank)
 
 
 def check_arguments(parser, args):
-    if not requested(args):
+    if not (args.num_gpus * args.num_machines > 1 or args.skip_done):
         return
     if not args.output:
         parser.error("--num-gpus/--num-machines/--skip-done need --output DIR (the records live there)")
     if args.video_input or args.rank:
         parser.error("--num-gpus/--num-machines/--skip-done apply to --input images, not to "
                      "--video-input or --rank")
-    if args.skip_done and is_remote(args.output):
-        parser.error("--skip-done reads the records of a local --output folder, not of a URL")
     if args.num_machines > 1 and args.dist_url == "auto":
         parser.error("--num-machines > 1 needs --dist-url tcp://HOST:PORT (machine 0's address)")
 
 
-def record_path(output, name):
-    return os.path.join(output, RECORDS_DIR, f"{name}.json")
-
-
-def read_record(output, name, path):
-    """The record of image ``path`` (output stem ``name``), or None when it has none."""
-    try:
-        with open(record_path(output, name), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if record.get("file") == path else None  # the stem may belong to another input now
-
-
 def make_shard_writer(writer_class):
     class ShardWriter(writer_class):
-        """The usual outputs, then the image's record; results.json is rank 0's merge, not ours."""
+        """The usual outputs into ``output.local``, then the image's record, then ``output.push()``
+        (an upload for a remote output); results.json is rank 0's merge, not ours."""
+
+        def __init__(self, args, predictor, output):
+            super().__init__(args, predictor)
+            self.out, self.output = output.local, output
+            self.made_by = rec.made_by(args, predictor, self.folders(predictor.semantic))
+            self.records = {}  # {name: record} written by this run
 
         def write(self, prediction, name, image_id, source_name):
             from segkit.data.atomic import write_json
@@ -91,8 +88,11 @@ def make_shard_writer(writer_class):
             super().write(prediction, name, image_id, source_name)
             h, w = prediction.image_size
             results = [{k: v for k, v in r.items() if k != "image_id"} for r in self.results[start:]]
-            write_json(record_path(self.out, name), {"file": prediction.file_name, "source": source_name,
-                                                     "height": h, "width": w, "results": results}, indent=None)
+            record = rec.make_record(prediction.file_name, source_name, h, w, results, self.made_by)
+            write_json(rec.record_path(self.out, name), record, indent=None)
+            self.output.push(last=rec.RECORDS_DIR)
+            self.records[name] = record
+            del self.results[:], self.images[:]  # the records hold them
 
         def finish(self):
             pass
@@ -100,11 +100,61 @@ def make_shard_writer(writer_class):
     return ShardWriter
 
 
-def merge(args, class_names, names, records, threshold_note):
-    """results.json and images.json of every recorded image, numbered 1..N in input order."""
+def _done_records(output, todo):
+    """{name: record} of the images of ``todo`` ([(name, path)]) that have a record in ``output``."""
+    present = output.files(rec.RECORDS_DIR)
+    wanted = {rec.record_rel(name): (name, path) for name, path in todo if rec.record_rel(name) in present}
+    done = {}
+    for rel, data in output.read(wanted).items():
+        name, path = wanted[rel]
+        record = rec.parse_record(data, path)
+        if record is not None:
+            done[name] = record
+    return done
+
+
+def _refuse_other_settings(output, done, made_by):
+    """Every rank together: stop with one line when the records some rank would skip were made
+    otherwise than this run (their results and ours would be mixed)."""
+    from detectron2.utils import comm
+
+    from segkit.engine.distributed import leave_process_group
+
+    mine = []
+    for record in done.values():
+        mine += [d for d in rec.differences(made_by, record) if d not in mine]
+    found = []
+    for part in comm.all_gather(mine):
+        found += [d for d in part if d not in found]
+    if not found:
+        return
+    if comm.is_main_process():
+        print(f"error: {output.shown}: --skip-done would mix two runs, its records were made otherwise "
+              f"({'; '.join(found)}); run without --skip-done to replace them, or choose another --output",
+              file=sys.stderr, flush=True)
+    leave_process_group()
+    raise SystemExit(2)
+
+
+def _remove_earlier_outputs(output, names):
+    """What an earlier run wrote for ``names`` (records, overlays, masks, ...; nothing else), and on
+    rank 0 the summary: a rerun replaces them, and an image that fails this time must not keep the
+    earlier run's outputs nor be counted."""
+    from detectron2.utils import comm
+
+    names = set(names)
+    stale = sorted(r for r in output.files(*rec.OUTPUT_DIRS) if rec.owned(r, names))
+    if comm.is_main_process():
+        stale += [rec.RESULTS_JSON, rec.IMAGES_JSON]
+    output.remove(stale)
+
+
+def merge(output, class_names, names, records, threshold_note):
+    """results.json and images.json of every recorded image, numbered 1..N in input order, written
+    into ``output`` (a segkit.data.remote output folder)."""
     from segkit.data.atomic import write_json, write_text
     from segkit.inference.coco_results import coco_images
-    from segkit.inference.counts import COUNTS_FILE, counts_csv, counts_from_results, counts_line
+    from segkit.inference.counts import counts_csv, counts_from_results, counts_line
 
     images, results, counts = [], [], []
     for name in names:
@@ -112,15 +162,16 @@ def merge(args, class_names, names, records, threshold_note):
         if record is None:
             continue
         image_id = len(images) + 1
-        images.append((image_id, record["source"], record["height"], record["width"]))
-        results += [{"image_id": image_id, **r} for r in record["results"]]
-        counts.append((record["source"], counts_from_results(record["results"], class_names)))
-    write_json(os.path.join(args.output, "images.json"), coco_images(images, class_names))
-    write_text(os.path.join(args.output, "results.json"), json.dumps(results))
-    write_text(os.path.join(args.output, COUNTS_FILE), counts_csv(counts, class_names))
+        images.append((image_id, record[rec.SOURCE], record[rec.HEIGHT], record[rec.WIDTH]))
+        results += [{"image_id": image_id, **r} for r in record[rec.RESULTS]]
+        counts.append((record[rec.SOURCE], counts_from_results(record[rec.RESULTS], class_names)))
+    write_json(os.path.join(output.local, rec.IMAGES_JSON), coco_images(images, class_names))
+    write_text(os.path.join(output.local, rec.RESULTS_JSON), json.dumps(results))
+    write_text(os.path.join(output.local, rec.COUNTS_CSV), counts_csv(counts, class_names))
+    output.push()
     print(f"{len(images)} image(s), {len(results)} instance(s) ({threshold_note}): "
           f"{counts_line(counts_from_results(results, class_names))}; "
-          f"{len(names) - len(images)} skipped; results in {args.output}")
+          f"{len(names) - len(images)} skipped; results in {output.shown}")
     return 0 if images else 1
 
 
@@ -141,12 +192,17 @@ def _input_list(args, expand_inputs):
 
 
 def _predict_share(args, cli):
-    with staged_output(args.output) as folder:  # s3://...: each rank uploads what it wrote
-        args.output = folder
-        _predict_share_into(args, cli)
+    from segkit.data.remote import RemoteSourceError, output_folder
+
+    try:
+        with output_folder(args.output) as output:  # s3://...: staged here, uploaded image by image
+            _predict_share_into(args, cli, output)
+    except RemoteSourceError as e:  # the images pushed so far are there: --skip-done continues
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
-def _predict_share_into(args, cli):
+def _predict_share_into(args, cli, output):
     from detectron2.utils import comm
 
     from segkit.engine.distributed import leave_process_group
@@ -159,21 +215,25 @@ def _predict_share_into(args, cli):
     names = steps.unique_names(paths)
     rank, world = comm.get_rank(), comm.get_world_size()
     share = list(range(rank, len(paths), world))
-    todo = [i for i in share if not (args.skip_done and read_record(args.output, names[i], paths[i]))]
     predictor = steps.build_predictor(args, announce=comm.is_main_process())
-    os.makedirs(os.path.join(args.output, RECORDS_DIR), exist_ok=True)
-    if len(todo) < len(share) and comm.is_main_process():
-        print(f"--skip-done: rank 0 skips {len(share) - len(todo)} image(s) already predicted", file=sys.stderr)
+    writer = make_shard_writer(steps.writer_class)(args, predictor, output)
+    done = _done_records(output, [(names[i], paths[i]) for i in share]) if args.skip_done else {}
+    _refuse_other_settings(output, done, writer.made_by)
+    todo = [i for i in share if names[i] not in done]
+    if not args.skip_done:  # (with it, the records were listed once and nothing else is)
+        _remove_earlier_outputs(output, [names[i] for i in todo])
+    if done and comm.is_main_process():
+        print(f"--skip-done: rank 0 skips {len(done)} image(s) already predicted", file=sys.stderr)
     if todo:
         args.quiet = args.quiet or not comm.is_main_process()  # one bar; shares are the same size
         steps.run_images(args, predictor, [paths[i] for i in todo], names=[names[i] for i in todo],
-                         writer=make_shard_writer(steps.writer_class)(args, predictor), summary=False)
-    mine = {names[i]: r for i in share if (r := read_record(args.output, names[i], paths[i])) is not None}
+                         writer=writer, summary=False)
+    mine = {**done, **writer.records}  # an image that failed this time has none
     gathered = comm.gather(mine, dst=0)
     status = 0
     if comm.is_main_process():
         records = {k: v for part in gathered for k, v in part.items()}
-        status = merge(args, predictor.class_names, names, records, predictor.threshold_note)
+        status = merge(output, predictor.class_names, names, records, predictor.threshold_note)
     leave_process_group()
     if status:
         raise SystemExit(status)
