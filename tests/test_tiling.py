@@ -7,6 +7,7 @@ sees is known exactly. The end-to-end tests run a trained Mask R-CNN through pre
 and tiled evaluation.
 """
 
+import itertools
 import json
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import ROOT, TINY_OVERRIDES, run_train_net
 from segkit.data.coco_masks import mask_to_rle
-from segkit.modeling.tiling import CroppedMasks, TiledModel, merge_detections, paste_detections, tile_windows
+from segkit.modeling.tiling import (CroppedMasks, TiledModel, detections_to_instances, merge_detections,
+                                    paste_detections, tile_windows)
 
 
 class BlobDetector(torch.nn.Module):
@@ -141,6 +143,90 @@ def test_an_object_cut_by_tile_edges_comes_out_whole():
     assert iou(inst.pred_masks[0], bar) > 0.95
     x0, y0, x1, y1 = inst.pred_boxes.tensor[0].tolist()
     assert x0 <= 61 and x1 >= 839
+
+
+def tile_detections(image, tile, overlap, detector=None):
+    """The Detections a TiledModel collects before merging: ``detector`` (a BlobDetector) on each
+    tile of ``image`` (CHW), pasted into the image."""
+    h, w = image.shape[-2:]
+    windows = tile_windows(h, w, tile, overlap)
+    outputs = (detector or BlobDetector()).inference([{"image": image[:, y0:y1, x0:x1]} for x0, y0, x1, y1 in windows],
+                                                     do_postprocess=False)
+    return [d for k, (win, out) in enumerate(zip(windows, outputs))
+            for d in paste_detections(out, win[:2], (1, 1), (h, w), k, window=win)], windows
+
+
+def bars_image(height, width, bars):
+    """(CHW uint8 tensor, [HxW bool masks]) of white bars ``[(x0, y0, x1, y1)]`` on black."""
+    masks = []
+    gray = np.zeros((height, width), np.uint8)
+    for x0, y0, x1, y1 in bars:
+        m = np.zeros((height, width), bool)
+        m[y0:y1, x0:x1] = True
+        gray[m] = 255
+        masks.append(m)
+    return torch.from_numpy(np.repeat(gray[None], 3, axis=0)), masks
+
+
+def assert_one_instance_per_object(merged, truth, size):
+    assert len(merged) == len(truth), f"{len(merged)} instances for {len(truth)} objects"
+    inst = detections_to_instances(merged, size)
+    for t in truth:
+        assert max(iou(inst.pred_masks[i], t) for i in range(len(inst))) > 0.9
+
+
+@pytest.mark.parametrize("length", [330, 520, 700, 900])
+def test_a_bar_across_several_tiles_is_one_instance_whatever_its_pieces_score(length):
+    # 256 px tiles sharing 64 px: a bar of these lengths is cut into 3, 4, 5 and 6 pieces. The
+    # scores of the pieces come in every order (a real model scores the middle piece below the
+    # ends as often as above), and every order must give one instance.
+    h, w = 120, 1300
+    image, truth = bars_image(h, w, [(70, 40, 70 + length, 80)])
+    pieces, _ = tile_detections(image, 256, 0.25)
+    assert len(pieces) == {330: 3, 520: 4, 700: 5, 900: 6}[length]
+    for order in itertools.permutations(range(len(pieces))):
+        scored = [p._replace(score=0.5 + 0.05 * rank) for p, rank in zip(pieces, order)]
+        assert_one_instance_per_object(merge_detections(scored), truth, (h, w))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bars_in_two_directions_with_random_scores_are_one_instance_each(seed):
+    # 2-D tiling: horizontal and vertical bars across 3-5 tiles, two parallel bars 6 px apart
+    # through the same tiles, and two bars end to end 6 px apart: each stays one instance of its own.
+    h, w = 900, 1100
+    bars = [(40, 60, 1000, 90), (40, 96, 700, 126),  # parallel, 6 px apart
+            (60, 300, 500, 330), (506, 300, 1060, 330),  # end to end, 6 px apart
+            (150, 380, 185, 880), (420, 360, 450, 860), (900, 350, 940, 850), (600, 500, 1060, 540)]
+    image, truth = bars_image(h, w, bars)
+    # the crossing bars (vertical 900-940 and horizontal 600-1060 at y 500-540) touch: one blob
+    truth = truth[:6] + [truth[6] | truth[7]]
+    pieces, _ = tile_detections(image, 256, 0.25)
+    rng = np.random.default_rng(seed)
+    scored = [p._replace(score=float(s)) for p, s in zip(pieces, rng.uniform(0.3, 1.0, len(pieces)))]
+    assert_one_instance_per_object(merge_detections(scored), truth, (h, w))
+
+
+def test_overlapping_pairs_are_exactly_the_pairs_whose_crops_overlap():
+    from segkit.modeling.tiling import Detection, overlapping_pairs
+
+    rng = np.random.default_rng(0)
+    dets = []
+    for k in range(400):
+        x, y = int(rng.integers(0, 3000)), int(rng.integers(0, 800))
+        crop = np.ones((int(rng.integers(1, 60)), int(rng.integers(1, 200))), bool)
+        box = np.array([x, y, x + crop.shape[1], y + crop.shape[0]], np.float32)
+        dets.append(Detection(box, 0.5, int(rng.integers(0, 2)), x, y, crop, int(rng.integers(0, 4))))
+    expected = set()
+    for i in range(len(dets)):
+        for j in range(i + 1, len(dets)):
+            a, b = dets[i], dets[j]
+            if (a.category == b.category and a.tile != b.tile and a.x0 < b.x0 + b.crop.shape[1]
+                    and b.x0 < a.x0 + a.crop.shape[1] and a.y0 < b.y0 + b.crop.shape[0] and b.y0 < a.y0 + a.crop.shape[0]):
+                expected.add((i, j))
+    found = overlapping_pairs(dets)
+    assert len(found) == len(set(found)) and set(found) == expected and expected
+    tall = [d._replace(x0=d.y0, y0=d.x0, crop=d.crop.T) for d in dets]  # the sweep runs along y
+    assert set(overlapping_pairs(tall)) == expected
 
 
 def test_touching_objects_in_one_tile_stay_apart():

@@ -15,9 +15,11 @@ training (``INPUT.CROP``, see docs/training.md).
   ``_do_paste_mask``, as ``paste_masks_in_image`` does) into its own box only, never into the
   image. Optionally one whole-image pass at the test size adds objects larger than a tile.
 - :func:`merge_detections` - duplicates at seams become one instance: detections of one class
-  from different tiles whose masks overlap by at least ``min_ios`` of the smaller mask
-  (intersection over smaller, SAHI's GREEDYNMM + IOS) are merged, masks OR-ed. An object cut by a
-  tile edge so comes out whole: its piece lies inside the whole object seen by the next tile.
+  from different tiles whose masks, where both tiles looked, overlap by at least ``min_ios`` of
+  the smaller mask (intersection over smaller, as SAHI's GREEDYNMM + IOS) are linked, and each
+  connected set of links is one instance, masks OR-ed. An object cut by any number of tile edges
+  so comes out whole, whatever order its pieces' scores are in: each piece agrees with its
+  neighbours in the overlap bands. Only detections whose crops overlap are compared.
 - :class:`CroppedMasks` - the ``pred_masks`` of the result: each mask as its box-sized crop, so
   memory grows with the objects, not with the image (100 full masks of a 12,000 x 4,000 image
   are 4.8 GB). It answers ``masks[i]`` (one full HxW mask, made on demand), ``rle(i)`` (the COCO
@@ -243,60 +245,91 @@ def shared_view_ios(a, b):
     return min(1.0, inter / smaller)
 
 
-def _union(a, b):
-    """Detection ``a`` (the higher score) with ``b``'s mask OR-ed in and the boxes' union."""
-    x0, y0 = min(a.x0, b.x0), min(a.y0, b.y0)
-    x1 = max(a.x0 + a.crop.shape[1], b.x0 + b.crop.shape[1])
-    y1 = max(a.y0 + a.crop.shape[0], b.y0 + b.crop.shape[0])
+def overlapping_pairs(detections):
+    """Index pairs ``(i, j)``, i < j, of Detections of one class from different tiles whose mask
+    crops' extents overlap: the only pairs that can be one object. A sweep along the image's longer
+    side over the extents sorted by their start pairs each detection with its neighbours only, so
+    the work grows with the detections and their neighbours, not with the square of the image's
+    detection count."""
+    n = len(detections)
+    if n < 2:
+        return []
+    ext = np.array([(d.x0, d.y0, d.x0 + d.crop.shape[1], d.y0 + d.crop.shape[0]) for d in detections], np.int64)
+    category = np.array([d.category for d in detections])
+    tile = np.array([d.tile for d in detections])
+    axis = 0 if np.ptp(ext[:, 0::2]) >= np.ptp(ext[:, 1::2]) else 1
+    lo, hi, other_lo, other_hi = ext[:, axis], ext[:, axis + 2], ext[:, 1 - axis], ext[:, 3 - axis]
+    order = np.argsort(lo, kind="stable")
+    starts = lo[order]
+    pairs = []
+    for k, i in enumerate(order.tolist()):
+        # the detections starting (in sweep order) after i and before i ends
+        near = order[k + 1:int(np.searchsorted(starts, hi[i], side="left"))]
+        near = near[(category[near] == category[i]) & (tile[near] != tile[i])
+                    & (other_lo[near] < other_hi[i]) & (other_hi[near] > other_lo[i])]
+        pairs += [(min(i, j), max(i, j)) for j in near.tolist()]
+    return pairs
+
+
+def _union_of(members):
+    """One Detection of several: the highest-scoring member with the union of all members' masks
+    (one crop over their joint extent) and boxes."""
+    best = max(members, key=lambda d: d.score)
+    if len(members) == 1:
+        return best
+    x0, y0 = min(d.x0 for d in members), min(d.y0 for d in members)
+    x1 = max(d.x0 + d.crop.shape[1] for d in members)
+    y1 = max(d.y0 + d.crop.shape[0] for d in members)
     crop = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    for d in (a, b):
+    for d in members:
         crop[d.y0 - y0:d.y0 - y0 + d.crop.shape[0], d.x0 - x0:d.x0 - x0 + d.crop.shape[1]] |= d.crop
-    box = np.concatenate([np.minimum(a.box[:2], b.box[:2]), np.maximum(a.box[2:], b.box[2:])])
-    return a._replace(box=box, x0=x0, y0=y0, crop=crop)
+    boxes = np.array([d.box for d in members])
+    box = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)]).astype(best.box.dtype)
+    return best._replace(box=box, x0=x0, y0=y0, crop=crop)
 
 
 def merge_detections(detections: List[Detection], min_ios=0.5):
-    """Detections -> instances, seams merged: greedily by score, a detection joins the kept one
-    of its class it overlaps most (:func:`shared_view_ios` with one of its members) when that
-    overlap is at least ``min_ios`` and the kept one has no detection from the same tile yet
-    (inside one tile the model's own NMS has already decided: two touching objects stay two).
-    Returns the kept Detections, the highest score first, each with the union of its members'
-    masks and boxes."""
-    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
-    kept, tiles, areas, members = [], [], [], []
-    extents = np.zeros((len(detections), 4))  # the kept crops' XYXY extents
-    categories = np.zeros(len(detections), dtype=np.int64)
-    for i in order:
-        d = detections[i]
-        area = int(np.count_nonzero(d.crop))
-        n = len(kept)
-        best, best_ios = None, 0.0
-        if n and area:
-            e = extents[:n]
-            near = np.flatnonzero((categories[:n] == d.category)
-                                  & (e[:, 0] < d.x0 + d.crop.shape[1]) & (e[:, 2] > d.x0)
-                                  & (e[:, 1] < d.y0 + d.crop.shape[0]) & (e[:, 3] > d.y0))
-            for k in near.tolist():
-                if d.tile in tiles[k] or not areas[k]:
-                    continue
-                ios = max(shared_view_ios(m, d) for m in members[k])
-                if ios > best_ios:
-                    best, best_ios = k, ios
-        if best is not None and best_ios >= min_ios:
-            merged = _union(kept[best], d)
-            kept[best] = merged
-            tiles[best].add(d.tile)
-            members[best].append(d)
-            areas[best] = int(np.count_nonzero(merged.crop))
-            extents[best] = (merged.x0, merged.y0, merged.x0 + merged.crop.shape[1], merged.y0 + merged.crop.shape[0])
-        else:
-            kept.append(d)
-            tiles.append({d.tile})
-            members.append([d])
-            areas.append(area)
-            extents[n] = (d.x0, d.y0, d.x0 + d.crop.shape[1], d.y0 + d.crop.shape[0])
-            categories[n] = d.category
-    return kept
+    """Detections -> instances, seams merged. Two detections of one class from different tiles
+    are linked when :func:`shared_view_ios` is at least ``min_ios``; an instance is a connected
+    set of links (union-find), so an object cut into pieces by any number of seams comes out as
+    one, whatever order the pieces' scores are in. Links join sets in order of agreement (highest
+    IoS first), and never two sets holding detections of the same tile: inside one tile the
+    model's own NMS has already decided, so two touching objects stay two even when a third tile
+    saw them as one blob. Only detections whose crops overlap are compared
+    (:func:`overlapping_pairs`). Returns one Detection per instance, the highest score first: its
+    best member's score, class and tile, with the union of its members' masks and boxes."""
+    n = len(detections)
+    links = []
+    for i, j in overlapping_pairs(detections):
+        a, b = (i, j) if detections[i].score >= detections[j].score else (j, i)
+        ios = shared_view_ios(detections[a], detections[b])
+        if ios >= min_ios:
+            links.append((-ios, -detections[a].score, i, j))
+    links.sort()
+    parent = list(range(n))
+    tiles = [{d.tile} for d in detections]
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for _, _, i, j in links:
+        a, b = root(i), root(j)
+        if a == b or tiles[a] & tiles[b]:
+            continue
+        if len(tiles[a]) < len(tiles[b]):
+            a, b = b, a
+        parent[b] = a
+        tiles[a] |= tiles[b]
+        tiles[b] = None
+    groups = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(detections[i])
+    merged = [_union_of(members) for members in groups.values()]
+    merged.sort(key=lambda d: -d.score)
+    return merged
 
 
 def detections_to_instances(detections, image_size):
