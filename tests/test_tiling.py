@@ -27,7 +27,12 @@ from segkit.modeling.tiling import (CroppedMasks, TiledModel, detections_to_inst
 class BlobDetector(torch.nn.Module):
     """Each 8-connected bright component (channel mean > 128) of an input is one object of class
     0; its score grows with its visible area (a piece cut by a tile edge scores below the whole),
-    and pieces under 27 px score below 0.05 and are dropped."""
+    and pieces under 27 px score below 0.05 and are dropped. ``max_dets``: as Mask R-CNN's
+    TEST.DETECTIONS_PER_IMAGE, only the best that many of an input are returned."""
+
+    def __init__(self, max_dets=None):
+        super().__init__()
+        self.max_dets = max_dets
 
     def inference(self, batched_inputs, do_postprocess=True):
         assert not do_postprocess
@@ -51,6 +56,8 @@ class BlobDetector(torch.nn.Module):
             inst.scores = torch.tensor(scores, dtype=torch.float32)
             inst.pred_classes = torch.zeros(len(boxes), dtype=torch.int64)
             inst.pred_masks = torch.from_numpy(np.stack(probs) if probs else np.zeros((0, 28, 28), np.float32))[:, None]
+            if self.max_dets is not None:
+                inst = inst[torch.argsort(inst.scores, descending=True)[:self.max_dets]]
             out.append(inst)
         return out
 
@@ -242,6 +249,68 @@ def test_touching_objects_in_one_tile_stay_apart():
     assert len(merge_detections([a, b._replace(tile=1, category=1)])) == 2
 
 
+def test_an_image_with_more_objects_than_a_tile_may_hold_is_evaluated_whole(tmp_path):
+    # 170 discs, 256 px tiles holding about 20 each, TEST.DETECTIONS_PER_IMAGE 100 (per tile): every
+    # disc is found, and COCO evaluation must count all of them, not the best 100.
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.evaluation import inference_on_dataset
+    from PIL import Image
+
+    from segkit.engine.trainer import Trainer
+    from segkit.evaluation.coco import build_coco_evaluator
+    from segkit.modeling.config import get_segkit_cfg
+
+    h, w = 700, 1000
+    image, truth = disc_image(h, w, (10, 18), seed=4, count=170, spacing=4)
+    assert len(truth) >= 150
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "dense.png")
+    annotations = [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": mask_to_rle(m),
+                    "area": int(m.sum()), "bbox": [float(v) for v in cv2.boundingRect(m.astype(np.uint8))]}
+                   for k, m in enumerate(truth)]
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "dense.png", "height": h, "width": w}],
+        "annotations": annotations, "categories": [{"id": 1, "name": "disc"}]}))
+    name = f"tiling_dense_{tmp_path.name}"
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
+    try:
+        cfg = get_segkit_cfg()
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+        cfg.MODEL.MASK_ON = True
+        cfg.DATALOADER.NUM_WORKERS = 0
+        cfg.TEST.PR_CURVES = False
+        cfg.TEST.TILE_SIZE = 256
+        cfg.TEST.DETECTIONS_PER_IMAGE = 100
+        model = TiledModel.from_config(BlobDetector(max_dets=100), cfg)
+        assert max(sum(1 for t in truth if t[y0:y1, x0:x1].any()) for x0, y0, x1, y1 in tile_windows(h, w, 256)) < 100
+        results = inference_on_dataset(model, Trainer.build_test_loader(cfg, name),
+                                       build_coco_evaluator(cfg, name, str(tmp_path / "eval")))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert results["bbox"]["AP50"] > 99 and results["segm"]["AP50"] > 99, results
+
+
+def test_an_image_that_reaches_a_limit_is_named_in_one_warning(caplog):
+    h, w = 700, 1000
+    image, truth = disc_image(h, w, (10, 18), seed=4, count=170, spacing=4)
+    model = TiledModel(BlobDetector(max_dets=8), 256, 0.25, max_per_tile=8, max_per_image=60)
+    with caplog.at_level("WARNING", logger="segkit.modeling.tiling"):
+        inst = model([{"image": image, "height": h, "width": w, "file_name": "dense.png"}])[0]["instances"]
+    assert len(inst) == 60
+    assert inst.scores.tolist() == sorted(inst.scores.tolist(), reverse=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("dense.png: ")
+    assert "tiles reached TEST.DETECTIONS_PER_IMAGE (8 " in lines[0] and "TEST.TILE_DETECTIONS_PER_IMAGE 60" in lines[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segkit.modeling.tiling"):
+        inst = TiledModel(BlobDetector(max_dets=100), 256, 0.25, max_per_tile=100, max_per_image=1000)(
+            [{"image": image, "height": h, "width": w, "file_name": "dense.png"}])[0]["instances"]
+    assert len(inst) == len(truth) and not caplog.records
+
+
 MEMORY_SCRIPT = r"""
 import resource, sys
 sys.path.insert(0, sys.argv[1])
@@ -348,18 +417,38 @@ def test_predict_cli_tile_writes_every_output(trained_mini_checkpoint, large_ima
 
 
 def test_tiled_evaluation_measures_what_tiled_prediction_gives(trained_mini_checkpoint, sample_data, tmp_path):
-    """One tile as large as a 192 x 144 image is the whole image at native size: the AP of tiled
-    evaluation equals the whole-image evaluation's (TINY_OVERRIDES test at native size too)."""
-    aps = []
-    for tile in ("0", "256"):
-        out = tmp_path / f"tile{tile}"
-        proc = run_train_net(
-            "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "--eval-only",
-            "MODEL.WEIGHTS", trained_mini_checkpoint, "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", out,
-            "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
-            "TEST.TILE_SIZE", tile, *TINY_OVERRIDES)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = json.loads(next((out / "eval").glob("metrics_*.json")).read_text())
-        aps.append(metrics["segm"]["AP"])
-    assert aps[0] > 10
-    assert abs(aps[0] - aps[1]) < 0.5, aps
+    """Evaluation with TEST.TILE_SIZE 96 on the sample's 192 x 144 images (6 tiles each: seams are
+    cut and merged) gives the AP that pycocotools gives the tiled Predictor's results on the same
+    images."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from segkit.inference.coco_results import coco_results
+    from segkit.inference.predictor import Predictor
+
+    tile = ["TEST.TILE_SIZE", "96", "TEST.TILE_OVERLAP", "0.25"]
+    gt_file = sample_data / "trainval.json"
+    coco = json.loads(gt_file.read_text())
+    assert all(len(tile_windows(im["height"], im["width"], 96, 0.25)) > 1 for im in coco["images"])
+    out = tmp_path / "eval_run"
+    proc = run_train_net(
+        "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "--eval-only",
+        "MODEL.WEIGHTS", trained_mini_checkpoint, "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", out,
+        "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)", *tile, *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads(next((out / "eval").glob("metrics_*.json")).read_text())["segm"]["AP"]
+
+    predictor = Predictor.from_checkpoint(str(trained_mini_checkpoint), device="cpu", confidence_threshold=0.05,
+                                          opts=TINY_OVERRIDES + tile)  # 0.05: SCORE_THRESH_TEST of the evaluation
+    results = []
+    for im in coco["images"]:
+        results += coco_results(predictor(sample_data / "images" / im["file_name"]), im["id"])
+    gt = COCO(str(gt_file))
+    e = COCOeval(gt, gt.loadRes(results), "segm")
+    e.params.maxDets = [1, 10, 10000]  # TEST.TILE_DETECTIONS_PER_IMAGE: all of an image's instances count
+    e.evaluate()
+    e.accumulate()
+    precision = e.eval["precision"][:, :, :, 0, -1]
+    predicted = 100 * float(precision[precision > -1].mean())
+    assert evaluated > 5
+    assert abs(evaluated - predicted) < 0.5, (evaluated, predicted)

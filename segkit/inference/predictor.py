@@ -291,10 +291,10 @@ class Predictor:
         image_rgb = to_rgb_uint8(image, rgb=rgb)
         original = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
         tensor = torch.as_tensor(np.ascontiguousarray(original.transpose(2, 0, 1)))
-        with torch.inference_mode():
-            inst = self.tiled.predict_one(tensor, progress=progress)
-        del tensor
         name = str(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else None
+        with torch.inference_mode():
+            inst = self.tiled.predict_one(tensor, progress=progress, name=name)
+        del tensor
         return self._to_prediction({"instances": inst}, image_rgb if keep_image else None, name)
 
     def _to_prediction(self, out, image_rgb, file_name):

@@ -68,9 +68,12 @@ def add_segkit_config(cfg):
     # One extra whole-image pass at INPUT.MIN/MAX_SIZE_TEST, for objects larger than a tile
     # (SAHI's perform_standard_pred).
     cfg.TEST.TILE_FULL_PASS = False
-    # Detections of one class from different tiles are one object when their masks share at
-    # least this fraction of the smaller mask (SAHI's GREEDYNMM with IOS).
+    # Detections of one class from different tiles are linked into one object when, where both
+    # tiles looked, their masks share at least this fraction of the smaller mask (SAHI's IOS).
     cfg.TEST.TILE_MERGE_IOS = 0.5
+    # Instances kept per image after the merge (the best first); DETECTIONS_PER_IMAGE limits each
+    # tile. High, as a large image holds hundreds of objects; COCO's maxDets follows it when tiling.
+    cfg.TEST.TILE_DETECTIONS_PER_IMAGE = 10000
 
     # U-Net semantic segmentation (modeling/unet.py), segmentation-models-pytorch encoder.
     cfg.MODEL.UNET = CN()

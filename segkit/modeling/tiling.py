@@ -13,7 +13,9 @@ training (``INPUT.CROP``, see docs/training.md).
   ``[{"instances"}]``), so detectron2's ``inference_on_dataset`` evaluates it as it is. Tiles go
   to the model in batches, unresized; each detection's mask is pasted (detectron2's
   ``_do_paste_mask``, as ``paste_masks_in_image`` does) into its own box only, never into the
-  image. Optionally one whole-image pass at the test size adds objects larger than a tile.
+  image. Optionally one whole-image pass at the test size adds objects larger than a tile. The
+  model's TEST.DETECTIONS_PER_IMAGE limits each tile; TEST.TILE_DETECTIONS_PER_IMAGE the merged
+  image; an image that reaches either is named in one warning line.
 - :func:`merge_detections` - duplicates at seams become one instance: detections of one class
   from different tiles whose masks, where both tiles looked, overlap by at least ``min_ios`` of
   the smaller mask (intersection over smaller, as SAHI's GREEDYNMM + IOS) are linked, and each
@@ -30,6 +32,7 @@ SAHI itself is not used: every release requires ``opencv-python``, which breaks 
 our detectron2 build does not load with.
 """
 
+import logging
 import math
 from typing import List, NamedTuple
 
@@ -39,6 +42,8 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.structures import Boxes, Instances
+
+logger = logging.getLogger(__name__)
 
 
 def tile_windows(height, width, size, overlap=0.2):
@@ -349,9 +354,14 @@ class TiledModel(torch.nn.Module):
     ``tile_size`` / ``overlap``: :func:`tile_windows`. ``batch_size``: tiles per forward pass.
     ``full_pass_aug``: a detectron2 Augmentation (the test resize) for one extra whole-image pass
     that adds objects larger than a tile; None for tiles only. ``min_ios``: :func:`merge_detections`.
+    ``max_per_image``: instances kept per image after the merge, the best first (None: all).
+    ``max_per_tile``: the model's own limit per pass (TEST.DETECTIONS_PER_IMAGE; None: read from its
+    ``roi_heads``), only to report passes that reached it. An image that reaches either limit is
+    reported in one warning line naming it and the config key.
     Input images come unresized, in the model's INPUT.FORMAT (CHW, uint8 or float)."""
 
-    def __init__(self, model, tile_size, overlap=0.2, batch_size=4, full_pass_aug=None, min_ios=0.5):
+    def __init__(self, model, tile_size, overlap=0.2, batch_size=4, full_pass_aug=None, min_ios=0.5,
+                 max_per_image=None, max_per_tile=None):
         super().__init__()
         self.model = model
         self.tile_size = int(tile_size)
@@ -359,6 +369,10 @@ class TiledModel(torch.nn.Module):
         self.batch_size = max(1, int(batch_size))
         self.full_pass_aug = full_pass_aug
         self.min_ios = float(min_ios)
+        self.max_per_image = int(max_per_image) if max_per_image else None
+        if max_per_tile is None:
+            max_per_tile = getattr(getattr(model, "roi_heads", None), "test_detections_per_img", None)
+        self.max_per_tile = int(max_per_tile) if max_per_tile else None
         tile_windows(self.tile_size, self.tile_size, self.tile_size, self.overlap)  # checks the values
 
     @classmethod
@@ -367,33 +381,57 @@ class TiledModel(torch.nn.Module):
         aug = None
         if cfg.TEST.TILE_FULL_PASS:
             aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        return cls(model, cfg.TEST.TILE_SIZE, cfg.TEST.TILE_OVERLAP, cfg.TEST.TILE_BATCH, aug, cfg.TEST.TILE_MERGE_IOS)
+        return cls(model, cfg.TEST.TILE_SIZE, cfg.TEST.TILE_OVERLAP, cfg.TEST.TILE_BATCH, aug, cfg.TEST.TILE_MERGE_IOS,
+                   max_per_image=cfg.TEST.TILE_DETECTIONS_PER_IMAGE, max_per_tile=cfg.TEST.DETECTIONS_PER_IMAGE)
 
     def forward(self, batched_inputs):
-        return [{"instances": self.predict_one(x["image"], x.get("height"), x.get("width"))} for x in batched_inputs]
+        return [{"instances": self.predict_one(x["image"], x.get("height"), x.get("width"), name=x.get("file_name"))}
+                for x in batched_inputs]
 
-    def predict_one(self, image, height=None, width=None, progress=None):
+    def predict_one(self, image, height=None, width=None, progress=None, name=None):
         """Instances of one CHW image (a tensor at its original size). ``progress(done, total)``
-        is called after each batch of tiles."""
+        is called after each batch of tiles; ``name`` names the image in the limit warning."""
         h, w = int(image.shape[-2]), int(image.shape[-1])
         if (height or h) != h or (width or w) != w:
             raise ValueError(f"tiled inference needs the image at its original size: got {w}x{h} for "
                              f"an image of {width}x{height} (the test loader must not resize)")
         windows = tile_windows(h, w, self.tile_size, self.overlap)
-        detections = []
+        detections, full_tiles = [], 0
         with torch.no_grad():
             for start in range(0, len(windows), self.batch_size):
                 chunk = windows[start:start + self.batch_size]
                 inputs = [{"image": image[:, y0:y1, x0:x1]} for x0, y0, x1, y1 in chunk]
                 outputs = self.model.inference(inputs, do_postprocess=False)
                 for k, ((x0, y0, _, _), out) in enumerate(zip(chunk, outputs)):
+                    full_tiles += self._reached_tile_limit(out)
                     detections += paste_detections(out, (x0, y0), (1.0, 1.0), (h, w), start + k,
                                                    window=chunk[k])
                 if progress is not None:
                     progress(start + len(chunk), len(windows))
+            full_pass = False
             if self.full_pass_aug is not None:
-                detections += self._full_pass(image, h, w)
-        return detections_to_instances(merge_detections(detections, self.min_ios), (h, w))
+                found, full_pass = self._full_pass(image, h, w)
+                detections += found
+        merged = merge_detections(detections, self.min_ios)
+        kept = merged[:self.max_per_image] if self.max_per_image else merged
+        self._report_limits(name, full_tiles, len(windows), full_pass, len(merged), len(kept))
+        return detections_to_instances(kept, (h, w))
+
+    def _reached_tile_limit(self, out):
+        return bool(self.max_per_tile) and len(out) >= self.max_per_tile
+
+    def _report_limits(self, name, full_tiles, tiles, full_pass, found, kept):
+        """One warning line when a tile (or the whole-image pass) or the image reached its limit:
+        objects beyond it are missing from the result and from AP / AR."""
+        parts = []
+        if full_tiles or full_pass:
+            where = " and ".join(([f"{full_tiles} of {tiles} tiles"] if full_tiles else [])
+                                 + (["the whole-image pass"] if full_pass else []))
+            parts.append(f"{where} reached TEST.DETECTIONS_PER_IMAGE ({self.max_per_tile} detections per pass)")
+        if kept < found:
+            parts.append(f"kept {kept} of {found} instances (TEST.TILE_DETECTIONS_PER_IMAGE {self.max_per_image})")
+        if parts:
+            logger.warning("%s: %s; raise the limit if it holds more objects.", name or "image", "; ".join(parts))
 
     def _full_pass(self, image, h, w):
         hwc = image.permute(1, 2, 0).cpu().numpy()
@@ -401,4 +439,4 @@ class TiledModel(torch.nn.Module):
         rh, rw = resized.shape[:2]
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         out = self.model.inference([{"image": tensor}], do_postprocess=False)[0]
-        return paste_detections(out, (0, 0), (w / rw, h / rh), (h, w), -1)
+        return paste_detections(out, (0, 0), (w / rw, h / rh), (h, w), -1), self._reached_tile_limit(out)
