@@ -452,3 +452,51 @@ def test_tiled_evaluation_measures_what_tiled_prediction_gives(trained_mini_chec
     predicted = 100 * float(precision[precision > -1].mean())
     assert evaluated > 5
     assert abs(evaluated - predicted) < 0.5, (evaluated, predicted)
+
+
+def test_the_validation_loss_scores_the_tiles_tiled_evaluation_sees(sample_data, caplog):
+    """With TEST.TILE_SIZE the validation loss is the model's loss on tiles of the val images at
+    native resolution, their annotations clipped to the tile, not on whole images at the test size."""
+    from types import SimpleNamespace
+
+    from detectron2.data.detection_utils import read_image
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from segkit.data.catalog import register_data_dir
+    from segkit.engine.hooks import ValidationLoss
+    from segkit.modeling.config import get_segkit_cfg
+
+    register_data_dir(str(sample_data), prefix="valtiles")
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "mask_rcnn_R_18_FPN_mini.yaml"))
+    cfg.merge_from_list(TINY_OVERRIDES + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.DEVICE", "cpu",
+                                          "TEST.TILE_SIZE", "96", "TEST.TILE_OVERLAP", "0.25"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.extend(args[0]))
+    with caplog.at_level("INFO", logger="segkit.engine.hooks"):
+        hook = ValidationLoss(cfg, 1, ("valtiles_trainval",), max_images=10)
+    hook.trainer = SimpleNamespace(model=model)  # what detectron2's trainer gives a hook
+    with EventStorage():
+        losses = hook._compute()
+    assert set(losses) >= {"loss_cls", "loss_mask"} and all(np.isfinite(v) for v in losses.values())
+
+    assert len(seen) == 10
+    assert len({x["file_name"] for x in seen}) > 2  # spread over the split, not one image's tiles
+    with_objects = 0
+    for x in seen:
+        image = x["image"].numpy()
+        h, w = image.shape[1:]
+        original = read_image(x["file_name"], format=cfg.INPUT.FORMAT).transpose(2, 0, 1)
+        windows = tile_windows(original.shape[1], original.shape[2], 96, 0.25)
+        assert any(np.array_equal(image, original[:, y0:y1, x0:x1]) for x0, y0, x1, y1 in windows)
+        boxes = x["instances"].gt_boxes.tensor
+        assert ((boxes[:, 0::2] <= w + 0.5).all() and (boxes[:, 1::2] <= h + 0.5).all() and (boxes >= -0.5).all())
+        if len(boxes):
+            with_objects += 1
+            fitted = x["instances"].gt_masks.get_bounding_boxes().tensor  # boxes of the clipped masks, not of the whole objects
+            assert torch.allclose(boxes, fitted, atol=1)
+    assert with_objects >= 5
+    assert any("valtiles_trainval: 10 tiles of 96 px" in r.getMessage() for r in caplog.records)

@@ -54,6 +54,7 @@ def add_segkit_config(cfg):
 
     # Validation loss on DATASETS.TEST every N iterations; 0 means "with TEST.EVAL_PERIOD".
     cfg.TEST.VAL_LOSS_PERIOD = 0
+    # Inputs the validation loss scores at most: val images, or with TILE_SIZE > 0 tiles of them.
     cfg.TEST.VAL_LOSS_MAX_IMAGES = 50
     cfg.TEST.PR_CURVES = True
     # Sliced inference (modeling/tiling.py) for large images with small objects: > 0 cuts each test
