@@ -7,6 +7,7 @@ sees is known exactly. The end-to-end tests run a trained Mask R-CNN through pre
 and tiled evaluation.
 """
 
+import itertools
 import json
 import subprocess
 import sys
@@ -19,13 +20,19 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import ROOT, TINY_OVERRIDES, run_train_net
 from segkit.data.coco_masks import mask_to_rle
-from segkit.modeling.tiling import CroppedMasks, TiledModel, merge_detections, paste_detections, tile_windows
+from segkit.modeling.tiling import (CroppedMasks, TiledModel, detections_to_instances, merge_detections,
+                                    paste_detections, tile_windows)
 
 
 class BlobDetector(torch.nn.Module):
     """Each 8-connected bright component (channel mean > 128) of an input is one object of class
     0; its score grows with its visible area (a piece cut by a tile edge scores below the whole),
-    and pieces under 27 px score below 0.05 and are dropped."""
+    and pieces under 27 px score below 0.05 and are dropped. ``max_dets``: as Mask R-CNN's
+    TEST.DETECTIONS_PER_IMAGE, only the best that many of an input are returned."""
+
+    def __init__(self, max_dets=None):
+        super().__init__()
+        self.max_dets = max_dets
 
     def inference(self, batched_inputs, do_postprocess=True):
         assert not do_postprocess
@@ -49,6 +56,8 @@ class BlobDetector(torch.nn.Module):
             inst.scores = torch.tensor(scores, dtype=torch.float32)
             inst.pred_classes = torch.zeros(len(boxes), dtype=torch.int64)
             inst.pred_masks = torch.from_numpy(np.stack(probs) if probs else np.zeros((0, 28, 28), np.float32))[:, None]
+            if self.max_dets is not None:
+                inst = inst[torch.argsort(inst.scores, descending=True)[:self.max_dets]]
             out.append(inst)
         return out
 
@@ -143,6 +152,90 @@ def test_an_object_cut_by_tile_edges_comes_out_whole():
     assert x0 <= 61 and x1 >= 839
 
 
+def tile_detections(image, tile, overlap, detector=None):
+    """The Detections a TiledModel collects before merging: ``detector`` (a BlobDetector) on each
+    tile of ``image`` (CHW), pasted into the image."""
+    h, w = image.shape[-2:]
+    windows = tile_windows(h, w, tile, overlap)
+    outputs = (detector or BlobDetector()).inference([{"image": image[:, y0:y1, x0:x1]} for x0, y0, x1, y1 in windows],
+                                                     do_postprocess=False)
+    return [d for k, (win, out) in enumerate(zip(windows, outputs))
+            for d in paste_detections(out, win[:2], (1, 1), (h, w), k, window=win)], windows
+
+
+def bars_image(height, width, bars):
+    """(CHW uint8 tensor, [HxW bool masks]) of white bars ``[(x0, y0, x1, y1)]`` on black."""
+    masks = []
+    gray = np.zeros((height, width), np.uint8)
+    for x0, y0, x1, y1 in bars:
+        m = np.zeros((height, width), bool)
+        m[y0:y1, x0:x1] = True
+        gray[m] = 255
+        masks.append(m)
+    return torch.from_numpy(np.repeat(gray[None], 3, axis=0)), masks
+
+
+def assert_one_instance_per_object(merged, truth, size):
+    assert len(merged) == len(truth), f"{len(merged)} instances for {len(truth)} objects"
+    inst = detections_to_instances(merged, size)
+    for t in truth:
+        assert max(iou(inst.pred_masks[i], t) for i in range(len(inst))) > 0.9
+
+
+@pytest.mark.parametrize("length", [330, 520, 700, 900])
+def test_a_bar_across_several_tiles_is_one_instance_whatever_its_pieces_score(length):
+    # 256 px tiles sharing 64 px: a bar of these lengths is cut into 3, 4, 5 and 6 pieces. The
+    # scores of the pieces come in every order (a real model scores the middle piece below the
+    # ends as often as above), and every order must give one instance.
+    h, w = 120, 1300
+    image, truth = bars_image(h, w, [(70, 40, 70 + length, 80)])
+    pieces, _ = tile_detections(image, 256, 0.25)
+    assert len(pieces) == {330: 3, 520: 4, 700: 5, 900: 6}[length]
+    for order in itertools.permutations(range(len(pieces))):
+        scored = [p._replace(score=0.5 + 0.05 * rank) for p, rank in zip(pieces, order)]
+        assert_one_instance_per_object(merge_detections(scored), truth, (h, w))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bars_in_two_directions_with_random_scores_are_one_instance_each(seed):
+    # 2-D tiling: horizontal and vertical bars across 3-5 tiles, two parallel bars 6 px apart
+    # through the same tiles, and two bars end to end 6 px apart: each stays one instance of its own.
+    h, w = 900, 1100
+    bars = [(40, 60, 1000, 90), (40, 96, 700, 126),  # parallel, 6 px apart
+            (60, 300, 500, 330), (506, 300, 1060, 330),  # end to end, 6 px apart
+            (150, 380, 185, 880), (420, 360, 450, 860), (900, 350, 940, 850), (600, 500, 1060, 540)]
+    image, truth = bars_image(h, w, bars)
+    # the crossing bars (vertical 900-940 and horizontal 600-1060 at y 500-540) touch: one blob
+    truth = truth[:6] + [truth[6] | truth[7]]
+    pieces, _ = tile_detections(image, 256, 0.25)
+    rng = np.random.default_rng(seed)
+    scored = [p._replace(score=float(s)) for p, s in zip(pieces, rng.uniform(0.3, 1.0, len(pieces)))]
+    assert_one_instance_per_object(merge_detections(scored), truth, (h, w))
+
+
+def test_overlapping_pairs_are_exactly_the_pairs_whose_crops_overlap():
+    from segkit.modeling.tiling import Detection, overlapping_pairs
+
+    rng = np.random.default_rng(0)
+    dets = []
+    for k in range(400):
+        x, y = int(rng.integers(0, 3000)), int(rng.integers(0, 800))
+        crop = np.ones((int(rng.integers(1, 60)), int(rng.integers(1, 200))), bool)
+        box = np.array([x, y, x + crop.shape[1], y + crop.shape[0]], np.float32)
+        dets.append(Detection(box, 0.5, int(rng.integers(0, 2)), x, y, crop, int(rng.integers(0, 4))))
+    expected = set()
+    for i in range(len(dets)):
+        for j in range(i + 1, len(dets)):
+            a, b = dets[i], dets[j]
+            if (a.category == b.category and a.tile != b.tile and a.x0 < b.x0 + b.crop.shape[1]
+                    and b.x0 < a.x0 + a.crop.shape[1] and a.y0 < b.y0 + b.crop.shape[0] and b.y0 < a.y0 + a.crop.shape[0]):
+                expected.add((i, j))
+    found = overlapping_pairs(dets)
+    assert len(found) == len(set(found)) and set(found) == expected and expected
+    tall = [d._replace(x0=d.y0, y0=d.x0, crop=d.crop.T) for d in dets]  # the sweep runs along y
+    assert set(overlapping_pairs(tall)) == expected
+
+
 def test_touching_objects_in_one_tile_stay_apart():
     # two pieces of one class whose masks overlap a lot, seen by the same tile: the model's own
     # decision stands; from two tiles they merge
@@ -154,6 +247,68 @@ def test_touching_objects_in_one_tile_stay_apart():
     assert len(merge_detections([a, b])) == 2
     assert len(merge_detections([a, b._replace(tile=1)])) == 1
     assert len(merge_detections([a, b._replace(tile=1, category=1)])) == 2
+
+
+def test_an_image_with_more_objects_than_a_tile_may_hold_is_evaluated_whole(tmp_path):
+    # 170 discs, 256 px tiles holding about 20 each, TEST.DETECTIONS_PER_IMAGE 100 (per tile): every
+    # disc is found, and COCO evaluation must count all of them, not the best 100.
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.evaluation import inference_on_dataset
+    from PIL import Image
+
+    from segkit.engine.trainer import Trainer
+    from segkit.evaluation.coco import build_coco_evaluator
+    from segkit.modeling.config import get_segkit_cfg
+
+    h, w = 700, 1000
+    image, truth = disc_image(h, w, (10, 18), seed=4, count=170, spacing=4)
+    assert len(truth) >= 150
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "dense.png")
+    annotations = [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": mask_to_rle(m),
+                    "area": int(m.sum()), "bbox": [float(v) for v in cv2.boundingRect(m.astype(np.uint8))]}
+                   for k, m in enumerate(truth)]
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "dense.png", "height": h, "width": w}],
+        "annotations": annotations, "categories": [{"id": 1, "name": "disc"}]}))
+    name = f"tiling_dense_{tmp_path.name}"
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
+    try:
+        cfg = get_segkit_cfg()
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+        cfg.MODEL.MASK_ON = True
+        cfg.DATALOADER.NUM_WORKERS = 0
+        cfg.TEST.PR_CURVES = False
+        cfg.TEST.TILE_SIZE = 256
+        cfg.TEST.DETECTIONS_PER_IMAGE = 100
+        model = TiledModel.from_config(BlobDetector(max_dets=100), cfg)
+        assert max(sum(1 for t in truth if t[y0:y1, x0:x1].any()) for x0, y0, x1, y1 in tile_windows(h, w, 256)) < 100
+        results = inference_on_dataset(model, Trainer.build_test_loader(cfg, name),
+                                       build_coco_evaluator(cfg, name, str(tmp_path / "eval")))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert results["bbox"]["AP50"] > 99 and results["segm"]["AP50"] > 99, results
+
+
+def test_an_image_that_reaches_a_limit_is_named_in_one_warning(caplog):
+    h, w = 700, 1000
+    image, truth = disc_image(h, w, (10, 18), seed=4, count=170, spacing=4)
+    model = TiledModel(BlobDetector(max_dets=8), 256, 0.25, max_per_tile=8, max_per_image=60)
+    with caplog.at_level("WARNING", logger="segkit.modeling.tiling"):
+        inst = model([{"image": image, "height": h, "width": w, "file_name": "dense.png"}])[0]["instances"]
+    assert len(inst) == 60
+    assert inst.scores.tolist() == sorted(inst.scores.tolist(), reverse=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("dense.png: ")
+    assert "tiles reached TEST.DETECTIONS_PER_IMAGE (8 " in lines[0] and "TEST.TILE_DETECTIONS_PER_IMAGE 60" in lines[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segkit.modeling.tiling"):
+        inst = TiledModel(BlobDetector(max_dets=100), 256, 0.25, max_per_tile=100, max_per_image=1000)(
+            [{"image": image, "height": h, "width": w, "file_name": "dense.png"}])[0]["instances"]
+    assert len(inst) == len(truth) and not caplog.records
 
 
 MEMORY_SCRIPT = r"""
@@ -262,18 +417,86 @@ def test_predict_cli_tile_writes_every_output(trained_mini_checkpoint, large_ima
 
 
 def test_tiled_evaluation_measures_what_tiled_prediction_gives(trained_mini_checkpoint, sample_data, tmp_path):
-    """One tile as large as a 192 x 144 image is the whole image at native size: the AP of tiled
-    evaluation equals the whole-image evaluation's (TINY_OVERRIDES test at native size too)."""
-    aps = []
-    for tile in ("0", "256"):
-        out = tmp_path / f"tile{tile}"
-        proc = run_train_net(
-            "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "--eval-only",
-            "MODEL.WEIGHTS", trained_mini_checkpoint, "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", out,
-            "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
-            "TEST.TILE_SIZE", tile, *TINY_OVERRIDES)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = json.loads(next((out / "eval").glob("metrics_*.json")).read_text())
-        aps.append(metrics["segm"]["AP"])
-    assert aps[0] > 10
-    assert abs(aps[0] - aps[1]) < 0.5, aps
+    """Evaluation with TEST.TILE_SIZE 96 on the sample's 192 x 144 images (6 tiles each: seams are
+    cut and merged) gives the AP that pycocotools gives the tiled Predictor's results on the same
+    images."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from segkit.inference.coco_results import coco_results
+    from segkit.inference.predictor import Predictor
+
+    tile = ["TEST.TILE_SIZE", "96", "TEST.TILE_OVERLAP", "0.25"]
+    gt_file = sample_data / "trainval.json"
+    coco = json.loads(gt_file.read_text())
+    assert all(len(tile_windows(im["height"], im["width"], 96, 0.25)) > 1 for im in coco["images"])
+    out = tmp_path / "eval_run"
+    proc = run_train_net(
+        "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "--eval-only",
+        "MODEL.WEIGHTS", trained_mini_checkpoint, "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", out,
+        "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)", *tile, *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads(next((out / "eval").glob("metrics_*.json")).read_text())["segm"]["AP"]
+
+    predictor = Predictor.from_checkpoint(str(trained_mini_checkpoint), device="cpu", confidence_threshold=0.05,
+                                          opts=TINY_OVERRIDES + tile)  # 0.05: SCORE_THRESH_TEST of the evaluation
+    results = []
+    for im in coco["images"]:
+        results += coco_results(predictor(sample_data / "images" / im["file_name"]), im["id"])
+    gt = COCO(str(gt_file))
+    e = COCOeval(gt, gt.loadRes(results), "segm")
+    e.params.maxDets = [1, 10, 10000]  # TEST.TILE_DETECTIONS_PER_IMAGE: all of an image's instances count
+    e.evaluate()
+    e.accumulate()
+    precision = e.eval["precision"][:, :, :, 0, -1]
+    predicted = 100 * float(precision[precision > -1].mean())
+    assert evaluated > 5
+    assert abs(evaluated - predicted) < 0.5, (evaluated, predicted)
+
+
+def test_the_validation_loss_scores_the_tiles_tiled_evaluation_sees(sample_data, caplog):
+    """With TEST.TILE_SIZE the validation loss is the model's loss on tiles of the val images at
+    native resolution, their annotations clipped to the tile, not on whole images at the test size."""
+    from types import SimpleNamespace
+
+    from detectron2.data.detection_utils import read_image
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from segkit.data.catalog import register_data_dir
+    from segkit.engine.hooks import ValidationLoss
+    from segkit.modeling.config import get_segkit_cfg
+
+    register_data_dir(str(sample_data), prefix="valtiles")
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "mask_rcnn_R_18_FPN_mini.yaml"))
+    cfg.merge_from_list(TINY_OVERRIDES + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.DEVICE", "cpu",
+                                          "TEST.TILE_SIZE", "96", "TEST.TILE_OVERLAP", "0.25"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.extend(args[0]))
+    with caplog.at_level("INFO", logger="segkit.engine.hooks"):
+        hook = ValidationLoss(cfg, 1, ("valtiles_trainval",), max_images=10)
+    hook.trainer = SimpleNamespace(model=model)  # what detectron2's trainer gives a hook
+    with EventStorage():
+        losses = hook._compute()
+    assert set(losses) >= {"loss_cls", "loss_mask"} and all(np.isfinite(v) for v in losses.values())
+
+    assert len(seen) == 10
+    assert len({x["file_name"] for x in seen}) > 2  # spread over the split, not one image's tiles
+    with_objects = 0
+    for x in seen:
+        image = x["image"].numpy()
+        h, w = image.shape[1:]
+        original = read_image(x["file_name"], format=cfg.INPUT.FORMAT).transpose(2, 0, 1)
+        windows = tile_windows(original.shape[1], original.shape[2], 96, 0.25)
+        assert any(np.array_equal(image, original[:, y0:y1, x0:x1]) for x0, y0, x1, y1 in windows)
+        boxes = x["instances"].gt_boxes.tensor
+        assert ((boxes[:, 0::2] <= w + 0.5).all() and (boxes[:, 1::2] <= h + 0.5).all() and (boxes >= -0.5).all())
+        if len(boxes):
+            with_objects += 1
+            fitted = x["instances"].gt_masks.get_bounding_boxes().tensor  # boxes of the clipped masks, not of the whole objects
+            assert torch.allclose(boxes, fitted, atol=1)
+    assert with_objects >= 5
+    assert any("valtiles_trainval: 10 tiles of 96 px" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ import math
 import os
 import random
 
+import numpy as np
 import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
@@ -18,6 +19,8 @@ from detectron2.utils import comm
 from segkit.data.atomic import atomic_path
 from segkit.data.run_layout import METRICS_JSON
 from segkit.engine.distributed import broadcast_from_main
+from segkit.modeling.config import is_semantic
+from segkit.modeling.tiling import tile_windows
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +31,41 @@ class StopTraining(BaseException):
 
 
 class ValidationLoss(HookBase):
-    """Loss of the model (in training mode, so every loss term exists) on the val split.
+    """Loss of the model (in training mode, so every loss term exists) on the val split, on what
+    evaluation shows the model: whole images at the test resize, or with TEST.TILE_SIZE > 0 the
+    tiles of tiled evaluation (TEST.TILE_SIZE, TEST.TILE_OVERLAP) at native resolution, the scale
+    the model trains at on crops and predicts at. (A whole image shrunk to the test size would be
+    a scale it never sees: its loss says nothing about the model that tiled evaluation scores.)
 
-    Uses the test-time resize only, no random augmentation, and runs under ``fork_rng`` so the
-    RPN/ROI sampling it does leaves the training RNG stream untouched (resume stays bit-identical).
+    At most ``max_images`` inputs (TEST.VAL_LOSS_MAX_IMAGES): the first images, or tiles spread
+    evenly over the split's tiles, the same ones every time so that the curve compares like with
+    like. No random augmentation; runs under ``fork_rng`` so the RPN/ROI sampling it does leaves
+    the training RNG stream untouched (resume stays bit-identical). Says in one log line what it
+    scores.
     """
 
     def __init__(self, cfg, period, dataset_names, max_images=50):
         self._period = period
         dicts = get_detection_dataset_dicts(dataset_names, filter_empty=False)
-        self._dicts = dicts[:max_images] if max_images > 0 else dicts
-        mapper = DatasetMapper(
-            cfg,
-            is_train=True,
-            augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
-        )
+        tile = int(cfg.TEST.TILE_SIZE) if not is_semantic(cfg) else 0
+        if tile > 0:
+            tiles = [dict(d, tile_window=w) for d in dicts
+                     for w in tile_windows(d["height"], d["width"], tile, cfg.TEST.TILE_OVERLAP)]
+            if 0 < max_images < len(tiles):
+                tiles = [tiles[i] for i in np.unique(np.linspace(0, len(tiles) - 1, max_images).round().astype(int))]
+            self._dicts = tiles
+            mapper = _TileMapper(cfg)
+            what = (f"{len(tiles)} tiles of {tile} px (TEST.TILE_SIZE) of {len({d['file_name'] for d in tiles})} "
+                    f"images at native resolution, as tiled evaluation sees them")
+        else:
+            self._dicts = dicts[:max_images] if max_images > 0 else dicts
+            mapper = DatasetMapper(
+                cfg,
+                is_train=True,
+                augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
+            )
+            what = f"{len(self._dicts)} whole images at the test size (INPUT.MIN_SIZE_TEST {cfg.INPUT.MIN_SIZE_TEST})"
+        logger.info("Validation loss on %s: %s.", ", ".join(dataset_names), what)
         self._loader = build_detection_test_loader(self._dicts, mapper=mapper, num_workers=0)
 
     def _compute(self):
@@ -74,6 +97,25 @@ class ValidationLoss(HookBase):
                 scalars["val_total_loss"] = sum(losses.values())
                 self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
                 logger.info("Validation loss: " + ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+
+
+class _TileMapper:
+    """Training targets of one tile: the dict's ``tile_window`` (x0, y0, x1, y1) cut out of the
+    image at native resolution, its annotations clipped to the tile (boxes recomputed from the
+    clipped masks, as INPUT.CROP does in training), by detectron2's DatasetMapper."""
+
+    def __init__(self, cfg):
+        # DatasetMapper cannot recompute boxes of an image without objects (it makes no gt_masks)
+        self._mappers = {objects: DatasetMapper(cfg, is_train=True, augmentations=[],
+                                                recompute_boxes=objects and cfg.MODEL.MASK_ON)
+                         for objects in (True, False)}
+
+    def __call__(self, dataset_dict):
+        x0, y0, x1, y1 = dataset_dict["tile_window"]
+        mapper = self._mappers[any(not a.get("iscrowd", 0) for a in dataset_dict.get("annotations", ()))]
+        # the window differs per dict; the loader maps in this process (num_workers=0), one at a time
+        mapper.augmentations = T.AugmentationList([T.CropTransform(x0, y0, x1 - x0, y1 - y0)])
+        return mapper(dataset_dict)
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):

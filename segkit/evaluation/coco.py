@@ -223,9 +223,14 @@ class SegkitCOCOEvaluator(COCOEvaluator):
 
 def build_coco_evaluator(cfg, dataset_name, output_dir):
     """COCOEvaluator for bbox (and segm when cfg.MODEL.MASK_ON) on a registered dataset, writing
-    ``metrics_<dataset>.json`` and, with cfg.TEST.PR_CURVES, PR-curve PNGs into ``output_dir``."""
+    ``metrics_<dataset>.json`` and, with cfg.TEST.PR_CURVES, PR-curve PNGs into ``output_dir``.
+    maxDets is the detections an image can have: TEST.DETECTIONS_PER_IMAGE, or with TEST.TILE_SIZE
+    TEST.TILE_DETECTIONS_PER_IMAGE."""
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-    max_dets = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    # On tiles TEST.DETECTIONS_PER_IMAGE limits each tile; an image keeps up to
+    # TEST.TILE_DETECTIONS_PER_IMAGE, and all of those must count.
+    tiled = cfg.TEST.TILE_SIZE > 0
+    max_dets = int(cfg.TEST.TILE_DETECTIONS_PER_IMAGE if tiled else cfg.TEST.DETECTIONS_PER_IMAGE)
     return SegkitCOCOEvaluator(
         dataset_name,
         tasks=tasks,

@@ -291,10 +291,11 @@ class Predictor:
         image_rgb = to_rgb_uint8(image, rgb=rgb, max_pixels=None)
         # A CHW view of the image, not a copy (432 MB at 144 MP); tiles are sliced from it.
         tensor = torch.from_numpy(image_rgb).permute(2, 0, 1)
-        with torch.inference_mode():
-            inst = self.tiled.predict_one(tensor, progress=progress, flip_channels=self.input_format != "RGB")
-        del tensor
         name = str(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else None
+        with torch.inference_mode():
+            inst = self.tiled.predict_one(tensor, progress=progress, name=name,
+                                          flip_channels=self.input_format != "RGB")
+        del tensor
         return self._to_prediction({"instances": inst}, image_rgb if keep_image else None, name)
 
     def _to_prediction(self, out, image_rgb, file_name):

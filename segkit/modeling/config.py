@@ -58,6 +58,7 @@ def add_segkit_config(cfg):
 
     # Validation loss on DATASETS.TEST every N iterations; 0 means "with TEST.EVAL_PERIOD".
     cfg.TEST.VAL_LOSS_PERIOD = 0
+    # Inputs the validation loss scores at most: val images, or with TILE_SIZE > 0 tiles of them.
     cfg.TEST.VAL_LOSS_MAX_IMAGES = 50
     cfg.TEST.PR_CURVES = True
     # Sliced inference (modeling/tiling.py) for large images with small objects: > 0 cuts each test
@@ -72,9 +73,12 @@ def add_segkit_config(cfg):
     # One extra whole-image pass at INPUT.MIN/MAX_SIZE_TEST, for objects larger than a tile
     # (SAHI's perform_standard_pred).
     cfg.TEST.TILE_FULL_PASS = False
-    # Detections of one class from different tiles are one object when their masks share at
-    # least this fraction of the smaller mask (SAHI's GREEDYNMM with IOS).
+    # Detections of one class from different tiles are linked into one object when, where both
+    # tiles looked, their masks share at least this fraction of the smaller mask (SAHI's IOS).
     cfg.TEST.TILE_MERGE_IOS = 0.5
+    # Instances kept per image after the merge (the best first); DETECTIONS_PER_IMAGE limits each
+    # tile. High, as a large image holds hundreds of objects; COCO's maxDets follows it when tiling.
+    cfg.TEST.TILE_DETECTIONS_PER_IMAGE = 10000
 
     # U-Net semantic segmentation (modeling/unet.py), segmentation-models-pytorch encoder.
     cfg.MODEL.UNET = CN()

@@ -13,11 +13,15 @@ training (``INPUT.CROP``, see docs/training.md).
   ``[{"instances"}]``), so detectron2's ``inference_on_dataset`` evaluates it as it is. Tiles go
   to the model in batches, unresized; each detection's mask is pasted (detectron2's
   ``_do_paste_mask``, as ``paste_masks_in_image`` does) into its own box only, never into the
-  image. Optionally one whole-image pass at the test size adds objects larger than a tile.
+  image. Optionally one whole-image pass at the test size adds objects larger than a tile. The
+  model's TEST.DETECTIONS_PER_IMAGE limits each tile; TEST.TILE_DETECTIONS_PER_IMAGE the merged
+  image; an image that reaches either is named in one warning line.
 - :func:`merge_detections` - duplicates at seams become one instance: detections of one class
-  from different tiles whose masks overlap by at least ``min_ios`` of the smaller mask
-  (intersection over smaller, SAHI's GREEDYNMM + IOS) are merged, masks OR-ed. An object cut by a
-  tile edge so comes out whole: its piece lies inside the whole object seen by the next tile.
+  from different tiles whose masks, where both tiles looked, overlap by at least ``min_ios`` of
+  the smaller mask (intersection over smaller, as SAHI's GREEDYNMM + IOS) are linked, and each
+  connected set of links is one instance, masks OR-ed. An object cut by any number of tile edges
+  so comes out whole, whatever order its pieces' scores are in: each piece agrees with its
+  neighbours in the overlap bands. Only detections whose crops overlap are compared.
 - :class:`CroppedMasks` - the ``pred_masks`` of the result: each mask as its box-sized crop, so
   memory grows with the objects, not with the image (100 full masks of a 12,000 x 4,000 image
   are 4.8 GB). It answers ``masks[i]`` (one full HxW mask, made on demand), ``rle(i)`` (the COCO
@@ -28,6 +32,7 @@ SAHI itself is not used: every release requires ``opencv-python``, which breaks 
 our detectron2 build does not load with.
 """
 
+import logging
 import math
 from typing import List, NamedTuple
 
@@ -37,6 +42,8 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.structures import Boxes, Instances
+
+logger = logging.getLogger(__name__)
 
 
 def tile_windows(height, width, size, overlap=0.2):
@@ -243,60 +250,91 @@ def shared_view_ios(a, b):
     return min(1.0, inter / smaller)
 
 
-def _union(a, b):
-    """Detection ``a`` (the higher score) with ``b``'s mask OR-ed in and the boxes' union."""
-    x0, y0 = min(a.x0, b.x0), min(a.y0, b.y0)
-    x1 = max(a.x0 + a.crop.shape[1], b.x0 + b.crop.shape[1])
-    y1 = max(a.y0 + a.crop.shape[0], b.y0 + b.crop.shape[0])
+def overlapping_pairs(detections):
+    """Index pairs ``(i, j)``, i < j, of Detections of one class from different tiles whose mask
+    crops' extents overlap: the only pairs that can be one object. A sweep along the image's longer
+    side over the extents sorted by their start pairs each detection with its neighbours only, so
+    the work grows with the detections and their neighbours, not with the square of the image's
+    detection count."""
+    n = len(detections)
+    if n < 2:
+        return []
+    ext = np.array([(d.x0, d.y0, d.x0 + d.crop.shape[1], d.y0 + d.crop.shape[0]) for d in detections], np.int64)
+    category = np.array([d.category for d in detections])
+    tile = np.array([d.tile for d in detections])
+    axis = 0 if np.ptp(ext[:, 0::2]) >= np.ptp(ext[:, 1::2]) else 1
+    lo, hi, other_lo, other_hi = ext[:, axis], ext[:, axis + 2], ext[:, 1 - axis], ext[:, 3 - axis]
+    order = np.argsort(lo, kind="stable")
+    starts = lo[order]
+    pairs = []
+    for k, i in enumerate(order.tolist()):
+        # the detections starting (in sweep order) after i and before i ends
+        near = order[k + 1:int(np.searchsorted(starts, hi[i], side="left"))]
+        near = near[(category[near] == category[i]) & (tile[near] != tile[i])
+                    & (other_lo[near] < other_hi[i]) & (other_hi[near] > other_lo[i])]
+        pairs += [(min(i, j), max(i, j)) for j in near.tolist()]
+    return pairs
+
+
+def _union_of(members):
+    """One Detection of several: the highest-scoring member with the union of all members' masks
+    (one crop over their joint extent) and boxes."""
+    best = max(members, key=lambda d: d.score)
+    if len(members) == 1:
+        return best
+    x0, y0 = min(d.x0 for d in members), min(d.y0 for d in members)
+    x1 = max(d.x0 + d.crop.shape[1] for d in members)
+    y1 = max(d.y0 + d.crop.shape[0] for d in members)
     crop = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    for d in (a, b):
+    for d in members:
         crop[d.y0 - y0:d.y0 - y0 + d.crop.shape[0], d.x0 - x0:d.x0 - x0 + d.crop.shape[1]] |= d.crop
-    box = np.concatenate([np.minimum(a.box[:2], b.box[:2]), np.maximum(a.box[2:], b.box[2:])])
-    return a._replace(box=box, x0=x0, y0=y0, crop=crop)
+    boxes = np.array([d.box for d in members])
+    box = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)]).astype(best.box.dtype)
+    return best._replace(box=box, x0=x0, y0=y0, crop=crop)
 
 
 def merge_detections(detections: List[Detection], min_ios=0.5):
-    """Detections -> instances, seams merged: greedily by score, a detection joins the kept one
-    of its class it overlaps most (:func:`shared_view_ios` with one of its members) when that
-    overlap is at least ``min_ios`` and the kept one has no detection from the same tile yet
-    (inside one tile the model's own NMS has already decided: two touching objects stay two).
-    Returns the kept Detections, the highest score first, each with the union of its members'
-    masks and boxes."""
-    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
-    kept, tiles, areas, members = [], [], [], []
-    extents = np.zeros((len(detections), 4))  # the kept crops' XYXY extents
-    categories = np.zeros(len(detections), dtype=np.int64)
-    for i in order:
-        d = detections[i]
-        area = int(np.count_nonzero(d.crop))
-        n = len(kept)
-        best, best_ios = None, 0.0
-        if n and area:
-            e = extents[:n]
-            near = np.flatnonzero((categories[:n] == d.category)
-                                  & (e[:, 0] < d.x0 + d.crop.shape[1]) & (e[:, 2] > d.x0)
-                                  & (e[:, 1] < d.y0 + d.crop.shape[0]) & (e[:, 3] > d.y0))
-            for k in near.tolist():
-                if d.tile in tiles[k] or not areas[k]:
-                    continue
-                ios = max(shared_view_ios(m, d) for m in members[k])
-                if ios > best_ios:
-                    best, best_ios = k, ios
-        if best is not None and best_ios >= min_ios:
-            merged = _union(kept[best], d)
-            kept[best] = merged
-            tiles[best].add(d.tile)
-            members[best].append(d)
-            areas[best] = int(np.count_nonzero(merged.crop))
-            extents[best] = (merged.x0, merged.y0, merged.x0 + merged.crop.shape[1], merged.y0 + merged.crop.shape[0])
-        else:
-            kept.append(d)
-            tiles.append({d.tile})
-            members.append([d])
-            areas.append(area)
-            extents[n] = (d.x0, d.y0, d.x0 + d.crop.shape[1], d.y0 + d.crop.shape[0])
-            categories[n] = d.category
-    return kept
+    """Detections -> instances, seams merged. Two detections of one class from different tiles
+    are linked when :func:`shared_view_ios` is at least ``min_ios``; an instance is a connected
+    set of links (union-find), so an object cut into pieces by any number of seams comes out as
+    one, whatever order the pieces' scores are in. Links join sets in order of agreement (highest
+    IoS first), and never two sets holding detections of the same tile: inside one tile the
+    model's own NMS has already decided, so two touching objects stay two even when a third tile
+    saw them as one blob. Only detections whose crops overlap are compared
+    (:func:`overlapping_pairs`). Returns one Detection per instance, the highest score first: its
+    best member's score, class and tile, with the union of its members' masks and boxes."""
+    n = len(detections)
+    links = []
+    for i, j in overlapping_pairs(detections):
+        a, b = (i, j) if detections[i].score >= detections[j].score else (j, i)
+        ios = shared_view_ios(detections[a], detections[b])
+        if ios >= min_ios:
+            links.append((-ios, -detections[a].score, i, j))
+    links.sort()
+    parent = list(range(n))
+    tiles = [{d.tile} for d in detections]
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for _, _, i, j in links:
+        a, b = root(i), root(j)
+        if a == b or tiles[a] & tiles[b]:
+            continue
+        if len(tiles[a]) < len(tiles[b]):
+            a, b = b, a
+        parent[b] = a
+        tiles[a] |= tiles[b]
+        tiles[b] = None
+    groups = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(detections[i])
+    merged = [_union_of(members) for members in groups.values()]
+    merged.sort(key=lambda d: -d.score)
+    return merged
 
 
 def detections_to_instances(detections, image_size):
@@ -316,9 +354,14 @@ class TiledModel(torch.nn.Module):
     ``tile_size`` / ``overlap``: :func:`tile_windows`. ``batch_size``: tiles per forward pass.
     ``full_pass_aug``: a detectron2 Augmentation (the test resize) for one extra whole-image pass
     that adds objects larger than a tile; None for tiles only. ``min_ios``: :func:`merge_detections`.
+    ``max_per_image``: instances kept per image after the merge, the best first (None: all).
+    ``max_per_tile``: the model's own limit per pass (TEST.DETECTIONS_PER_IMAGE; None: read from its
+    ``roi_heads``), only to report passes that reached it. An image that reaches either limit is
+    reported in one warning line naming it and the config key.
     Input images come unresized, in the model's INPUT.FORMAT (CHW, uint8 or float)."""
 
-    def __init__(self, model, tile_size, overlap=0.2, batch_size=4, full_pass_aug=None, min_ios=0.5):
+    def __init__(self, model, tile_size, overlap=0.2, batch_size=4, full_pass_aug=None, min_ios=0.5,
+                 max_per_image=None, max_per_tile=None):
         super().__init__()
         self.model = model
         self.tile_size = int(tile_size)
@@ -326,6 +369,10 @@ class TiledModel(torch.nn.Module):
         self.batch_size = max(1, int(batch_size))
         self.full_pass_aug = full_pass_aug
         self.min_ios = float(min_ios)
+        self.max_per_image = int(max_per_image) if max_per_image else None
+        if max_per_tile is None:
+            max_per_tile = getattr(getattr(model, "roi_heads", None), "test_detections_per_img", None)
+        self.max_per_tile = int(max_per_tile) if max_per_tile else None
         tile_windows(self.tile_size, self.tile_size, self.tile_size, self.overlap)  # checks the values
 
     @classmethod
@@ -334,21 +381,24 @@ class TiledModel(torch.nn.Module):
         aug = None
         if cfg.TEST.TILE_FULL_PASS:
             aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        return cls(model, cfg.TEST.TILE_SIZE, cfg.TEST.TILE_OVERLAP, cfg.TEST.TILE_BATCH, aug, cfg.TEST.TILE_MERGE_IOS)
+        return cls(model, cfg.TEST.TILE_SIZE, cfg.TEST.TILE_OVERLAP, cfg.TEST.TILE_BATCH, aug, cfg.TEST.TILE_MERGE_IOS,
+                   max_per_image=cfg.TEST.TILE_DETECTIONS_PER_IMAGE, max_per_tile=cfg.TEST.DETECTIONS_PER_IMAGE)
 
     def forward(self, batched_inputs):
-        return [{"instances": self.predict_one(x["image"], x.get("height"), x.get("width"))} for x in batched_inputs]
+        return [{"instances": self.predict_one(x["image"], x.get("height"), x.get("width"), name=x.get("file_name"))}
+                for x in batched_inputs]
 
-    def predict_one(self, image, height=None, width=None, progress=None, flip_channels=False):
+    def predict_one(self, image, height=None, width=None, progress=None, name=None, flip_channels=False):
         """Instances of one CHW image (a tensor at its original size). ``progress(done, total)``
-        is called after each batch of tiles. ``flip_channels``: reverse the channel order of each
-        tile (an RGB view given to a BGR model: one tile flipped at a time, not the whole image)."""
+        is called after each batch of tiles; ``name`` names the image in the limit warning.
+        ``flip_channels``: reverse the channel order of each tile (an RGB view given to a BGR
+        model: one tile flipped at a time, not the whole image)."""
         h, w = int(image.shape[-2]), int(image.shape[-1])
         if (height or h) != h or (width or w) != w:
             raise ValueError(f"tiled inference needs the image at its original size: got {w}x{h} for "
                              f"an image of {width}x{height} (the test loader must not resize)")
         windows = tile_windows(h, w, self.tile_size, self.overlap)
-        detections = []
+        detections, full_tiles = [], 0
         with torch.no_grad():
             for start in range(0, len(windows), self.batch_size):
                 chunk = windows[start:start + self.batch_size]
@@ -356,13 +406,35 @@ class TiledModel(torch.nn.Module):
                           for x0, y0, x1, y1 in chunk]
                 outputs = self.model.inference(inputs, do_postprocess=False)
                 for k, ((x0, y0, _, _), out) in enumerate(zip(chunk, outputs)):
+                    full_tiles += self._reached_tile_limit(out)
                     detections += paste_detections(out, (x0, y0), (1.0, 1.0), (h, w), start + k,
                                                    window=chunk[k])
                 if progress is not None:
                     progress(start + len(chunk), len(windows))
+            full_pass = False
             if self.full_pass_aug is not None:
-                detections += self._full_pass(image, h, w, flip_channels)
-        return detections_to_instances(merge_detections(detections, self.min_ios), (h, w))
+                found, full_pass = self._full_pass(image, h, w, flip_channels)
+                detections += found
+        merged = merge_detections(detections, self.min_ios)
+        kept = merged[:self.max_per_image] if self.max_per_image else merged
+        self._report_limits(name, full_tiles, len(windows), full_pass, len(merged), len(kept))
+        return detections_to_instances(kept, (h, w))
+
+    def _reached_tile_limit(self, out):
+        return bool(self.max_per_tile) and len(out) >= self.max_per_tile
+
+    def _report_limits(self, name, full_tiles, tiles, full_pass, found, kept):
+        """One warning line when a tile (or the whole-image pass) or the image reached its limit:
+        objects beyond it are missing from the result and from AP / AR."""
+        parts = []
+        if full_tiles or full_pass:
+            where = " and ".join(([f"{full_tiles} of {tiles} tiles"] if full_tiles else [])
+                                 + (["the whole-image pass"] if full_pass else []))
+            parts.append(f"{where} reached TEST.DETECTIONS_PER_IMAGE ({self.max_per_tile} detections per pass)")
+        if kept < found:
+            parts.append(f"kept {kept} of {found} instances (TEST.TILE_DETECTIONS_PER_IMAGE {self.max_per_image})")
+        if parts:
+            logger.warning("%s: %s; raise the limit if it holds more objects.", name or "image", "; ".join(parts))
 
     def _full_pass(self, image, h, w, flip_channels=False):
         hwc = image.permute(1, 2, 0).cpu().numpy()
@@ -372,4 +444,4 @@ class TiledModel(torch.nn.Module):
         rh, rw = resized.shape[:2]
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         out = self.model.inference([{"image": tensor}], do_postprocess=False)[0]
-        return paste_detections(out, (0, 0), (w / rw, h / rh), (h, w), -1)
+        return paste_detections(out, (0, 0), (w / rw, h / rh), (h, w), -1), self._reached_tile_limit(out)
