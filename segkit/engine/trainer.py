@@ -28,9 +28,12 @@ from segkit.engine.hooks import (
     LossCurvePlot,
     PeriodicCheckpointer,
     ProgressBar,
+    SaveOnSignal,
+    StopForRequeue,
     StopTraining,
     TrainingBatchPictures,
     ValidationLoss,
+    save_signal,
 )
 
 logger = logging.getLogger(__name__)
@@ -237,6 +240,8 @@ class Trainer(DefaultTrainer):
             ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
         if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
             ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE, eval_period))
+        if save_signal() is not None:
+            ret.append(SaveOnSignal())  # after the iteration's evaluation and checkpoint, before TimeBudget
         if cfg.SOLVER.TIME_BUDGET > 0:
             ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg))  # last: it times the other hooks too
         return ret
@@ -325,6 +330,13 @@ class Trainer(DefaultTrainer):
             self._save_resumable(self.iter)
             self.checkpointer.save("model_final", iteration=self.iter)
             return getattr(self, "_last_eval_results", None)
+        except StopForRequeue:
+            # Every rank stops after the same iteration (SaveOnSignal); rank 0 writes its full state.
+            self._save_resumable(self.iter)
+            if comm.is_main_process():
+                logger.warning(f"Stopped for a requeue after iteration {self.iter}: saved "
+                               f"{self.checkpointer.get_checkpoint_file()}.")
+            raise TrainingStoppedForRequeue(self.iter) from None
         except KeyboardInterrupt:
             if comm.is_main_process() and self._last_completed_iter >= 0:
                 self.iter = self._last_completed_iter
@@ -345,3 +357,8 @@ class Trainer(DefaultTrainer):
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class TrainingStoppedForRequeue(Exception):
+    """Training saved its state on the save signal and stopped (launch.py exits with
+    hooks.REQUEUE_EXIT_STATUS); ``args[0]`` is the last iteration done."""
