@@ -93,7 +93,9 @@ class MetricPrinter(CommonMetricPrinter):
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
+    def __init__(self, cfg, user_keys=()):
+        """``user_keys``: the config keys given on the command line (KEY VALUE); a time budget's
+        plan leaves SOLVER.CHECKPOINT_PERIOD as given there."""
         # Mirrors DefaultTrainer.__init__ of detectron2 0.7.2 (upstream commit a59f0563; the
         # DefaultTrainer tests in tests/test_train.py fail when it changes), with three changes:
         # create_ddp_model gets device_ids=None on CPU (detectron2 passes [local_rank], which DDP
@@ -123,6 +125,7 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self._last_completed_iter = -1
+        self.user_keys = frozenset(user_keys)
         self.register_hooks(self.build_hooks())
 
     # ---- data -------------------------------------------------------------------------------
@@ -243,7 +246,8 @@ class Trainer(DefaultTrainer):
         if save_signal() is not None:
             ret.append(SaveOnSignal())  # after the iteration's evaluation and checkpoint, before TimeBudget
         if cfg.SOLVER.TIME_BUDGET > 0:
-            ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg))  # last: it times the other hooks too
+            # last: it times the other hooks too
+            ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg, keep=self.user_keys))
         return ret
 
     def build_precise_bn(self, eval_period):
