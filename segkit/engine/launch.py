@@ -29,7 +29,7 @@ from segkit.data.run_layout import (
 )
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
 from segkit.engine.checkpoint import PreloadedCheckpointer, SegkitCheckpointer, WeightsUnavailableError, load_for_inference
-from segkit.engine.distributed import check_same_data_everywhere, leave_process_group
+from segkit.engine.distributed import check_same_data_everywhere, check_same_resume_everywhere, leave_process_group
 from segkit.engine.schedule import apply_epochs, explicit_keys
 from segkit.engine.hooks import REQUEUE_EXIT_STATUS, install_save_signal_handler
 from segkit.engine.trainer import (
@@ -279,6 +279,10 @@ def _train_or_evaluate(args, trainer_class):
         return res
     trainer = trainer_class(cfg, user_keys=explicit_keys(args.opts))
     trainer.resume_or_load(resume=args.resume)
+    if args.resume:
+        checkpointer = trainer.checkpointer
+        check_same_resume_everywhere(trainer.start_iter,
+                                     checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None)
     return trainer.train()
 
 
