@@ -21,15 +21,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_machines(per_rank_args, timeout=600):
-    """train_net.py once per machine rank (rank r gets ``per_rank_args[r]``); returns [(rc, stdout, stderr)]."""
+def run_machines(per_rank_args, timeout=600, cwds=None):
+    """train_net.py once per machine rank (rank r gets ``per_rank_args[r]``, runs in ``cwds[r]``: a
+    relative path there stands for that machine's own disk); returns [(rc, stdout, stderr)]."""
     url = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "train_net.py"), "--num-gpus", "1", "--num-machines", str(len(per_rank_args)),
              "--machine-rank", str(rank), "--dist-url", url, *map(str, args)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=cwds[rank] if cwds else ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank, args in enumerate(per_rank_args)
     ]
     results = []
@@ -87,3 +88,30 @@ def test_a_machine_without_the_data_folder_stops_every_rank_with_one_line(sample
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert lines and "no_data_here" in lines[0] and "rank 1" in lines[0] and "'mydata_train'" in lines[0] and "is missing" in lines[0], err[-2000:]
     assert not list((tmp_path / "out").glob("*.pth"))
+
+
+def test_resume_without_a_shared_output_dir_stops_every_rank_with_one_line(sample_data, tmp_path):
+    """OUTPUT_DIR relative to each machine's own folder, as on machines without a shared file system:
+    rank 0 finds the checkpoint of an earlier run, rank 1 none. Both stop at once with one line
+    instead of training from different iterations (rank 1 from 0) until they wait on each other."""
+    machines = [tmp_path / "machine0", tmp_path / "machine1"]
+    for m in machines:
+        m.mkdir()
+    run = os.path.join("output", "run")
+    first = subprocess.run(
+        [sys.executable, str(ROOT / "train_net.py"), *map(str, _args(sample_data, run, "SOLVER.MAX_ITER", "2",
+                                                                      "DATASETS.TEST", "()"))],
+        cwd=machines[0], env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (machines[0] / run / "model_0000001.pth").is_file()
+
+    results = run_machines([["--resume", *_args(sample_data, run, "SOLVER.MAX_ITER", "4", "DATASETS.TEST", "()")]] * 2,
+                           timeout=300, cwds=machines)
+    for rc, _, err in results:
+        assert rc != 0
+        lines = [line for line in err.splitlines() if line.startswith("error: --resume:")]
+        assert len(lines) == 1, err[-3000:]
+        assert "rank 1" in lines[0] and "found no checkpoint and starts at iteration 0" in lines[0], lines[0]
+        assert "model_0000001.pth at iteration 2" in lines[0] and "OUTPUT_DIR" in lines[0], lines[0]
+    assert not (machines[1] / run).exists()
+    assert not (machines[0] / run / "model_0000003.pth").exists()

@@ -1,6 +1,9 @@
 """Training length in the user's units: SOLVER.EPOCHS and a wall-clock budget (--time-budget)."""
 
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -146,6 +149,54 @@ def test_time_budget_plans_no_longer_than_the_epochs_rule(sample_data, tmp_path)
     assert "the length SOLVER.EPOCHS gives; the budget allows more" in (tmp_path / "log.txt").read_text()
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == rule - 1
+
+
+def _checkpoint_iterations(folder):
+    return sorted(int(p.stem.split("_")[1]) for p in folder.glob("model_0*.pth"))
+
+
+@pytest.mark.slow
+def test_time_budget_keeps_a_checkpoint_period_given_on_the_command_line(sample_data, tmp_path):
+    proc = run_train_net(
+        "--config-file", MINI, "--time-budget", "30s", "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path,
+        "SOLVER.MAX_ITER", "100000", "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "4",
+        "SOLVER.CHECKPOINTS_TO_KEEP", "0", *TINY_OVERRIDES,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)["iteration"]
+    assert last > 8
+    # every 4th iteration, and the last one (which --resume continues from)
+    assert _checkpoint_iterations(tmp_path) == sorted(set(range(3, last + 1, 4)) | {last})
+
+
+@pytest.mark.slow
+def test_time_budget_without_evaluation_checkpoints_and_a_killed_run_resumes_with_its_time(sample_data, tmp_path):
+    """No evaluation, no period given: the plan still writes periodic checkpoints (every 10% of
+    its length here). A run killed after one resumes from it, counting the time it had used."""
+    args = ["--config-file", MINI, "--time-budget", "60s", "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path,
+            "SOLVER.MAX_ITER", "100000", "DATASETS.TEST", "()", *TINY_OVERRIDES]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_net.py"), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pointer = tmp_path / "last_checkpoint"  # written after the checkpoint it names
+    try:
+        while not pointer.is_file():
+            assert proc.poll() is None, "the run ended without a periodic checkpoint: " + proc.stderr.read()[-3000:]
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.communicate()
+    saved = torch.load(tmp_path / pointer.read_text().strip(), map_location="cpu", weights_only=True)
+    spent = saved["trainer"]["hooks"]["TimeBudget"]["spent_s"]
+    assert 0 < spent < 60 and not (tmp_path / "model_final.pth").exists()
+
+    resumed = run_train_net("--resume", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert f"Starting training from iteration {saved['iteration'] + 1}" in log
+    assert f"Time budget 60 s, {spent:.0f} s of it used by earlier runs" in log
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] > saved["iteration"]
 
 
 def test_two_writes_at_one_untimed_iteration_print_without_eta():

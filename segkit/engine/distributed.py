@@ -67,3 +67,35 @@ def check_same_data_everywhere(data_dir, dataset_names):
                     f"on rank 0 (host {host0}); every machine needs the same data folder (copy it, or "
                     f"use a shared file system)."
                 )
+
+
+def check_same_resume_everywhere(start_iter, checkpoint_file):
+    """After ``--resume`` loaded (or did not find) a checkpoint on every rank: stop every rank with one
+    line when a rank starts at another iteration or from another checkpoint file (name and size) than
+    rank 0. Each rank reads OUTPUT_DIR on its own machine: without a shared file system the others find
+    no checkpoint and start at 0 while rank 0 resumes, and they would train different weights for
+    different lengths until the ranks wait for each other for ever at the end."""
+    import socket
+
+    if comm.get_world_size() == 1:
+        return
+    identity = None
+    if checkpoint_file:
+        try:
+            identity = (os.path.basename(checkpoint_file), os.path.getsize(checkpoint_file))
+        except OSError:
+            identity = (os.path.basename(checkpoint_file), None)
+    mine = (socket.gethostname(), int(start_iter), checkpoint_file, identity)
+    everyone = comm.all_gather(mine)
+    host0, start0, file0, identity0 = everyone[0]
+
+    def words(start, file):
+        return f"resumes {file} at iteration {start}" if file else f"found no checkpoint and starts at iteration {start}"
+
+    for rank, (host, start, file, identity) in enumerate(everyone[1:], start=1):
+        if (start, identity) != (start0, identity0):
+            raise SystemExit(
+                f"error: --resume: rank {rank} (host {host}) {words(start, file)}, but rank 0 (host {host0}) "
+                f"{words(start0, file0)}; every machine must see the same OUTPUT_DIR (a shared file system, "
+                f"or a copy of the run folder on each)."
+            )

@@ -1,6 +1,7 @@
 """Training hooks detectron2 does not ship: validation loss, live loss curves, a per-iteration
-progress bar with ETA, early stopping, pictures of augmented training batches, and a checkpoint on
-Ctrl-C; and detectron2's PeriodicCheckpointer with a resumable last checkpoint."""
+progress bar with ETA, early stopping, pictures of augmented training batches, a checkpoint on
+Ctrl-C and on the signal a cluster job gets before it is stopped; and detectron2's
+PeriodicCheckpointer with a resumable last checkpoint."""
 
 import contextlib
 import json
@@ -8,6 +9,7 @@ import logging
 import math
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -28,6 +30,52 @@ logger = logging.getLogger(__name__)
 class StopTraining(BaseException):
     """Raised by a hook to end training early. A BaseException so that detectron2's
     ``TrainerBase.train`` does not log it as a crash; ``Trainer.train`` catches it."""
+
+
+# The Slurm wrapper (engine/slurm.py) names the signal that asks training to save and stop (submitit's
+# preemption signal) in this variable of the training's environment; without it nothing is installed.
+SAVE_SIGNAL_ENV = "SEGKIT_SAVE_SIGNAL"
+# Exit status of a training that saved and stopped on that signal, so that the wrapper can tell
+# "stopped to be requeued" from "finished" (0) and "failed" (anything else). 75 is EX_TEMPFAIL.
+REQUEUE_EXIT_STATUS = 75
+_save_requested = False
+
+
+def save_signal():
+    """The signal number in SAVE_SIGNAL_ENV, or None."""
+    value = os.environ.get(SAVE_SIGNAL_ENV)
+    return int(value) if value else None
+
+
+def install_save_signal_handler():
+    """In a training process started by the Slurm wrapper: the save signal only sets a flag that
+    SaveOnSignal reads after the current iteration (stopping mid-iteration could leave weights half
+    updated). Every process of the training calls it: the signal's default action kills."""
+    sig = save_signal()
+    if sig is None:
+        return
+
+    def request_save(signum, frame):
+        global _save_requested
+        _save_requested = True
+
+    signal.signal(sig, request_save)
+
+
+class StopForRequeue(BaseException):
+    """Raised by SaveOnSignal on every rank at the same iteration; ``Trainer.train`` saves the full
+    state of that iteration and ends with REQUEUE_EXIT_STATUS."""
+
+
+class SaveOnSignal(HookBase):
+    """After each iteration: stop when rank 0 got the save signal. Rank 0 decides and broadcasts
+    (one small broadcast per iteration, only in runs the Slurm wrapper started): under
+    ``--cluster local`` only the first node's processes get the signal, and on Slurm the ranks
+    get it at slightly different iterations."""
+
+    def after_step(self):
+        if broadcast_from_main(_save_requested):
+            raise StopForRequeue()
 
 
 class ValidationLoss(HookBase):

@@ -29,9 +29,16 @@ from segkit.data.run_layout import (
 )
 from segkit.engine.budget import PROCESS_START_ENV, parse_duration, seconds_since_process_start
 from segkit.engine.checkpoint import PreloadedCheckpointer, SegkitCheckpointer, WeightsUnavailableError, load_for_inference
-from segkit.engine.distributed import check_same_data_everywhere, leave_process_group
-from segkit.engine.schedule import apply_epochs
-from segkit.engine.trainer import HideDivergenceTraceback, Trainer, TrainingDiverged, dataset_classes
+from segkit.engine.distributed import check_same_data_everywhere, check_same_resume_everywhere, leave_process_group
+from segkit.engine.schedule import apply_epochs, explicit_keys
+from segkit.engine.hooks import REQUEUE_EXIT_STATUS, install_save_signal_handler
+from segkit.engine.trainer import (
+    HideDivergenceTraceback,
+    Trainer,
+    TrainingDiverged,
+    TrainingStoppedForRequeue,
+    dataset_classes,
+)
 from segkit.modeling.config import get_segkit_cfg, is_semantic, resolve_config_file
 
 logger = logging.getLogger("segkit")
@@ -270,19 +277,31 @@ def _train_or_evaluate(args, trainer_class):
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
-    trainer = trainer_class(cfg)
+    trainer = trainer_class(cfg, user_keys=explicit_keys(args.opts))
     trainer.resume_or_load(resume=args.resume)
+    if args.resume:
+        checkpointer = trainer.checkpointer
+        check_same_resume_everywhere(trainer.start_iter,
+                                     checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None)
     return trainer.train()
 
 
 def _main_with_clean_errors(args, trainer_class):
-    # Each launched process starts here (launch spawns workers for --num-gpus > 1).
+    # Each launched process starts here (launch spawns workers for --num-gpus > 1). launch's own
+    # process, when it spawns workers, keeps the Slurm wrapper's "ignore the save signal", and so do
+    # the helpers it starts (multiprocessing's resource tracker), which a handler would not cover.
+    install_save_signal_handler()
     logging.getLogger("detectron2.engine.train_loop").addFilter(HideDivergenceTraceback())
     try:
         return main(args, trainer_class)
     except (WeightsUnavailableError, TrainingDiverged) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         raise SystemExit(1)
+    except TrainingStoppedForRequeue:
+        # Every rank stopped after the same iteration and rank 0 has written its state: they leave
+        # together (a gloo group alive at exit can abort the process, which would hide the status).
+        leave_process_group()
+        raise SystemExit(REQUEUE_EXIT_STATUS)
 
 
 def run(trainer_class=Trainer, argv=None):
@@ -292,11 +311,18 @@ def run(trainer_class=Trainer, argv=None):
     os.environ[PROCESS_START_ENV] = repr(time.time() - seconds_since_process_start())
     if args.num_gpus > 1 and not torch.cuda.is_available():
         print(f"No CUDA GPU found: running {args.num_gpus} CPU processes with the gloo backend.", file=sys.stderr)
-    launch(
-        _main_with_clean_errors,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args, trainer_class),
-    )
+    from torch.multiprocessing import ProcessExitedException
+
+    try:
+        launch(
+            _main_with_clean_errors,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args, trainer_class),
+        )
+    except ProcessExitedException as e:
+        if e.exit_code == REQUEUE_EXIT_STATUS:  # the spawned workers stopped for a requeue
+            raise SystemExit(REQUEUE_EXIT_STATUS) from None
+        raise

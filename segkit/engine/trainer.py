@@ -28,9 +28,12 @@ from segkit.engine.hooks import (
     LossCurvePlot,
     PeriodicCheckpointer,
     ProgressBar,
+    SaveOnSignal,
+    StopForRequeue,
     StopTraining,
     TrainingBatchPictures,
     ValidationLoss,
+    save_signal,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,7 +93,9 @@ class MetricPrinter(CommonMetricPrinter):
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
+    def __init__(self, cfg, user_keys=()):
+        """``user_keys``: the config keys given on the command line (KEY VALUE); a time budget's
+        plan leaves SOLVER.CHECKPOINT_PERIOD as given there."""
         # Mirrors DefaultTrainer.__init__ of detectron2 0.7.2 (upstream commit a59f0563; the
         # DefaultTrainer tests in tests/test_train.py fail when it changes), with three changes:
         # create_ddp_model gets device_ids=None on CPU (detectron2 passes [local_rank], which DDP
@@ -120,6 +125,7 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self._last_completed_iter = -1
+        self.user_keys = frozenset(user_keys)
         self.register_hooks(self.build_hooks())
 
     # ---- data -------------------------------------------------------------------------------
@@ -237,8 +243,11 @@ class Trainer(DefaultTrainer):
             ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
         if eval_period > 0 and cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
             ret.append(EarlyStopping(cfg.SOLVER.BEST_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE, eval_period))
+        if save_signal() is not None:
+            ret.append(SaveOnSignal())  # after the iteration's evaluation and checkpoint, before TimeBudget
         if cfg.SOLVER.TIME_BUDGET > 0:
-            ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg))  # last: it times the other hooks too
+            # last: it times the other hooks too
+            ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg, keep=self.user_keys))
         return ret
 
     def build_precise_bn(self, eval_period):
@@ -325,6 +334,13 @@ class Trainer(DefaultTrainer):
             self._save_resumable(self.iter)
             self.checkpointer.save("model_final", iteration=self.iter)
             return getattr(self, "_last_eval_results", None)
+        except StopForRequeue:
+            # Every rank stops after the same iteration (SaveOnSignal); rank 0 writes its full state.
+            self._save_resumable(self.iter)
+            if comm.is_main_process():
+                logger.warning(f"Stopped for a requeue after iteration {self.iter}: saved "
+                               f"{self.checkpointer.get_checkpoint_file()}.")
+            raise TrainingStoppedForRequeue(self.iter) from None
         except KeyboardInterrupt:
             if comm.is_main_process() and self._last_completed_iter >= 0:
                 self.iter = self._last_completed_iter
@@ -345,3 +361,8 @@ class Trainer(DefaultTrainer):
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class TrainingStoppedForRequeue(Exception):
+    """Training saved its state on the save signal and stopped (launch.py exits with
+    hooks.REQUEUE_EXIT_STATUS); ``args[0]`` is the last iteration done."""
