@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
-from segkit.inference.suspects import (calibrate, coco_labels, default_iters, image_path, judge_image, label_losses,
-                                       load_predictor, make_folds)
+from segkit.loop.folds import default_iters, make_folds
+from segkit.loop.judge import calibrate, coco_labels, image_path, judge_image, load_predictor
+from segkit.loop.label_losses import label_losses
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 
@@ -119,7 +120,7 @@ def test_labels_with_unusable_polygons_are_reported_not_passed_through_or_crashi
                 {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [square, [60, 5, 75, 5, 75, 20, 60]]},
                 {"id": 2, "image_id": 7, "category_id": 1, "segmentation": [[1, 1, 2, 2], [3, 3]]},
                 {"id": 3, "image_id": 7, "category_id": 1, "segmentation": [[60, 40, 75, 40, 75, 55, 60, 55]]}]}
-    with caplog.at_level("WARNING", logger="segkit.inference.suspects"):
+    with caplog.at_level("WARNING", logger="segkit.loop.judge"):
         labels = coco_labels(coco, coco["images"][0])
     # the odd ring is left out (as detectron2's loader leaves it out of training), not half-read
     assert [g["id"] for g in labels] == [1, 3]
@@ -152,7 +153,7 @@ def _digest(folder):
 
 def run_suspects(*args):
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "segkit.loop.suspects_cli", *map(str, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
