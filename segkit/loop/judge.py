@@ -8,7 +8,6 @@ thresholds they are judged at; what each kind means and how it is scored is told
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 from pycocotools import mask as mask_util
@@ -50,17 +49,44 @@ def _xywh(box):
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+def _rle_of(item):
+    """The compressed COCO RLE of a label's or prediction's mask: its ``rle``, else encoded from ``mask``."""
+    return item["rle"] if "rle" in item else _rle(item["mask"])
+
+
+def _size_of(item):
+    return tuple(item["rle"]["size"]) if "rle" in item else item["mask"].shape
+
+
+def _label_box(label):
+    return label["box"] if "box" in label else mask_box(label["mask"])
+
+
+def without_masks(labels):
+    """The labels with each full-size mask replaced by its compressed RLE (``rle``) and box (``box``,
+    XYXY): what judging and calibration read, a few KB where the mask of a 12 MP photo is 12 MB."""
+    return [{**{k: v for k, v in g.items() if k != "mask"}, "rle": _rle(g["mask"]), "box": mask_box(g["mask"])}
+            for g in labels]
+
+
+def with_masks(items):
+    """Labels or predictions with their full-size bool ``mask`` back (decoded from ``rle``), for
+    drawing and writing one image."""
+    return [x if "mask" in x else dict(x, mask=mask_util.decode(x["rle"]).astype(bool)) for x in items]
+
+
 def _as_coco(labels, preds):
-    """The image's labels and predictions as match_image takes them, their RLEs, and (h, w)."""
+    """The image's labels and predictions as match_image takes them, their RLEs, and (h, w).
+    Labels and predictions carry a full-size ``mask`` or its compressed ``rle``."""
     if labels:
-        h, w = labels[0]["mask"].shape
+        h, w = _size_of(labels[0])
     elif preds:
-        h, w = preds[0]["mask"].shape
+        h, w = _size_of(preds[0])
     else:
         h, w = 0, 0
-    gt_rles = [_rle(g["mask"]) for g in labels]
-    p_rles = [_rle(p["mask"]) for p in preds]
-    gts = [{"category_id": g["class"], "bbox": _xywh(mask_box(g["mask"])), "segmentation": r,
+    gt_rles = [_rle_of(g) for g in labels]
+    p_rles = [_rle_of(p) for p in preds]
+    gts = [{"category_id": g["class"], "bbox": _xywh(_label_box(g)), "segmentation": r,
             "iscrowd": int(bool(g.get("iscrowd")))} for g, r in zip(labels, gt_rles)]
     dts = [{"category_id": p["class"], "bbox": _xywh(p["box"]), "segmentation": r, "score": float(p["score"])}
            for p, r in zip(preds, p_rles)]
@@ -99,8 +125,9 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
     """Suspects of one image, from :func:`segkit.evaluation.matching.match_image` at the
     confidence threshold (mask IoU 0.5) plus the predictions below it.
 
-    ``labels``: dicts with ``id``, ``class``, ``mask`` (bool HxW) and ``iscrowd``;
-    ``predictions``: dicts with ``class``, ``score``, ``mask`` (bool HxW), ``box`` (XYXY);
+    ``labels``: dicts with ``id``, ``class``, ``mask`` (bool HxW) and ``iscrowd`` (or, instead of
+    ``mask``, its ``rle`` and ``box``: :func:`without_masks`);
+    ``predictions``: dicts with ``class``, ``score``, ``mask`` (bool HxW) or ``rle``, ``box`` (XYXY);
     ``losses``: :func:`label_losses` of the labels, or None. With them, a label suspect's score is
     multiplied by sqrt(1 - p(its class | its box)).
     Returns suspect dicts (``kind``, ``score``, ``annotation_id`` or None, ``label_class``,
@@ -142,7 +169,7 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
             "iou": None if pair_iou is None else round(float(pair_iou), 4),
             "label_probability": None if own is None else round(float(own["p_label"]), 4),
             "prediction_index": j,
-            "box": [round(v, 1) for v in (mask_box(label["mask"]) if label is not None else map(float, preds[j]["box"]))],
+            "box": [round(v, 1) for v in (_label_box(label) if label is not None else map(float, preds[j]["box"]))],
         })
 
     # Unmatched predictions under the confidence threshold count too, scaled by score/threshold: the
@@ -234,20 +261,33 @@ def load_predictor(weights, opts=()):
     return Predictor.from_checkpoint(weights, confidence_threshold=LOW_SCORE, opts=list(opts))
 
 
-def predict_images(weights, paths, opts=()):
-    """Prediction dicts (class, score, mask, box) per image path, down to LOW_SCORE. ``weights``: a
-    checkpoint, or a predictor from :func:`load_predictor`."""
-    from tqdm import tqdm
+def predict_image(predictor, path):
+    """Prediction dicts (class, score, box XYXY, rle: the mask's compressed COCO RLE) of one image,
+    down to LOW_SCORE, from a predictor of :func:`load_predictor`.
 
-    predictor = load_predictor(weights, opts) if isinstance(weights, (str, os.PathLike)) else weights
-    out = []
-    for path in tqdm(paths, desc="judging", unit="img", file=sys.stderr, dynamic_ncols=True):
-        p = predictor(path, keep_image=False)
-        inst = p.instances
-        out.append([{"class": p.class_names[c], "score": float(s), "mask": m, "box": b}
-                    for c, s, m, b in zip(inst.pred_classes.tolist(), inst.scores.tolist(),
-                                          inst.pred_masks.numpy(), inst.pred_boxes.tensor.tolist())])
-    return out
+    detectron2's post-processing pastes every mask into a full-size image (N x H x W: 100 masks of
+    a 12 MP photo are 1.2 GB); here each mask is pasted into its own box only, as tiled prediction
+    does (segkit/modeling/tiling.py: the same boxes, scaled and clipped, and the same pasted pixels),
+    and kept as its RLE."""
+    import torch
+
+    from segkit.modeling.tiling import detections_to_instances, paste_detections
+
+    if predictor.tiled is not None:  # tiles give box-sized masks already
+        inst = predictor(path, keep_image=False).instances
+    else:
+        inputs, image_rgb = predictor.preprocess(path)
+        h, w = image_rgb.shape[:2]
+        del image_rgb
+        with torch.inference_mode():
+            out = predictor.model.inference([inputs], do_postprocess=False)[0]
+        rh, rw = out.image_size
+        inst = detections_to_instances(paste_detections(out, (0, 0), (w / rw, h / rh), (h, w), -1), (h, w))
+    masks = inst.pred_masks
+    return [{"class": predictor.class_names[c], "score": float(s), "box": b, "rle": masks.rle(i)}
+            for i, (c, s, b) in enumerate(zip(inst.pred_classes.tolist(), inst.scores.tolist(),
+                                              inst.pred_boxes.tensor.tolist()))]
+
 
 def checkpoint_confidence(predictor):
     """The best-F1 threshold stored in the predictor's checkpoint (``score_threshold``), else None."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json, write_text
 from segkit.data.labelme import labelme_document, labelme_shape, mask_to_polygons
-from segkit.loop.judge import KIND_TEXT, KINDS, image_path, mask_box
+from segkit.loop.judge import KIND_TEXT, KINDS, image_path, mask_box, with_masks
 
 CSV_FIELDS = ["rank", "score", "kind", "file_name", "image_id", "annotation_id", "label_class",
               "predicted_class", "prediction_score", "iou", "label_probability", "box", "fold", "source_file",
@@ -112,7 +112,9 @@ the suspect label red (with its rank), the model's prediction yellow. Fix them i
 
 def write_outputs(out_dir, data_dir, coco, judged, title):
     """Rank ``judged`` ([(image, labels, predictions, suspects, fold)]) and write every output;
-    returns the ranked suspect records."""
+    returns the ranked suspect records. ``predictions``: {index: prediction} of those the suspects
+    name (``prediction_index``); labels and predictions carry a ``mask`` or its ``rle``, decoded
+    here one image at a time."""
     from segkit.loop.review import annotation_source
     from segkit.inference.image_io import read_image_rgb
 
@@ -124,6 +126,8 @@ def write_outputs(out_dir, data_dir, coco, judged, title):
     for image, labels, predictions, sus, fold in judged:
         if not sus:
             continue
+        labels = with_masks(labels)
+        predictions = dict(zip(predictions, with_masks(predictions.values())))
         stem = os.path.splitext(image["file_name"].replace("/", "__"))[0]
         review_json = os.path.join(out_dir, "review", stem + ".json")
         img_file = image_path(data_dir, image)

@@ -66,7 +66,7 @@ import sys
 from segkit.data.run_layout import CPU_CONFIG, NoModelError, resolve_weights
 from segkit.loop.folds import DEFAULT_FOLDS, default_iters, fold_coco, make_folds, train_fold
 from segkit.loop.judge import (KINDS, calibrate, checkpoint_confidence, coco_labels, image_path, judge_image,
-                               load_predictor, predict_images, read_split)
+                               load_predictor, predict_image, read_split, without_masks)
 from segkit.loop.label_losses import label_losses
 from segkit.loop.suspect_outputs import write_outputs
 
@@ -103,7 +103,19 @@ def get_parser():
     return p
 
 
+def read_image_judged(predictor, coco, data_dir, image):
+    """(labels, predictions, label losses) of one image, the masks as compressed RLEs: the full-size
+    masks of one image at a time are all the finder holds, whatever the number and size of the
+    images (a fold of a few hundred 12 MP photos held as full masks took tens of GB)."""
+    path = image_path(data_dir, image)
+    labels = coco_labels(coco, image)
+    losses = label_losses(predictor, path, labels)
+    return without_masks(labels), predict_image(predictor, path), losses
+
+
 def run(args):
+    from tqdm import tqdm
+
     from segkit.modeling.config import resolve_config_file
 
     args.config_file = resolve_config_file(args.config_file)
@@ -141,16 +153,18 @@ def run(args):
                                  fold_coco(coco, train_ids, args.data), iters, args.opts, args.num_gpus,
                                  reuse_only=args.reuse_folds)
         predictor = load_predictor(weights)
-        paths = [image_path(args.data, im) for im in held]
-        predictions = predict_images(predictor, paths)
-        labels = [coco_labels(coco, im) for im in held]
-        losses = [label_losses(predictor, path, lab) for path, lab in zip(paths, labels)]
-        thresholds, recall = calibrate(list(zip(labels, predictions)))
+        seen = [read_image_judged(predictor, coco, args.data, im)
+                for im in tqdm(held, desc="judging", unit="img", file=sys.stderr, dynamic_ncols=True)]
+        thresholds, recall = calibrate([(lab, preds) for lab, preds, _ in seen])
         confidence = args.confidence or (checkpoint_confidence(predictor) if fold is None else None) or thresholds
         print(f"confidence: {confidence if not isinstance(confidence, dict) else ', '.join(f'{c} {t:.2f}' for c, t in sorted(confidence.items()))}; "
               f"recall there: {', '.join(f'{c} {r:.2f}' for c, r in sorted(recall.items()))}", file=sys.stderr)
-        for im, lab, preds, loss in zip(held, labels, predictions, losses):
-            judged.append((im, lab, preds, judge_image(lab, preds, confidence, recall, loss), fold))
+        for im, (lab, preds, loss) in zip(held, seen):
+            suspects = judge_image(lab, preds, confidence, recall, loss)
+            # what the outputs draw stays: the labels and the suspects' predictions of images with suspects
+            shown = {s["prediction_index"]: preds[s["prediction_index"]] for s in suspects
+                     if s["prediction_index"] is not None}
+            judged.append((im, lab if suspects else [], shown, suspects, fold))
     judged.sort(key=lambda t: t[0]["id"])
     how = f"{folds}-fold cross-validation, {'/'.join(map(str, sorted(fold_iters)))} iterations per fold" if folds else f"judged by {args.weights}"
     records = write_outputs(out_dir, args.data, coco, judged, f"Suspect labels: {args.data} {args.split} ({how})")
