@@ -13,6 +13,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from segkit.data.coco_masks import decode_segmentation
+from segkit.data.layout import image_root, split_json
 from segkit.data.run_layout import KEY_SCORE_THRESHOLD
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def judge_image(labels, predictions, confidence=DEFAULT_CONFIDENCE, recall=None,
 
 def read_split(data_dir, split):
     """The split's COCO dict (``<data_dir>/<split>.json``)."""
-    path = os.path.join(data_dir, f"{split}.json")
+    path = split_json(data_dir, split)
     if not os.path.isfile(path):
         raise SystemExit(f"{path}: no such file; convert your data first (python labelme2coco.py INPUT_DIR).")
     with open(path, encoding="utf-8") as f:
@@ -249,7 +250,7 @@ def coco_labels(coco, image):
 
 
 def image_path(data_dir, image):
-    return os.path.join(data_dir, "images", image["file_name"])
+    return os.path.join(image_root(data_dir), image["file_name"])
 
 
 # ---- predictions ----------------------------------------------------------------------------------
