@@ -6,12 +6,12 @@
     python predict.py --video-input clip.mp4 --output results/
     python predict.py --input new_images/ --labelme [--overwrite]
 
-See ``python predict.py --help`` and segkit/inference/predict_cli.py.
+See ``python predict.py --help`` and segkit/inference/predict_cli.py (``--rank``: segkit/loop/rank.py).
 """
 
 import sys
 
-from segkit.inference.predict_cli import main
+from segkit.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from budget import sample_data  # noqa: E402  (benchmarks/ is the script's folder)
 from schedule import controllers_data  # noqa: E402
 from segkit.data.atomic import write_json  # noqa: E402  (after the repo is on the path)
-from segkit.inference import suspects as finder  # noqa: E402
+from segkit.loop import folds as finder_folds, judge, suspects_cli  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "suspects.json")
 MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
@@ -180,21 +180,21 @@ def finder_args(work, args):
 
 def train_one_fold(work, args):
     """What the finder would train for fold ``args.fold``, trained now (the finder reuses it)."""
-    fargs = finder.get_parser().parse_args(finder_args(work, args))
-    coco = finder.read_split(fargs.data, "trainval")
-    folds = finder.make_folds([im["id"] for im in coco["images"]], fargs.folds, fargs.seed)
+    fargs = suspects_cli.get_parser().parse_args(finder_args(work, args))
+    coco = judge.read_split(fargs.data, "trainval")
+    folds = finder_folds.make_folds([im["id"] for im in coco["images"]], fargs.folds, fargs.seed)
     held = set(folds[args.fold])
     train_ids = [im["id"] for im in coco["images"] if im["id"] not in held]
-    iters = fargs.iters or finder.default_iters(fargs.config_file, fargs.opts, len(train_ids))
-    finder.train_fold(fargs.config_file, os.path.join(fargs.output, "folds", f"fold{args.fold}"),
-                      finder._subset(coco, train_ids, fargs.data), iters, fargs.opts, fargs.num_gpus)
+    iters = fargs.iters or finder_folds.default_iters(fargs.config_file, fargs.opts, len(train_ids))
+    finder_folds.train_fold(fargs.config_file, os.path.join(fargs.output, "folds", f"fold{args.fold}"),
+                            finder_folds.fold_coco(coco, train_ids, fargs.data), iters, fargs.opts, fargs.num_gpus)
 
 
 def run_finder_and_score(work, args, run_finder=True):
     p = paths(work)
     start = time.time()
     if run_finder:
-        proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *finder_args(work, args)],
+        proc = subprocess.run([sys.executable, "-m", "segkit.loop.suspects_cli", *finder_args(work, args)],
                               cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(proc.stderr[-3000:])
@@ -208,7 +208,7 @@ def run_finder_and_score(work, args, run_finder=True):
     num_labels = sum(not a["iscrowd"] for a in coco["annotations"])
     result = score(records, errors, file_of, num_labels)
     result.update(seconds_last_step=round(time.time() - start, 1), folds=args.folds,
-                  iters=args.iters or finder.default_iters(args.config_file, [], len(coco["images"]) * (args.folds - 1) // args.folds),
+                  iters=args.iters or finder_folds.default_iters(args.config_file, [], len(coco["images"]) * (args.folds - 1) // args.folds),
                   config=os.path.relpath(args.config_file, ROOT), labels_after_planting=num_labels,
                   images=len(coco["images"]), python=platform.python_version(), cpu_count=os.cpu_count())
     n = result["planted"]
@@ -315,7 +315,7 @@ def loop_labels(name, seed, work):
 
 def finder_suspects(data, out, fold_iters, config_file=LITE0, extra=()):
     """The finder's suspects on ``data``'s train split (fold models of ``fold_iters``), best first."""
-    proc = subprocess.run([sys.executable, "-m", "segkit.inference.suspects", data, "--split", "train",
+    proc = subprocess.run([sys.executable, "-m", "segkit.loop.suspects_cli", data, "--split", "train",
                            "--config-file", config_file, "--output", out, "--seed", "0",
                            "--iters", str(fold_iters), *extra],
                           cwd=ROOT, capture_output=True, text=True)
@@ -342,7 +342,7 @@ def loop_one(name, seed, work, iters, fold_iters, stored, save, fractions=K_FRAC
                images=len(clean["images"]))
     file_of = {im["id"]: im["file_name"] for im in noisy["images"]}
     # the finder's own default: what train_net trains on a fold's images (2 of its 3 folds)
-    fold_iters = fold_iters or finder.default_iters(LITE0, (), len(noisy["images"]) * 2 // 3)
+    fold_iters = fold_iters or finder_folds.default_iters(LITE0, (), len(noisy["images"]) * 2 // 3)
 
     def model(label, coco, fixed=None):
         if label in run["models"]:

@@ -28,7 +28,7 @@ echo "== 4/6 evaluation on the val split: $OUT/eval/ (metrics JSON, PR curves, c
 python -m segkit.evaluation.coco "$OUT/eval/metrics_mydata_val.json"
 
 echo "== 5/6 error review of the val split -> $OUT/review/index.html"
-python -m segkit.evaluation.review "$OUT/eval" --quiet
+python -m segkit.loop.review "$OUT/eval" --quiet
 
 echo "== 6/6 predictions on the val images -> $OUT/predictions/"
 python predict.py --weights "$OUT" --input $(python -c "

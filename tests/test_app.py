@@ -240,8 +240,8 @@ def test_model_panel_links_review_and_suspect_pages(run_dir, trained_mini_checkp
                                                     serve_app):
     """The error review and suspect pages found beside the checkpoint are linked from the model
     panel, and the links open in the browser (inline HTML, the review's pictures too)."""
-    from segkit.evaluation import review
-    from segkit.inference.suspects import write_html
+    from segkit.loop import review
+    from segkit.loop.suspect_outputs import write_html
 
     run = tmp_path / "run"
     run.mkdir()

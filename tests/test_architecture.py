@@ -1,11 +1,11 @@
 """The package's stages import only from the stages before them (data -> modeling -> engine ->
-evaluation -> inference -> app -> cli), and no module imports LabelMe (GPL-3.0)."""
+evaluation -> inference -> loop -> app -> cli), and no module imports LabelMe (GPL-3.0)."""
 
 import ast
 
 from conftest import ROOT
 
-STAGES = ["data", "modeling", "engine", "evaluation", "inference", "app", "cli"]
+STAGES = ["data", "modeling", "engine", "evaluation", "inference", "loop", "app", "cli"]
 # `python -m segkit` is the installed command: it belongs to the last stage.
 ROOT_MODULES_AS_STAGE = {"__main__.py": "cli"}
 

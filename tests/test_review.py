@@ -66,7 +66,7 @@ def review(sample_data, tmp_path_factory):
     out = tmp / "review"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in Path(sample_data).rglob("*"))
     proc = subprocess.run(
-        [sys.executable, "-m", "segkit.evaluation.review", "--gt", gt, "--predictions", pred_file,
+        [sys.executable, "-m", "segkit.loop.review", "--gt", gt, "--predictions", pred_file,
          "--score-threshold", "0.5", "-o", out, "--quiet"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -155,7 +155,7 @@ def test_review_of_a_training_run(trained_mini_checkpoint, tmp_path):
     run = Path(trained_mini_checkpoint).parent
     out = tmp_path / "review"
     proc = subprocess.run(
-        [sys.executable, "-m", "segkit.evaluation.review", run / "eval", "-o", out, "--quiet"],
+        [sys.executable, "-m", "segkit.loop.review", run / "eval", "-o", out, "--quiet"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -172,7 +172,7 @@ def test_review_of_a_training_run(trained_mini_checkpoint, tmp_path):
 
 
 def test_annotation_source_follows_the_provenance_contract():
-    from segkit.evaluation.review import annotation_source
+    from segkit.loop.review import annotation_source
 
     local = {"info": {"source": os.path.join(os.sep, "data", "in")}}
     image = {"source_file": "sub/a.json", "labelme_file": "sub/a.json"}

@@ -1,6 +1,7 @@
 """Suspect labels: the four kinds on hand-made masks, planted errors found by a trained model,
 and the cross-validated command end to end (fold models trained through train_net's machinery)."""
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_OVERRIDES
-from segkit.inference.suspects import (calibrate, coco_labels, default_iters, image_path, judge_image, label_losses,
-                                       load_predictor, make_folds)
+from segkit.loop.folds import default_iters, make_folds
+from segkit.loop.judge import calibrate, coco_labels, image_path, judge_image, load_predictor
+from segkit.loop.label_losses import label_losses
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 
@@ -119,7 +121,7 @@ def test_labels_with_unusable_polygons_are_reported_not_passed_through_or_crashi
                 {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [square, [60, 5, 75, 5, 75, 20, 60]]},
                 {"id": 2, "image_id": 7, "category_id": 1, "segmentation": [[1, 1, 2, 2], [3, 3]]},
                 {"id": 3, "image_id": 7, "category_id": 1, "segmentation": [[60, 40, 75, 40, 75, 55, 60, 55]]}]}
-    with caplog.at_level("WARNING", logger="segkit.inference.suspects"):
+    with caplog.at_level("WARNING", logger="segkit.loop.judge"):
         labels = coco_labels(coco, coco["images"][0])
     # the odd ring is left out (as detectron2's loader leaves it out of training), not half-read
     assert [g["id"] for g in labels] == [1, 3]
@@ -152,7 +154,7 @@ def _digest(folder):
 
 def run_suspects(*args):
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, "-m", "segkit.inference.suspects", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "segkit.loop.suspects_cli", *map(str, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -258,3 +260,105 @@ def test_cross_validated_run_trains_one_model_per_fold(sample_data, tmp_path):
         assert s["file_name"] not in names[s["fold"]]
     again = run_suspects(*args)
     assert again.returncode == 0 and again.stderr.count("reusing its model") == 2
+
+
+
+def test_box_sized_predictions_are_the_predictors_own(trained_mini_checkpoint, sample_data):
+    """The finder pastes each mask into its own box only: the same instances, boxes and mask pixels
+    as the predictor's full-size masks (detectron2's post-processing)."""
+    from pycocotools import mask as mask_util
+
+    from segkit.loop.judge import predict_image
+
+    predictor = load_predictor(trained_mini_checkpoint)
+    coco = json.loads((sample_data / "trainval.json").read_text())
+    compared = 0
+    for im in coco["images"]:
+        path = image_path(str(sample_data), im)
+        boxed = predict_image(predictor, path)
+        inst = predictor(path, keep_image=False).instances
+        assert [(p["class"], p["score"], p["box"]) for p in boxed] == [
+            (predictor.class_names[c], s, b) for c, s, b in
+            zip(inst.pred_classes.tolist(), inst.scores.tolist(), inst.pred_boxes.tensor.tolist())]
+        for p, m in zip(boxed, inst.pred_masks.numpy()):
+            assert np.array_equal(mask_util.decode(p["rle"]).astype(bool), m)
+        compared += len(boxed)
+    assert compared >= 20
+
+
+PHOTO_SCALE = 21  # the sample's 192 x 144 images become 4032 x 3024 photos (12.2 MP)
+PHOTOS = 20
+# A Mask R-CNN process with its model weighs about 0.6 GB; one 12 MP photo with its labels and its
+# box-sized predictions adds well under 0.5 GB. Full-size masks of the held-out photos (every
+# label and every prediction down to score 0.05, 12 MB each) went past this within a few photos.
+PEAK_RSS_BOUND_MB = 1500
+
+
+def _photos_from_sample(sample_data, out, n, scale):
+    """A data folder of ``n`` large photos: the sample's labelled images scaled up ``scale`` times,
+    their polygons with them, so a model fitted to the sample finds what it learnt there."""
+    import cv2
+
+    coco = json.loads((sample_data / "trainval.json").read_text())
+    sources = [im for im in coco["images"] if any(a["image_id"] == im["id"] for a in coco["annotations"])]
+    (out / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for k in range(n):
+        im = sources[k % len(sources)]
+        w, h = im["width"] * scale, im["height"] * scale
+        img = cv2.resize(cv2.imread(str(sample_data / "images" / im["file_name"])), (w, h))
+        name = f"photo_{k:03d}.jpg"
+        cv2.imwrite(str(out / "images" / name), img)
+        images.append({"id": k + 1, "file_name": name, "width": w, "height": h})
+        for a in coco["annotations"]:
+            if a["image_id"] == im["id"]:
+                annotations.append(dict(a, id=len(annotations) + 1, image_id=k + 1,
+                                        segmentation=[[v * scale for v in p] for p in a["segmentation"]],
+                                        bbox=[v * scale for v in a["bbox"]], area=a["area"] * scale * scale))
+    (out / "trainval.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                   "categories": coco["categories"]}))
+    return len(annotations)
+
+
+def _peak_rss_mb(cmd, bound_mb, log):
+    """(exit status, peak RSS in MB) of ``cmd`` run to its end, or killed as soon as its peak passes
+    ``bound_mb`` (so a defect fails the test without taking the machine's memory)."""
+    import threading
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="2"), stdout=out, stderr=out)
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(0.05):
+                with contextlib.suppress(OSError):  # gone: wait4 has its figure
+                    status = Path(f"/proc/{proc.pid}/status").read_text()
+                    peak = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
+                    if peak and peak[0] > 2 * bound_mb * 1024:
+                        proc.kill()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        watcher.join()
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def test_judging_large_photos_holds_one_photo_at_a_time(trained_mini_checkpoint, sample_data, tmp_path):
+    """20 photos of 12 MP judged by a model that fits them (the sample scaled up): the finder's
+    process stays under 1.5 GB at its peak, where full-size masks of every held-out photo took
+    gigabytes, and it still finds suspects and writes them out."""
+    data = tmp_path / "data"
+    labels = _photos_from_sample(sample_data, data, PHOTOS, PHOTO_SCALE)
+    out = tmp_path / "suspects"
+    status, peak = _peak_rss_mb(
+        [sys.executable, "-m", "segkit.loop.suspects_cli", str(data), "--split", "trainval", "--folds", "0",
+         "--weights", str(trained_mini_checkpoint), "--output", str(out)],
+        PEAK_RSS_BOUND_MB, tmp_path / "log.txt")
+    log = (tmp_path / "log.txt").read_text()
+    assert peak < PEAK_RSS_BOUND_MB, f"peak RSS {peak:.0f} MB for {PHOTOS} photos of 12 MP ({labels} labels)\n{log[-2000:]}"
+    assert status == 0, log[-3000:]
+    records = json.loads((out / "suspects.json").read_text())["suspects"]
+    assert len({s["file_name"] for s in records}) == len(list((out / "review").glob("*.json")))

@@ -16,8 +16,8 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import ROOT
 from segkit.inference.predictor import Prediction
-from segkit.inference.diversity import k_centre_order
-from segkit.inference.uncertainty import flipped, instance_uncertainties
+from segkit.loop.diversity import k_centre_order
+from segkit.loop.uncertainty import flipped, instance_uncertainties
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
 

@@ -117,8 +117,8 @@ class AppModel:
 
     def report_pages(self):
         """``[(title, index.html)]`` of the error review and suspect-label pages beside the checkpoint
-        (its folder or OUTPUT_DIR): ``review/`` (segkit.evaluation.review) and ``suspects*/``
-        (segkit.inference.suspects ``--output``)."""
+        (its folder or OUTPUT_DIR): ``review/`` (segkit.loop.review) and ``suspects*/``
+        (segkit.loop.suspects_cli ``--output``)."""
         dirs = [os.path.dirname(os.path.abspath(self.weights))]
         if self.ready:
             dirs.append(os.path.abspath(self.predictor.cfg.OUTPUT_DIR))

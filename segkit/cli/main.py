@@ -24,10 +24,10 @@ COMMANDS = {
     "browse": ("segkit.data.browse", "main", "ground-truth overlays of a split"),
     "train": ("segkit.evaluation.train_net", "main", "train a model into a new run folder; train_net.py"),
     "val": ("segkit.evaluation.train_net", "evaluate_main", "evaluate a checkpoint on a split (default: the latest run); train_net.py --eval-only"),
-    "predict": ("segkit.inference.predict_cli", "main", "predictions on images or a video; predict.py"),
+    "predict": ("segkit.cli.predict", "main", "predictions on images or a video; predict.py"),
     "export": ("segkit.inference.export", "main", "TorchScript or ONNX export; export_model.py"),
-    "suspects": ("segkit.inference.suspects", "main", "likely label errors, cross-validated"),
-    "review": ("segkit.evaluation.review", "main", "error review of an evaluation, worst images first"),
+    "suspects": ("segkit.loop.suspects_cli", "main", "likely label errors, cross-validated"),
+    "review": ("segkit.loop.review", "main", "error review of an evaluation, worst images first"),
     "app": ("segkit.app.gradio_app", "main", "the Gradio app on http://127.0.0.1:7860; app.py"),
 }
 

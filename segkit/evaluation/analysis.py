@@ -1,7 +1,7 @@
 """What a set of predictions gets right and wrong, beyond AP: per-class precision / recall / F1 at
 the score threshold that maximises F1, the instance confusion matrix, and the per-image matches
 the error review ranks. Built on :mod:`segkit.evaluation.matching` (mask IoU >= 0.5, greedy by
-score); the COCO evaluator and ``segkit.evaluation.review`` both use it.
+score); the COCO evaluator and ``segkit.loop.review`` both use it.
 """
 
 from collections import OrderedDict

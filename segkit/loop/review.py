@@ -1,7 +1,7 @@
 """Error review: which images the model gets wrong, how, and which label file to open.
 
-    python -m segkit.evaluation.review output/mini/eval            # after train_net.py evaluated
-    python -m segkit.evaluation.review --gt data/val.json --predictions results.json -o review/
+    python -m segkit.loop.review output/mini/eval            # after train_net.py evaluated
+    python -m segkit.loop.review --gt data/val.json --predictions results.json -o review/
 
 Reads the ground truth (a COCO file written by our converters) and the predictions
 COCOEvaluator saved (``coco_instances_results.json``), matches them per image
@@ -369,7 +369,7 @@ def _thresholds_from_metrics(metrics_json, category_names):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m segkit.evaluation.review", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m segkit.loop.review", description=__doc__.split("\n\n")[0])
     p.add_argument("eval_dir", nargs="?",
                    help="a run's eval/ folder, or a run folder or name (finds the rest itself; default: the "
                         "latest run's, unless --gt and --predictions are given)")
