@@ -15,12 +15,17 @@ among several (``--num-gpus G [--num-machines M --machine-rank R --dist-url URL]
 - At the end every rank sends the records of its share to rank 0 (no shared file system needed),
   which writes ``results.json`` and ``images.json`` exactly as one process would (image ids 1..N
   in input order) and prints the summary.
+- The merge waits for the slowest rank however long it takes, but not for a dead one: every rank
+  leaves signs of life in torch.distributed's key-value store (ShareWatch); rank 0 starts the gather
+  once every rank is done, or stops every rank with one line naming a rank silent for SILENCE_S.
 """
 
 import datetime
 import json
 import os
 import sys
+import threading
+import time
 from typing import Callable, NamedTuple
 
 from segkit.inference import records as rec
@@ -34,9 +39,117 @@ class PredictSteps(NamedTuple):
     build_predictor: Callable
     run_images: Callable
     writer_class: type
-# Ranks finish their shares at different times and the merge waits for the slowest: detectron2's
-# 30-minute default would cut long jobs short.
-MERGE_TIMEOUT = datetime.timedelta(hours=48)
+# The collectives (rank 0's input list, the gather, the final barrier) start only when every rank is
+# at them (ShareWatch waits for the shares), so detectron2's own 30 minutes are plenty; a longer
+# timeout only makes a dead rank's survivors wait longer.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+# Each rank's sign of life in the store, and how long without one means dead (the rank or its
+# machine): long enough for a loaded machine, short against the hours a merge would otherwise wait.
+HEARTBEAT_S = 2.0
+SILENCE_S = 120.0
+
+
+class ShareWatch:
+    """Signs of life and "share done" of every rank, through the key-value store torch.distributed
+    already runs on rank 0 (reachable wherever the collectives are). A collective cannot tell a rank
+    still predicting from a dead one: it waits out its timeout. A thread of each rank counts up
+    ``alive/<rank>`` every HEARTBEAT_S and marks ``done/<rank>`` when its share is done; rank 0's
+    thread watches the counters and writes the decision, "go" once every rank is done, or the line
+    naming a rank silent for SILENCE_S. The main thread never calls the store itself: when rank 0's
+    machine is gone, a store call blocks, and the main thread notices the silence instead."""
+
+    PREFIX = "segkit/predict/"
+    GO = "go"
+
+    def __init__(self):
+        from detectron2.utils import comm
+        from torch.distributed import distributed_c10d
+
+        self.rank, self.world = comm.get_rank(), comm.get_world_size()
+        self.store = distributed_c10d._get_default_store()
+        self._done = threading.Event()
+        self._finished = threading.Event()
+        self._answered = time.monotonic()  # the store's last answer
+        self._decision = None
+        self._failure = None  # the store's error: rank 0's process (which serves it) ended
+        self._seen = {}  # rank 0: rank -> (its counter, when it last changed)
+        threading.Thread(target=self._run, name="share-watch", daemon=True).start()
+
+    def _key(self, *parts):
+        return self.PREFIX + "/".join(map(str, parts))
+
+    def _run(self):
+        import socket
+
+        try:
+            self.store.set(self._key("host", self.rank), socket.gethostname())
+            while not self._finished.is_set():
+                self.store.add(self._key("alive", self.rank), 1)
+                if self._done.is_set():
+                    self.store.set(self._key("done", self.rank), "1")
+                if self.rank == 0 and self._decision is None:
+                    self._judge()
+                elif self._decision is None and self.store.check([self._key("decision")]):
+                    self._decision = self.store.get(self._key("decision")).decode()
+                    self.store.add(self._key("heard"), 1)
+                self._answered = time.monotonic()
+                self._finished.wait(HEARTBEAT_S)
+        except Exception as e:  # noqa: BLE001 (any store failure: the main thread words it)
+            self._failure = e
+
+    def _host(self, rank):
+        key = self._key("host", rank)
+        return self.store.get(key).decode() if self.store.check([key]) else "unknown host"
+
+    def _judge(self):
+        """Rank 0: the decision, once there is one, for every rank to read."""
+        now = time.monotonic()
+        working, silent = 0, None
+        for r in range(self.world):
+            if self.store.check([self._key("done", r)]):
+                continue
+            working += 1
+            count = self.store.add(self._key("alive", r), 0)
+            if self._seen.get(r, (None,))[0] != count:
+                self._seen[r] = (count, now)
+            elif now - self._seen[r][1] > SILENCE_S and silent is None:
+                silent = r
+        if silent is not None:
+            decision = (f"error: rank {silent} (host {self._host(silent)}) gave no sign of life for {SILENCE_S:.0f} s "
+                        f"before finishing its share: it or its machine died. No results.json; the records "
+                        f"written stay: run the same command with --skip-done to finish.")
+        elif working == 0:
+            decision = self.GO
+        else:
+            return
+        self.store.set(self._key("decision"), decision)
+        self._decision = decision
+
+    def wait_for_every_share(self):
+        """Return once every rank has finished its share; SystemExit with the decision's line when a
+        rank died (every living rank stops with the same line)."""
+        self._done.set()
+        while self._decision is None:
+            if self._failure is not None or time.monotonic() - self._answered > SILENCE_S:
+                self._finished.set()
+                why = (f"its process ended ({self._failure})" if self._failure is not None else
+                       f"no answer for {SILENCE_S:.0f} s: it or its machine died")
+                raise SystemExit(f"error: rank 0 (which merges the results) is gone before the merge: {why}. "
+                                 f"No results.json; the records written stay: run the same command with "
+                                 f"--skip-done to finish.")
+            time.sleep(0.2)
+        if self._decision != self.GO:
+            if self.rank == 0:
+                self._wait_until_heard()  # the others read the line from rank 0's store, which ends with it
+            self._finished.set()
+            raise SystemExit(self._decision)
+        self._finished.set()  # from here on the collectives: every rank is at the merge
+
+    def _wait_until_heard(self):
+        deadline = time.monotonic() + 5 * HEARTBEAT_S
+        alive = self.world - 2  # all but rank 0 and the silent rank (more may be dead: then the deadline)
+        while time.monotonic() < deadline and self.store.add(self._key("heard"), 0) < alive:
+            time.sleep(0.2)
 
 
 def add_arguments(parser):
@@ -212,6 +325,7 @@ def _predict_share_into(args, cli, output):
     if not paths:  # every rank got the same empty list
         leave_process_group()
         raise SystemExit(1)
+    watch = ShareWatch() if comm.get_world_size() > 1 else None
     names = steps.unique_names(paths)
     rank, world = comm.get_rank(), comm.get_world_size()
     share = list(range(rank, len(paths), world))
@@ -229,6 +343,8 @@ def _predict_share_into(args, cli, output):
         steps.run_images(args, predictor, [paths[i] for i in todo], names=[names[i] for i in todo],
                          writer=writer, summary=False)
     mine = {**done, **writer.records}  # an image that failed this time has none
+    if watch is not None:
+        watch.wait_for_every_share()  # the gather then waits for nobody: its timeout cannot cut a slow rank
     gathered = comm.gather(mine, dst=0)
     status = 0
     if comm.is_main_process():
@@ -247,7 +363,7 @@ def run(args, steps):
 
     try:
         launch(_predict_share, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args, tuple(steps)), timeout=MERGE_TIMEOUT)
+               dist_url=args.dist_url, args=(args, tuple(steps)), timeout=COLLECTIVE_TIMEOUT)
     except SystemExit as e:  # one process: the worker ran here
         return e.code
     except ProcessExitedException as e:  # a spawned worker exited with a status (its lines are printed)
