@@ -19,15 +19,18 @@ from conftest import ROOT, SHARED
 CONTROLLERS = SHARED / "datasets" / "controllers"
 SIDE = 12_000
 
-# Runs predict.py in this process and prints its peak RSS: RUSAGE_CHILDREN of the test process
-# would also count the trainings other tests ran before.
+# Runs predict.py in this process and prints its peak RSS (VmHWM, this process's own high-water
+# mark). Not getrusage: Linux carries the parent's RSS at fork into ru_maxrss across exec, so
+# under a pytest process grown to 2.6 GB every child reads 2.6 GB.
 PEAK_RSS = r"""
-import resource, runpy, sys
+import runpy, sys
 sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
-    print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+    with open("/proc/self/status") as f:
+        kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    print("PEAK_RSS_MB", kb // 1024, file=sys.stderr)
 """
 
 

@@ -328,22 +328,26 @@ def _peak_rss_mb(cmd, bound_mb, log):
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="2"), stdout=out, stderr=out)
         done = threading.Event()
+        highest = [0]
 
         def watch():
             while not done.wait(0.05):
-                with contextlib.suppress(OSError):  # gone: wait4 has its figure
+                with contextlib.suppress(OSError):  # gone: the last reading stands
                     status = Path(f"/proc/{proc.pid}/status").read_text()
                     peak = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
+                    if peak:
+                        highest[0] = max(highest[0], peak[0])
                     if peak and peak[0] > 2 * bound_mb * 1024:
                         proc.kill()
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        # Not wait4's ru_maxrss: Linux keeps the parent's RSS at fork in it across exec, so under
+        # a pytest process of 2.6 GB every child would "peak" at 2.6 GB. VmHWM is the child's own.
+        proc.wait()
         done.set()
         watcher.join()
-    return proc.returncode, usage.ru_maxrss / 1024
+    return proc.returncode, highest[0] / 1024
 
 
 def test_judging_large_photos_holds_one_photo_at_a_time(trained_mini_checkpoint, sample_data, tmp_path):
