@@ -206,6 +206,12 @@ def test_unet_checkpoint(images, tmp_path, unet_checkpoint):
     assert sorted(a["category_id"] - 1 for a in anns) == sorted(np.unique(cmap).tolist())
     for a in anns:
         assert np.array_equal(res.annToMask(a) > 0, cmap == a["category_id"] - 1)
+    # U-Net results are the classes present, not instances: counts.csv counts none
+    import csv
+
+    with open(out / "counts.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["instances"] == "0" for r in rows), rows
 
     # ranking what to label next reads instances: a semantic model is refused in one line
     proc = run("predict.py", "--input", images[0], "--rank", "diversity", "--output", tmp_path / "ranked",

@@ -119,7 +119,7 @@ def render(prediction, min_score, classes, workdirs, note=""):
     else:
         msg = (f"{w}x{h} px: {len(shown)} of {len(prediction)} instance(s) shown "
                f"(score >= {min_score:.2f}, {len(classes)} of {len(prediction.class_names)} classes). "
-               f"Counts: {counts_line(class_counts(shown))}.")
+               f"Counts: {counts_line(class_counts(results, shown.class_names))}.")
     if display is not shown:
         msg += f" Shown at {display.image_size[1]}x{display.image_size[0]} px."
     return overlay, table, files, (note + " " + msg).strip()

@@ -4,17 +4,21 @@ seedlings). One home for the counts that ``predict.py`` writes (``counts.csv`` b
 
 import csv
 import io
-from collections import Counter
 
-def class_counts(prediction):
-    """{class name: instances} of one prediction, every class listed (0 when absent). U-Net
-    results have no instances: every count is 0."""
-    counts = Counter()
-    if not prediction.is_semantic and prediction.instances is not None:
-        names = prediction.class_names
-        counts.update(names[c] if 0 <= c < len(names) else str(c)
-                      for c in prediction.instances.pred_classes.tolist())
-    return {name: counts.get(name, 0) for name in prediction.class_names}
+
+def class_counts(results, class_names):
+    """{class name: instances}, every class listed (0 when absent), of one image's COCO results
+    entries (category ids 1..K; segkit/inference/coco_results.py). Give U-Net results as []: their
+    entries are classes present, not instances."""
+    counts = {name: 0 for name in class_names}
+    for r in results:
+        counts[class_names[r["category_id"] - 1]] += 1
+    return counts
+
+
+def total_counts(rows, class_names):
+    """{class name: instances} over [(file name, {class: count})]."""
+    return {name: sum(counts.get(name, 0) for _, counts in rows) for name in class_names}
 
 
 def counts_line(counts):
@@ -32,12 +36,3 @@ def counts_csv(rows, class_names):
     for name, counts in rows:
         writer.writerow([name, sum(counts.values()), *(counts.get(c, 0) for c in class_names)])
     return buf.getvalue()
-
-
-def counts_from_results(results, class_names):
-    """{class name: instances} of one image's COCO results entries (category ids 1..K)."""
-    counts = {name: 0 for name in class_names}
-    for r in results:
-        name = class_names[r["category_id"] - 1]
-        counts[name] += 1
-    return counts

@@ -163,7 +163,6 @@ class Writer:
         self.results, self.images, self.counts = [], [], []
         self.class_names = predictor.class_names
         self.num_instances = 0
-        self.total_counts = {n: 0 for n in self.class_names}
 
     def folders(self, semantic):
         """The per-image output folders this run writes."""
@@ -180,12 +179,16 @@ class Writer:
 
         h, w = prediction.image_size
         self.images.append((image_id, source_name, h, w))
-        self.results += coco_results(prediction, image_id, file_name=source_name)
+        entries = coco_results(prediction, image_id, file_name=source_name)
+        self.results += entries
         self.num_instances += len(prediction)
-        counts = class_counts(prediction)
-        self.counts.append((source_name, counts))
-        for c, n in counts.items():
-            self.total_counts[c] = self.total_counts.get(c, 0) + n
+        self.counts.append((source_name, class_counts([] if prediction.is_semantic else entries, self.class_names)))
+
+    def counts_line(self):
+        """The per-class totals of every image so far, for the summary line."""
+        from segkit.inference.counts import counts_line, total_counts
+
+        return counts_line(total_counts(self.counts, self.class_names))
 
     def overlay(self, prediction):
         """The overlay, drawn at ``--overlay-size`` at most: a 12,000 px image drawn by matplotlib
@@ -263,7 +266,6 @@ def _progress(total, quiet, unit):
 def run_images(args, predictor, paths, names=None, writer=None, summary=True):
     from tqdm import tqdm
 
-    from segkit.inference.counts import counts_line
     from segkit.inference.labelme_writer import write_labelme
 
     writer = writer or Writer(args, predictor)
@@ -315,7 +317,7 @@ def run_images(args, predictor, paths, names=None, writer=None, summary=True):
         return 0 if image_id else 1
     where = f"; results in {args.output}" if args.output else ""
     print(f"{image_id} image(s), {writer.num_instances} instance(s) ({predictor.threshold_note}): "
-          f"{counts_line(writer.total_counts)}; {len(skipped)} skipped"
+          f"{writer.counts_line()}; {len(skipped)} skipped"
           + (f"; {len(kept_json)} existing LabelMe file(s) kept" if kept_json else "") + where)
     return 0 if image_id else 1
 
@@ -354,9 +356,7 @@ def run_video(args, predictor):
     video.release()
     out.release()
     writer.finish()
-    from segkit.inference.counts import counts_line
-
-    print(f"{n} frame(s), {writer.num_instances} instance(s): {counts_line(writer.total_counts)}; "
+    print(f"{n} frame(s), {writer.num_instances} instance(s): {writer.counts_line()}; "
           f"overlay video {out_path}")
     return 0 if n else 1
 

@@ -262,12 +262,13 @@ def _remove_earlier_outputs(output, names):
     output.remove(stale)
 
 
-def merge(output, class_names, names, records, threshold_note):
+def merge(output, class_names, names, records, threshold_note, semantic=False):
     """results.json and images.json of every recorded image, numbered 1..N in input order, written
-    into ``output`` (a segkit.data.remote output folder)."""
+    into ``output`` (a segkit.data.remote output folder). ``semantic``: U-Net records, whose results
+    are the classes present, so they count no instances."""
     from segkit.data.atomic import write_json, write_text
     from segkit.inference.coco_results import coco_images
-    from segkit.inference.counts import counts_csv, counts_from_results, counts_line
+    from segkit.inference.counts import class_counts, counts_csv, counts_line, total_counts
 
     images, results, counts = [], [], []
     for name in names:
@@ -277,13 +278,13 @@ def merge(output, class_names, names, records, threshold_note):
         image_id = len(images) + 1
         images.append((image_id, record[rec.SOURCE], record[rec.HEIGHT], record[rec.WIDTH]))
         results += [{"image_id": image_id, **r} for r in record[rec.RESULTS]]
-        counts.append((record[rec.SOURCE], counts_from_results(record[rec.RESULTS], class_names)))
+        counts.append((record[rec.SOURCE], class_counts([] if semantic else record[rec.RESULTS], class_names)))
     write_json(os.path.join(output.local, rec.IMAGES_JSON), coco_images(images, class_names))
     write_text(os.path.join(output.local, rec.RESULTS_JSON), json.dumps(results))
     write_text(os.path.join(output.local, rec.COUNTS_CSV), counts_csv(counts, class_names))
     output.push()
     print(f"{len(images)} image(s), {len(results)} instance(s) ({threshold_note}): "
-          f"{counts_line(counts_from_results(results, class_names))}; "
+          f"{counts_line(total_counts(counts, class_names))}; "
           f"{len(names) - len(images)} skipped; results in {output.shown}")
     return 0 if images else 1
 
@@ -349,7 +350,7 @@ def _predict_share_into(args, cli, output):
     status = 0
     if comm.is_main_process():
         records = {k: v for part in gathered for k, v in part.items()}
-        status = merge(output, predictor.class_names, names, records, predictor.threshold_note)
+        status = merge(output, predictor.class_names, names, records, predictor.threshold_note, predictor.semantic)
     leave_process_group()
     if status:
         raise SystemExit(status)
