@@ -366,3 +366,36 @@ def test_judging_large_photos_holds_one_photo_at_a_time(trained_mini_checkpoint,
     assert status == 0, log[-3000:]
     records = json.loads((out / "suspects.json").read_text())["suspects"]
     assert len({s["file_name"] for s in records}) == len(list((out / "review").glob("*.json")))
+
+
+def test_a_hundred_predictions_per_large_photo_hold_one_photo_at_a_time(sample_data, tmp_path):
+    """The issue's worst case: every photo with its 100 predictions above 0.05 (an untrained mini
+    Mask R-CNN scores every class near 1/4), most of them missing_label suspects the outputs draw
+    and write: still under the same peak."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from segkit.modeling.config import get_segkit_cfg
+
+    data = tmp_path / "data"
+    _photos_from_sample(sample_data, data, 4, PHOTO_SCALE)
+    coco = json.loads((data / "trainval.json").read_text())
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "mask_rcnn_R_18_FPN_mini.yaml"))
+    cfg.merge_from_list(TINY_OVERRIDES + ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "100",
+                                          "MODEL.ROI_HEADS.NUM_CLASSES", str(len(coco["categories"]))])
+    torch.manual_seed(0)
+    weights = tmp_path / "untrained.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.dump(), "iteration": 0,
+                "class_names": [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])],
+                "meta_architecture": cfg.MODEL.META_ARCHITECTURE}, weights)
+    out = tmp_path / "suspects"
+    status, peak = _peak_rss_mb(
+        [sys.executable, "-m", "segkit.loop.suspects_cli", str(data), "--split", "trainval", "--folds", "0",
+         "--weights", str(weights), "--output", str(out)],
+        PEAK_RSS_BOUND_MB, tmp_path / "log.txt")
+    log = (tmp_path / "log.txt").read_text()
+    assert peak < PEAK_RSS_BOUND_MB, f"peak RSS {peak:.0f} MB for 4 photos of 12 MP, 100 predictions each\n{log[-2000:]}"
+    assert status == 0, log[-3000:]
+    records = json.loads((out / "suspects.json").read_text())["suspects"]
+    assert sum(s["kind"] == "missing_label" for s in records) >= 4 * 50

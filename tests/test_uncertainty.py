@@ -152,3 +152,15 @@ def test_labelled_needs_a_diversity_ranking(tmp_path):
                            "--labelled", tmp_path, "--output", tmp_path / "out"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--labelled only applies to --rank diversity" in proc.stderr
+
+
+def test_rank_is_handed_in_by_the_command(tmp_path, capsys):
+    """Inference cannot import the loop: predict_cli's main runs --rank only with the ranking the
+    command (predict.py, `segkit predict`) hands it, and says so otherwise."""
+    from segkit.cli.main import COMMANDS
+    from segkit.inference.predict_cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--input", str(tmp_path), "--rank", "uncertainty"])
+    assert e.value.code == 2 and "segkit.loop.rank" in capsys.readouterr().err
+    assert COMMANDS["predict"][:2] == ("segkit.cli.predict", "main")

@@ -70,10 +70,10 @@ def without_masks(labels):
             for g in labels]
 
 
-def with_masks(items):
-    """Labels or predictions with their full-size bool ``mask`` back (decoded from ``rle``), for
-    drawing and writing one image."""
-    return [x if "mask" in x else dict(x, mask=mask_util.decode(x["rle"]).astype(bool)) for x in items]
+def mask_of(item):
+    """The full-size bool mask of a label or prediction: its ``mask``, else decoded from its ``rle``
+    (the outputs decode each where they draw it: one full-size mask at a time)."""
+    return item["mask"] if "mask" in item else mask_util.decode(item["rle"]).astype(bool)
 
 
 def _as_coco(labels, preds):

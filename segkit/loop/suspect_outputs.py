@@ -11,7 +11,7 @@ import numpy as np
 
 from segkit.data.atomic import write_bytes, write_json, write_text
 from segkit.data.labelme import labelme_document, labelme_shape, mask_to_polygons
-from segkit.loop.judge import KIND_TEXT, KINDS, image_path, mask_box, with_masks
+from segkit.loop.judge import KIND_TEXT, KINDS, image_path, mask_box, mask_of
 
 CSV_FIELDS = ["rank", "score", "kind", "file_name", "image_id", "annotation_id", "label_class",
               "predicted_class", "prediction_score", "iou", "label_probability", "box", "fold", "source_file",
@@ -26,18 +26,18 @@ def _outline(img, mask, color, thickness=1):
 
 def draw_suspects(image_rgb, labels, predictions, suspects):
     """Labels in green, suspect labels in red, the predictions behind the suspects in yellow,
-    each suspect numbered with its rank."""
+    each suspect numbered with its rank. Labels and predictions: a ``mask`` or its ``rle``."""
     img = image_rgb.copy()
     by_id = {g["id"]: g for g in labels}
     for g in labels:
-        _outline(img, g["mask"], COLORS["label"])
+        _outline(img, mask_of(g), COLORS["label"])
     for s in suspects:
         mask = None
         if s["prediction_index"] is not None:
-            mask = predictions[s["prediction_index"]]["mask"]
+            mask = mask_of(predictions[s["prediction_index"]])
             _outline(img, mask, COLORS["prediction"], 2)
         if s["annotation_id"] is not None:
-            mask = by_id[s["annotation_id"]]["mask"]
+            mask = mask_of(by_id[s["annotation_id"]])
             _outline(img, mask, COLORS["suspect"], 2)
         x0, y0, _, _ = mask_box(mask)
         cv2.putText(img, str(s["rank"]), (int(x0), max(int(y0) - 2, 10)), cv2.FONT_HERSHEY_SIMPLEX,
@@ -46,7 +46,8 @@ def draw_suspects(image_rgb, labels, predictions, suspects):
 
 
 def review_document(image_file, json_path, labels, predictions, suspects, height, width):
-    """The LabelMe document of the review folder: every label as polygons, suspects flagged."""
+    """The LabelMe document of the review folder: every label as polygons, suspects flagged.
+    Labels and predictions: a ``mask`` or its ``rle``."""
     flagged = {}
     for s in suspects:
         if s["annotation_id"] is not None:
@@ -65,12 +66,12 @@ def review_document(image_file, json_path, labels, predictions, suspects, height
 
     for g in labels:
         if g["iscrowd"]:
-            add("__ignore__", g["mask"], [])
+            add("__ignore__", mask_of(g), [])
         else:
-            add(g["class"], g["mask"], flagged.get(g["id"], []))
+            add(g["class"], mask_of(g), flagged.get(g["id"], []))
     for s in suspects:
         if s["kind"] == "missing_label":
-            add(s["predicted_class"], predictions[s["prediction_index"]]["mask"], [s])
+            add(s["predicted_class"], mask_of(predictions[s["prediction_index"]]), [s])
     return labelme_document(shapes, image_file, json_path, width, height)
 
 
@@ -114,7 +115,7 @@ def write_outputs(out_dir, data_dir, coco, judged, title):
     """Rank ``judged`` ([(image, labels, predictions, suspects, fold)]) and write every output;
     returns the ranked suspect records. ``predictions``: {index: prediction} of those the suspects
     name (``prediction_index``); labels and predictions carry a ``mask`` or its ``rle``, decoded
-    here one image at a time."""
+    where it is drawn: one full-size mask at a time."""
     from segkit.loop.review import annotation_source
     from segkit.inference.image_io import read_image_rgb
 
@@ -126,8 +127,6 @@ def write_outputs(out_dir, data_dir, coco, judged, title):
     for image, labels, predictions, sus, fold in judged:
         if not sus:
             continue
-        labels = with_masks(labels)
-        predictions = dict(zip(predictions, with_masks(predictions.values())))
         stem = os.path.splitext(image["file_name"].replace("/", "__"))[0]
         review_json = os.path.join(out_dir, "review", stem + ".json")
         img_file = image_path(data_dir, image)
