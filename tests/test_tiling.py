@@ -553,7 +553,7 @@ def bar_model(tmp_path_factory):
     """(model_final.pth, test COCO doc, test image folder): Lite0 (ImageNet weights) trained briefly
     on 128 px crops of 128 x 512 strips of bars at native resolution (INPUT.CROP, as
     docs/large-images.md trains for tiles); the test strips are 128 x 640 with bars of 300-600 px,
-    each cut by the 128 px tiles into 3 to 6 pieces."""
+    each cut by the 128 px tiles into 3 to 7 pieces."""
     if not CONTROLLERS.is_dir():
         pytest.skip("../shared/datasets/controllers is not present")
     data = tmp_path_factory.mktemp("bars")
