@@ -262,3 +262,18 @@ def test_checkpoint_is_read_once_and_its_thresholds_apply_by_default(trained_min
     else:
         assert p.confidence_threshold == 0.5 and "the default" in p.threshold_note
     assert not Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", confidence_threshold=0.3).class_thresholds
+
+
+def test_an_image_that_reaches_the_detection_limit_is_named_in_one_warning(trained_mini_checkpoint, images, caplog):
+    """Without tiles too: a full pass may have dropped objects from the results and from AP."""
+    few = Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", confidence_threshold=0.0,
+                                    opts=["TEST.DETECTIONS_PER_IMAGE", "2"])
+    many = Predictor.from_checkpoint(trained_mini_checkpoint, device="cpu", confidence_threshold=0.3)
+    with caplog.at_level("WARNING", logger="segkit.inference.predictor"):
+        assert len(few(images[0])) == 2
+        limited = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        assert len(many(images[0])) < many.cfg.TEST.DETECTIONS_PER_IMAGE
+        unlimited = [r.getMessage() for r in caplog.records]
+    assert len(limited) == 1 and images[0].name in limited[0] and "TEST.DETECTIONS_PER_IMAGE (2" in limited[0]
+    assert unlimited == []

@@ -283,8 +283,17 @@ class Predictor:
         results = []
         for (inputs, image_rgb), out, src in zip(prepared, outputs, images):
             name = str(src) if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__") else None
+            self._report_limit(out, name)
             results.append(self._to_prediction(out, image_rgb if keep_image else None, name))
         return results
+
+    def _report_limit(self, out, name):
+        # A full pass means objects may have been dropped from the results and from AP (tiled
+        # passes report their own limits in TiledModel).
+        limit = int(self.cfg.TEST.DETECTIONS_PER_IMAGE)
+        if "instances" in out and limit > 0 and len(out["instances"]) >= limit:
+            logger.warning("%s: reached TEST.DETECTIONS_PER_IMAGE (%d detections); raise it if the image "
+                           "holds more objects, or predict on tiles (--tile).", name or "image", limit)
 
     def _predict_tiled(self, image, rgb, keep_image, progress=None):
         """One image through :class:`TiledModel`: tiles at native resolution, no resize."""
