@@ -277,3 +277,40 @@ def test_an_image_that_reaches_the_detection_limit_is_named_in_one_warning(train
         unlimited = [r.getMessage() for r in caplog.records]
     assert len(limited) == 1 and images[0].name in limited[0] and "TEST.DETECTIONS_PER_IMAGE (2" in limited[0]
     assert unlimited == []
+
+
+def _tta(checkpoint, *opts):
+    return Predictor.from_checkpoint(checkpoint, device="cpu", confidence_threshold=0.3,
+                                     opts=["TEST.AUG.ENABLED", "True", *opts])
+
+
+def test_test_time_augmentation_of_one_size_without_flip_is_the_plain_prediction(trained_mini_checkpoint, predictor, base, rgb):
+    """GeneralizedRCNNWithTTA gets our prepared input (resized, height/width of the original): one
+    pass at the test size maps back onto the plain prediction."""
+    single = _tta(trained_mini_checkpoint, "TEST.AUG.MIN_SIZES", f"({predictor.cfg.INPUT.MIN_SIZE_TEST},)",
+                  "TEST.AUG.MAX_SIZE", str(predictor.cfg.INPUT.MAX_SIZE_TEST), "TEST.AUG.FLIP", "False")
+    assert len(base) > 0
+    assert_same(single(rgb, rgb=True), base, score_tol=1e-3, min_iou=0.98)
+
+
+def test_test_time_augmentation_with_flips_and_sizes_stays_on_the_objects(trained_mini_checkpoint, base, rgb):
+    """The config's sizes and flips: each object the plain pass found is found with augmentation,
+    at the same place (a flip not undone would put it at the mirrored place)."""
+    augmented = _tta(trained_mini_checkpoint)(rgb, rgb=True)
+    assert augmented.instances.pred_masks.shape[1:] == rgb.shape[:2]
+    sure = augmented.filter(min_score=0.5)
+    assert len(sure) > 0
+    from detectron2.structures import pairwise_iou
+
+    iou = pairwise_iou(sure.instances.pred_boxes, base.instances.pred_boxes)
+    same_class = sure.instances.pred_classes[:, None] == base.instances.pred_classes[None, :]
+    assert ((iou > 0.7) & same_class).any(dim=0).all(), iou
+
+
+def test_test_time_augmentation_is_refused_where_it_cannot_run(trained_mini_checkpoint, unet_checkpoint):
+    with pytest.raises(ValueError, match="TEST.AUG.ENABLED .* do not combine"):
+        _tta(trained_mini_checkpoint, "TEST.TILE_SIZE", "128")
+    with pytest.raises(ValueError, match="TEST.AUG.ENABLED .* do not combine"):
+        _tta(trained_mini_checkpoint).with_tiles(128)
+    with pytest.raises(ValueError, match="for Mask R-CNN, not UNet"):
+        _tta(unet_checkpoint.path)

@@ -174,7 +174,7 @@ def test_rerun_with_other_weights_keeps_nothing_of_the_earlier_run(random_mask_r
 
 
 def test_skip_done_refuses_records_made_otherwise(random_mask_rcnn, other_mask_rcnn, sample_data, tmp_path):
-    """--skip-done over records of another checkpoint, threshold or tile size stops in one line naming
+    """--skip-done over records of another checkpoint, threshold, tile size or TTA stops in one line naming
     the output folder and what differs, and touches nothing; with the same settings it skips them."""
     folder, out = _images(sample_data, tmp_path / "in", 3), tmp_path / "out"
     first = predict(*_common(random_mask_rcnn, folder, out))
@@ -182,7 +182,8 @@ def test_skip_done_refuses_records_made_otherwise(random_mask_rcnn, other_mask_r
     before = tree_digest(out, mtimes=True)
     for weights, other, what in ((other_mask_rcnn, [], "weights: other.pth"),
                                  (random_mask_rcnn, ["--confidence-threshold", "0.3"], "score thresholds"),
-                                 (random_mask_rcnn, ["--tile", "96"], "tile: 96 px")):
+                                 (random_mask_rcnn, ["--tile", "96"], "tile: 96 px"),
+                                 (random_mask_rcnn, ["--tta"], "tta: sizes [192, 224, 256]")):
         proc = predict(*_common(weights, folder, out), *other, "--skip-done")
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 2 and str(out) in last and what in last, proc.stderr[-3000:]

@@ -351,3 +351,23 @@ def test_precise_bn_runs_where_batch_norm_trains_and_says_so_where_none_does(sam
     rcnn, said = trainer_and_warnings(MINI, "DATASETS.TEST", "()")
     assert not any(isinstance(h, hooks.PreciseBN) for h in rcnn._hooks)
     assert len(said) == 1 and "does nothing for this model" in said[0], said
+
+
+def test_test_time_augmentation_evaluates_after_training_and_with_eval_only(trained_mini_checkpoint, sample_data, tmp_path):
+    """TEST.AUG.ENABLED as in detectron2's tools/train_net.py: one extra evaluation through
+    GeneralizedRCNNWithTTA after the last iteration, and beside the plain one with --eval-only."""
+    tta = ("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(192, 224)")
+    out = tmp_path / "train"
+    proc = _short_run(sample_data, out, "2", "DATASETS.TEST", "('mydata_val',)", "MODEL.WEIGHTS",
+                      trained_mini_checkpoint, *tta)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any("segm_TTA/AP" in r for r in rows) and any("segm/AP" in r for r in rows)
+    trained = json.loads((out / "eval_TTA/metrics_mydata_val.json").read_text())
+    proc = run_train_net("--config-file", MINI, "--eval-only", "MODEL.WEIGHTS", trained_mini_checkpoint,
+                         "DATASETS.DATA_DIR", sample_data, "OUTPUT_DIR", tmp_path / "eval", *TINY_OVERRIDES, *tta)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = json.loads((tmp_path / "eval/eval/metrics_mydata_val.json").read_text())
+    augmented = json.loads((tmp_path / "eval/eval_TTA/metrics_mydata_val.json").read_text())
+    assert augmented["segm"]["AP50"] >= 50 and abs(augmented["segm"]["AP"] - plain["segm"]["AP"]) < 30
+    assert trained["segm"]["AP50"] >= 50

@@ -34,6 +34,7 @@ LAST_CHECKPOINT = "last_checkpoint"
 CONFIG_YAML = "config.yaml"
 METRICS_JSON = "metrics.json"
 EVAL_DIR = "eval"
+TTA_EVAL_DIR = "eval_TTA"  # the evaluation with test-time augmentation (TEST.AUG.ENABLED)
 # A folder holding any of these already holds a run: a new training goes to a numbered sibling.
 RUN_MARKERS = (MODEL_FINAL, MODEL_BEST, LAST_CHECKPOINT, METRICS_JSON, CONFIG_YAML)
 

@@ -39,7 +39,7 @@ from segkit.engine.trainer import (
     TrainingStoppedForRequeue,
     dataset_classes,
 )
-from segkit.modeling.config import get_segkit_cfg, is_semantic, resolve_config_file
+from segkit.modeling.config import check_test_augmentation, get_segkit_cfg, is_semantic, resolve_config_file
 
 logger = logging.getLogger("segkit")
 
@@ -236,6 +236,7 @@ def _setup(args):
     resolve_num_classes(cfg, checkpoint_classes)
     use_bitmask_if_needed(cfg)
     schedule = apply_epochs(cfg, args.opts) if not args.eval_only else None
+    check_test_augmentation(cfg)  # before training, not after it
     cfg.freeze()
     if args.eval_only:
         # The run's config.yaml and log.txt stay those of its training: the evaluation logs to eval/.
@@ -274,6 +275,8 @@ def _train_or_evaluate(args, trainer_class):
         else:
             SegkitCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = trainer_class.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:  # beside the plain evaluation, as detectron2's tools/train_net.py
+            res.update(trainer_class.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res

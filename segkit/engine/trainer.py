@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 import torch
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -18,9 +19,10 @@ from fvcore.nn.precise_bn import get_bn_modules
 
 from segkit.data.augmentation import build_train_mapper
 from segkit.data.loader import build_resumable_train_loader
+from segkit.data.run_layout import TTA_EVAL_DIR
 from segkit.engine.budget import LOOP_LIMIT, TimeBudget
 from segkit.engine.checkpoint import SegkitCheckpointer, take_score_thresholds
-from segkit.modeling.config import is_semantic
+from segkit.modeling.config import check_test_augmentation, is_semantic
 from segkit.modeling.tiling import TiledModel
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import (
@@ -194,6 +196,20 @@ class Trainer(DefaultTrainer):
         return super().test(cfg, model, evaluators)
 
     @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """detectron2's tools/train_net.py test_with_TTA: the evaluation with TEST.AUG (its sizes and
+        flip) through GeneralizedRCNNWithTTA; results keyed ``segm_TTA`` / ``bbox_TTA``, files in
+        OUTPUT_DIR/inference_TTA."""
+        check_test_augmentation(cfg)
+        logger.info("Evaluating with test-time augmentation: sizes %s, max %d, flip %s",
+                    tuple(cfg.TEST.AUG.MIN_SIZES), cfg.TEST.AUG.MAX_SIZE, cfg.TEST.AUG.FLIP)
+        model = GeneralizedRCNNWithTTA(cfg, getattr(model, "module", model))
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, TTA_EVAL_DIR))
+                      for name in cfg.DATASETS.TEST]
+        results = super().test(cfg, model, evaluators)
+        return {f"{task}_TTA": metrics for task, metrics in results.items()}
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         # Evaluation is a later stage than the engine: train_net.py plugs it in, as detectron2's
         # tools/train_net.py does.
@@ -235,6 +251,9 @@ class Trainer(DefaultTrainer):
         if val_period > 0 and cfg.DATASETS.TEST:
             ret.append(ValidationLoss(cfg, val_period, cfg.DATASETS.TEST, cfg.TEST.VAL_LOSS_MAX_IMAGES))
         ret.append(hooks.EvalHook(eval_period, test_and_save_results))
+        if cfg.TEST.AUG.ENABLED and cfg.DATASETS.TEST:
+            # As detectron2's tools/train_net.py: once, after the last iteration (period 0).
+            ret.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
         if main and eval_period > 0:
             # After EvalHook: it reads the metric EvalHook just stored.
             ret.append(hooks.BestCheckpointer(eval_period, self.checkpointer, cfg.SOLVER.BEST_METRIC, "max"))

@@ -5,9 +5,11 @@ import os
 
 from detectron2.data import MetadataCatalog
 
+from segkit.data.run_layout import EVAL_DIR
+
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
-    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval")
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, EVAL_DIR)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "sem_seg":
         from segkit.evaluation.semantic import SemSegDiceEvaluator

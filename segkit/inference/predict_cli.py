@@ -100,6 +100,10 @@ def get_parser():
                         "merged at the seams (large images with small objects; TEST.TILE_SIZE)")
     p.add_argument("--tile-overlap", type=float, default=None, metavar="F",
                    help="with --tile: fraction of a tile shared with its neighbour (default 0.2)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation (detectron2's GeneralizedRCNNWithTTA, TEST.AUG.ENABLED): "
+                        "each image at the sizes TEST.AUG.MIN_SIZES, flipped too, boxes merged and masks "
+                        "averaged; Mask R-CNN only, not with --tile; slower by about the number of passes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sharded_predict.add_arguments(p)
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -367,10 +371,13 @@ def build_predictor(args, announce=True, loaded=None):
     warnings.filterwarnings("ignore", message="torch.meshgrid")
     from segkit.inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
-                                          device=args.device,
-                                          confidence_threshold=args.confidence_threshold,
-                                          opts=args.opts, loaded=loaded)
+    try:
+        predictor = Predictor.from_checkpoint(args.weights, config_file=args.config_file,
+                                              device=args.device,
+                                              confidence_threshold=args.confidence_threshold,
+                                              opts=args.opts, loaded=loaded)
+    except ValueError as e:  # a setting the model cannot run with (--tta on a U-Net, ...)
+        raise SystemExit(f"error: {args.weights}: {e}")
     if announce and not predictor.semantic:
         print(f"Using {predictor.threshold_note}.", file=sys.stderr)
     return predictor
@@ -406,6 +413,11 @@ def main(argv=None, rank_images=None):
         parser.error("--tile-overlap only applies to --tile")
     if args.tile is not None and args.rank:
         parser.error("--rank does not work with --tile (the ranking flips whole images)")
+    if args.tta and args.tile is not None:
+        parser.error("--tta and --tile do not combine (augmentation resizes whole images, tiles keep native "
+                     "resolution); choose one")
+    if args.tta:
+        args.opts = ["TEST.AUG.ENABLED", "True"] + list(args.opts)
     if args.tile is not None:
         from segkit.modeling.tiling import tile_options
 

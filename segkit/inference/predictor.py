@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.structures import Instances
 
 from segkit.data.catalog import class_colors
@@ -38,7 +39,7 @@ from segkit.data.run_layout import DEFAULT_SCORE_THRESHOLD, KEY_SCORE_THRESHOLD,
 from segkit.engine.checkpoint import PreloadedCheckpointer, load_for_inference
 from segkit.inference.image_io import to_rgb_uint8
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
-from segkit.modeling.config import is_semantic
+from segkit.modeling.config import check_test_augmentation, is_semantic
 from segkit.modeling.tiling import CroppedMasks, TiledModel
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,9 @@ class Predictor:
                 raise ValueError("TEST.TILE_SIZE (--tile): tiled prediction is for instance models (Mask R-CNN), "
                                  f"not {cfg.MODEL.META_ARCHITECTURE}")
             self.tiled = TiledModel.from_config(self.model, cfg)
+        check_test_augmentation(cfg)
+        # detectron2's TTA: TEST.AUG.MIN_SIZES x (flip) passes, boxes merged, masks averaged.
+        self.augmented = GeneralizedRCNNWithTTA(cfg, self.model) if cfg.TEST.AUG.ENABLED else None
 
     @classmethod
     def from_checkpoint(cls, path, config_file=None, device=None, confidence_threshold=None,
@@ -250,6 +254,7 @@ class Predictor:
         other.cfg.defrost()
         other.cfg.TEST.TILE_SIZE = int(size)
         other.cfg.TEST.TILE_OVERLAP = float(overlap)
+        check_test_augmentation(other.cfg)
         other.tiled = TiledModel.from_config(self.model, other.cfg)
         return other
 
@@ -278,8 +283,9 @@ class Predictor:
         if self.tiled is not None:
             return [self._predict_tiled(im, rgb, keep_image) for im in images]
         prepared = [self.preprocess(im, rgb=rgb) for im in images]
+        model = self.model if self.augmented is None else self.augmented
         with torch.inference_mode():
-            outputs = self.model([p[0] for p in prepared])
+            outputs = model([p[0] for p in prepared])
         results = []
         for (inputs, image_rgb), out, src in zip(prepared, outputs, images):
             name = str(src) if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__") else None

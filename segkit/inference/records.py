@@ -16,7 +16,7 @@ skips the images that have one, and refuses a folder whose records another set-u
 results and ours would be mixed). A run without ``--skip-done`` first removes what an earlier run
 wrote for its images, so an image that fails this time keeps nothing of the earlier run.
 
-``predict.py`` has no test-time augmentation: there is none to record.
+With ``--tta`` (TEST.AUG.ENABLED) the record holds the augmentation's sizes and flip.
 """
 
 import hashlib
@@ -49,11 +49,12 @@ WEIGHTS = "weights"
 CONFIG_FILE = "config_file"
 SCORE_THRESHOLDS = "score_thresholds"
 TILE = "tile"
+TTA = "tta"  # test-time augmentation: None when off
 OPTS = "opts"
 OUTPUTS = "outputs"
 IDENTITY_KEYS = (WEIGHTS, CONFIG_FILE)  # files: compared by content (size, sha256), not by name
-# --opts that change where a model runs, not what it predicts, or that TILE already holds.
-OPTS_NOT_RECORDED = ("MODEL.DEVICE", "TEST.TILE_")
+# --opts that change where a model runs, not what it predicts, or that TILE or TTA already hold.
+OPTS_NOT_RECORDED = ("MODEL.DEVICE", "TEST.TILE_", "TEST.AUG.")
 
 
 def record_rel(name):
@@ -112,12 +113,16 @@ def made_by(args, predictor, outputs):
     if cfg.TEST.TILE_SIZE > 0:  # TEST.TILE_BATCH only changes the speed
         tile = {"size": int(cfg.TEST.TILE_SIZE), "overlap": float(cfg.TEST.TILE_OVERLAP),
                 "full_pass": bool(cfg.TEST.TILE_FULL_PASS), "merge_ios": float(cfg.TEST.TILE_MERGE_IOS)}
+    tta = None
+    if cfg.TEST.AUG.ENABLED:
+        tta = {"min_sizes": [int(v) for v in cfg.TEST.AUG.MIN_SIZES], "max_size": int(cfg.TEST.AUG.MAX_SIZE),
+               "flip": bool(cfg.TEST.AUG.FLIP)}
     opts = list(args.opts or [])
     pairs = [[str(k), str(v)] for k, v in zip(opts[::2], opts[1::2])
              if not str(k).startswith(OPTS_NOT_RECORDED)]
     return {WEIGHTS: file_identity(args.weights),
             CONFIG_FILE: file_identity(args.config_file) if args.config_file else None,
-            SCORE_THRESHOLDS: thresholds, TILE: tile, OPTS: pairs,
+            SCORE_THRESHOLDS: thresholds, TILE: tile, TTA: tta, OPTS: pairs,
             OUTPUTS: {"folders": sorted(outputs), "color_mode": args.color_mode}}
 
 
@@ -137,6 +142,8 @@ def _show(key, value):
     if key == TILE:
         return (f"{value['size']} px, overlap {value['overlap']:g}, full pass {value['full_pass']}, "
                 f"merge IoS {value['merge_ios']:g}")
+    if key == TTA:
+        return f"sizes {value['min_sizes']}, max {value['max_size']}, flip {value['flip']}"
     if key == OPTS:
         return " ".join(f"{k} {v}" for k, v in value)
     if key == OUTPUTS:

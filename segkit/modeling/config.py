@@ -101,6 +101,19 @@ def is_semantic(cfg):
     return cfg.MODEL.META_ARCHITECTURE in SEMANTIC_ARCHITECTURES
 
 
+def check_test_augmentation(cfg):
+    """One-line refusal of TEST.AUG.ENABLED where detectron2's GeneralizedRCNNWithTTA cannot run:
+    it averages Mask R-CNN's boxes and masks over whole resized images."""
+    if not cfg.TEST.AUG.ENABLED:
+        return
+    if is_semantic(cfg):
+        raise ValueError(f"TEST.AUG.ENABLED (--tta): test-time augmentation is for Mask R-CNN, not "
+                         f"{cfg.MODEL.META_ARCHITECTURE}; set TEST.AUG.ENABLED False")
+    if cfg.TEST.TILE_SIZE > 0:
+        raise ValueError("TEST.AUG.ENABLED (--tta) and TEST.TILE_SIZE (--tile) do not combine: augmentation "
+                         "resizes whole images, tiles keep native resolution; choose one")
+
+
 def get_segkit_cfg():
     """detectron2's defaults plus ours: the starting point of every config in this project."""
     return add_segkit_config(get_cfg())
