@@ -74,6 +74,7 @@ JPEG_QUALITY = 90
 TARGET_MB = 4096  # issue 35: every tool's peak RSS under 4 GB
 POLL_S = 0.05
 BUCKET = "scale"
+PROBE = 10  # photos of the --predict-budget probe run
 
 
 # ---- the set -----------------------------------------------------------------------------------
@@ -252,12 +253,14 @@ class Run:
 
     def row(self, tool, images, note=""):
         peaks = sorted(self.peaks.values(), reverse=True)
-        return {"tool": tool, "images": images, "seconds": round(self.seconds, 1),
+        row = {"tool": tool, "images": images, "seconds": round(self.seconds, 1),
                 "seconds_per_image": round(self.seconds / max(images, 1), 3),
                 "peak_rss_mb": round(peaks[0] / 1024) if peaks else None,
                 "processes": len(peaks), "sum_of_peaks_mb": round(sum(peaks) / 1024),
                 "largest_concurrent_rss_mb": round(self.concurrent_kb / 1024),
                 "target_met": bool(peaks) and peaks[0] / 1024 < TARGET_MB, "note": note}
+        print(f"done: {json.dumps(row)}", file=sys.stderr)  # a long run shows its rows as they come
+        return row
 
 
 def run_tool(cmd, log, lock, env=None, check=True):
@@ -351,6 +354,11 @@ def main(argv=None):
     p.add_argument("--finder-images", type=int, nargs="+", default=None,
                    help="photos the finder runs on, one run each (default: all of --images)")
     p.add_argument("--finder-iters", type=int, default=2, help="iterations per fold model (default 2)")
+    p.add_argument("--predict-images", type=int, default=None,
+                   help="photos predict.py runs on: the first N of the set (default: all of --images)")
+    p.add_argument("--predict-budget", type=float, default=None,
+                   help="seconds the three predict runs may take together: a probe run on the first "
+                        f"{PROBE} photos measures the cost per photo and predict then runs on as many as fit")
     p.add_argument("--overlay-size", type=int, default=1024, help="predict.py --overlay-size (default 1024)")
     p.add_argument("--kill-seed", type=int, default=0, help="seed of the moment predict is killed (default 0)")
     p.add_argument("--lock", default=None, help="a file flock'd while each tool runs (shared cores)")
@@ -384,6 +392,14 @@ def main(argv=None):
         if "report" in args.tools:
             run = run_tool(python("-m", "segkit.data.report", data), log("report"), args.lock)
             rows.append(run.row("report", args.images))
+        if "predict" in args.tools:
+            try:
+                rows += predict_runs(args, work, set_dir, data, log, checks)
+            except (Exception, SystemExit) as e:  # the finder's rows still come
+                import traceback
+
+                traceback.print_exc()
+                checks["predict_error"] = repr(e)[:2000]
         if "finder" in args.tools:
             for n in args.finder_images or [args.images]:
                 folder = data if n >= args.images else subset_folder(data, n, os.path.join(work, f"data_{n}"))
@@ -395,8 +411,6 @@ def main(argv=None):
                     suspects = len(json.load(f)["suspects"])
                 rows.append(run.row("finder", min(n, args.images),
                                     f"2 folds x {args.finder_iters} iterations, {suspects} suspects"))
-        if "predict" in args.tools:
-            rows += predict_runs(args, work, set_dir, data, log, checks)
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
@@ -415,7 +429,7 @@ def main(argv=None):
         print(f"{name}: {value}")
     write_json(RESULTS, {**info, "rows": rows, "checks": checks})
     print(f"\nwrote {RESULTS}")
-    return 0 if all(r["target_met"] for r in rows) and checks.get("resume_same", True) else 1
+    return 0 if all(r["target_met"] for r in rows) and checks.get("resume_same", "predict" not in args.tools) else 1
 
 
 def predict_runs(args, work, set_dir, data, log, checks):
@@ -423,41 +437,72 @@ def predict_runs(args, work, set_dir, data, log, checks):
     with open(split_json_path(data), encoding="utf-8") as f:
         names = [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
     weights, detections = random_mini_checkpoint(os.path.join(work, "random_mini.pth"), names)
-    common = ["--input", set_dir, "--weights", weights, "--num-gpus", 2, "--confidence-threshold", 0.05,
-              "--no-masks", "--overlay-size", args.overlay_size, "--quiet", "--device", "cpu"]
+    rows = []
+
+    def first_photos(n):
+        if n >= args.images:
+            return set_dir
+        subset = os.path.join(work, f"labelme_{n}")  # the first n photos, linked into a folder of their own
+        os.makedirs(subset, exist_ok=True)
+        for k in range(n):
+            name = f"photo_{k:05d}.jpg"
+            if not os.path.islink(os.path.join(subset, name)):
+                os.symlink(os.path.join(set_dir, name), os.path.join(subset, name))
+        return subset
+
+    options = ["--weights", weights, "--num-gpus", 2, "--confidence-threshold", 0.05,
+               "--no-masks", "--overlay-size", args.overlay_size, "--quiet", "--device", "cpu"]
     note = (f"--num-gpus 2 to s3 (moto), random mini Mask R-CNN, <= {detections} detections/photo, "
             f"--no-masks, --overlay-size {args.overlay_size}")
-    rows = []
     with moto_server(work) as (env, client):
         env = dict(env, OMP_NUM_THREADS="1", TMPDIR=os.path.join(work, "tmp"))  # one thread per process, 2 processes
         os.makedirs(env["TMPDIR"], exist_ok=True)
         client.create_bucket(Bucket=BUCKET)
-        whole = run_tool(python("predict.py", *common, "--output", f"s3://{BUCKET}/whole"), log("predict_whole"),
-                         args.lock, env)
-        rows.append(whole.row("predict (uninterrupted)", args.images, note))
-        expected = s3_summary(client, "whole")
-        s3_delete(client, "whole")  # moto keeps every object in memory
+        n = min(args.predict_images or args.images, args.images)
+        if args.predict_budget:
+            probe = run_tool(python("predict.py", "--input", first_photos(PROBE), *options, "--output",
+                                    f"s3://{BUCKET}/probe"), log("predict_probe"), args.lock, env)
+            rows.append(probe.row("predict (probe)", PROBE, note))
+            s3_delete(client, "probe")
+            # the three runs together take about twice the uninterrupted one's time
+            n = max(PROBE, min(n, int(args.predict_budget / 2.2 / (probe.seconds / PROBE)) // 10 * 10))
+            checks["predict_images_chosen"] = n
+        rows += predict_compare(args, work, first_photos(n), n, options, note, env, client, log, checks)
+    return rows
 
-        fraction = random.Random(args.kill_seed).uniform(0.05, 0.95)
-        with cpu_lock(args.lock):
-            killed = Run(python("predict.py", *common, "--output", f"s3://{BUCKET}/resumed"), log("predict_killed"),
-                         env)
-            while killed.proc.poll() is None and time.perf_counter() - killed.start < fraction * whole.seconds:
-                time.sleep(POLL_S)
-            finished_first = killed.proc.poll() is not None
-            killed.kill()
-            killed.wait()
-        records = len([k for k in s3_keys(client, "resumed/per_image/") if k.endswith(".json")])
-        rows.append(killed.row("predict (killed)", records, f"SIGKILL at {killed.seconds:.1f} s"))
-        resumed = run_tool(python("predict.py", *common, "--output", f"s3://{BUCKET}/resumed", "--skip-done"),
-                           log("predict_resumed"), args.lock, env)
-        rows.append(resumed.row("predict (--skip-done)", args.images - records, note))
-        got = s3_summary(client, "resumed")
-        same = [a == b for a, b in zip(got, expected)]
-        checks.update(kill_seed=args.kill_seed, kill_fraction=round(fraction, 3), killed_at_s=round(killed.seconds, 1),
-                      killed_before_end=not finished_first, records_at_kill=records,
-                      results_entries=len(expected[0]), results_same=same[0], images_json_same=same[1],
-                      counts_csv_same=same[2], resume_same=all(same))
+
+def predict_compare(args, work, set_dir, n, options, note, env, client, log, checks):
+    """Uninterrupted, killed, continued on ``set_dir``: their rows; the comparison into ``checks``."""
+    common = ["--input", set_dir, *options]
+    rows = []
+    whole = run_tool(python("predict.py", *common, "--output", f"s3://{BUCKET}/whole"), log("predict_whole"),
+                     args.lock, env)
+    rows.append(whole.row("predict (uninterrupted)", n, note))
+    expected = s3_summary(client, "whole")
+    s3_delete(client, "whole")  # moto keeps every object in memory
+
+    fraction = random.Random(args.kill_seed).uniform(0.05, 0.95)
+    with cpu_lock(args.lock):
+        killed = Run(python("predict.py", *common, "--output", f"s3://{BUCKET}/resumed"), log("predict_killed"), env)
+        while killed.proc.poll() is None and time.perf_counter() - killed.start < fraction * whole.seconds:
+            time.sleep(POLL_S)
+        finished_first = killed.proc.poll() is not None
+        killed.kill()
+        killed.wait()
+    records = len([k for k in s3_keys(client, "resumed/per_image/") if k.endswith(".json")])
+    rows.append(killed.row("predict (killed)", records, f"SIGKILL at {killed.seconds:.1f} s"))
+    resumed = run_tool(python("predict.py", *common, "--output", f"s3://{BUCKET}/resumed", "--skip-done"),
+                       log("predict_resumed"), args.lock, env)
+    rows.append(resumed.row("predict (--skip-done)", n - records, note))
+    got = s3_summary(client, "resumed")
+    same = [a == b for a, b in zip(got, expected)]
+    checks.update(kill_seed=args.kill_seed, kill_fraction=round(fraction, 3), killed_at_s=round(killed.seconds, 1),
+                  killed_before_end=not finished_first, records_at_kill=records,
+                  results_entries=len(expected[0]), results_same=same[0], images_json_same=same[1],
+                  counts_csv_same=same[2], resume_same=all(same))
+    if not all(same):  # kept for a look at what differs
+        with open(os.path.join(work, "resume_diff.json"), "w") as f:
+            json.dump({"resumed": got, "uninterrupted": expected}, f)
     return rows
 
 
