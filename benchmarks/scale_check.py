@@ -2,7 +2,7 @@
 
     python benchmarks/scale_check.py                               # 1000 photos, every tool
     python benchmarks/scale_check.py --images 20                   # the per-image cost, first
-    python benchmarks/scale_check.py --images 1000 --finder-images 100 300 --lock /path/cpu.lock
+    python benchmarks/scale_check.py --finder-images 20 50 --predict-budget 1200   # what ran here
     python benchmarks/scale_check.py --images 3 --tools labelme2coco report --keep
 
 The set (``--work``, default a new folder under the temp dir; deleted at the end unless ``--keep``):
@@ -14,31 +14,34 @@ differs and its 144 objects are real ones with their real outlines. The JSON fil
 LabelMe 5 writes them: ``imagePath`` beside the JSON and the JPEG also embedded as base64
 ``imageData`` (LabelMe 5's default; ``--no-image-data`` leaves it null, LabelMe 6's default).
 
-Tools (``--tools``, default all), each run as its own process:
+Tools (``--tools``, default all), each run as its own process (``--lock FILE``: flock'd while it
+runs, where the cores are shared), in this order:
 
 - ``labelme2coco``: ``labelme2coco.py SET --output DATA --symlink`` (symlinked images: the copy is
   only disk; the JSON files are read the same way);
 - ``report``: ``python -m segkit.data.report DATA``;
-- ``finder``: ``python -m segkit.loop.suspects_cli DATA_N --split trainval --folds 2 --iters
-  --finder-iters --config-file configs/mask_rcnn_R_18_FPN_mini.yaml`` - two fold models trained
-  from scratch for a few iterations (short folds), each judging the half it did not see; on the
-  first N photos of DATA for each N of ``--finder-images`` (default: all);
 - ``predict``: ``predict.py --input SET --output s3://scale/<run> --num-gpus 2 --weights RANDOM
   --confidence-threshold 0.05 --no-masks --overlay-size --overlay-size`` against a moto S3 server
   on 127.0.0.1 (its own process): the mini Mask R-CNN with random weights (seed 0, the 3 classes),
   which at 0.05 keeps the most detections it may (``TEST.DETECTIONS_PER_IMAGE``, 50) per photo.
-  Three runs: uninterrupted; killed (SIGKILL to its whole process group) at a seeded random
-  moment (``--kill-seed``: a fraction in [0.05, 0.95] of the uninterrupted run's wall time); the
-  killed run continued with ``--skip-done``. Compared: ``results.json`` (every entry whole -
-  image_id, file_name, category_id, bbox, score, RLE segmentation -, as a sorted list),
-  ``images.json`` and ``counts.csv`` (exact text) of the continued run against the uninterrupted
-  one's.
+  ``--predict-images N`` runs it on the first N photos; ``--predict-budget SECONDS`` first runs a
+  probe on 10 photos and picks the N whose three runs fit. Three runs: uninterrupted; killed
+  (SIGKILL to its whole process group) at a seeded random moment (``--kill-seed``: a fraction in
+  [0.05, 0.95] of the uninterrupted run's wall time); the killed run continued with
+  ``--skip-done``. Compared: ``results.json`` (every entry whole - image_id, file_name,
+  category_id, bbox, score, RLE segmentation - as a sorted list), ``images.json`` and
+  ``counts.csv`` (exact text) of the continued run against the uninterrupted one's;
+- ``finder``: ``python -m segkit.loop.suspects_cli DATA_N --split trainval --folds 2 --iters
+  --finder-iters --config-file configs/mask_rcnn_R_18_FPN_mini.yaml`` - two fold models trained
+  from scratch for a few iterations (short folds), each judging the half it did not see; on the
+  first N photos of DATA for each N of ``--finder-images`` (default: all).
 
 Peak RSS: each process's own high-water mark (``VmHWM`` of /proc/<pid>/status), polled every 50 ms
 over every process of the tool's process group (its spawned workers too), not ``ru_maxrss`` of a
 child (Linux carries a parent's RSS at fork into it). For several processes: the largest one's
 (what the 4 GB target is checked against), the sum of the per-process peaks, and the largest sum
-of the processes' RSS seen at one moment. Wall time: start to exit, start-up and model loading
+of the processes' RSS (and of their PSS, which splits pages shared by forked workers) seen at
+one moment. Wall time: start to exit, start-up and model loading
 included. Prints a table and writes benchmarks/results/scale_check.json.
 """
 
@@ -187,7 +190,8 @@ def cpu_lock(path):
 
 
 def _group_members(pgid):
-    """{pid: (VmHWM kB, VmRSS kB, short command)} of the live processes of process group ``pgid``."""
+    """{pid: (VmHWM kB, VmRSS kB, Pss kB, short command)} of the live processes of process group
+    ``pgid`` (Pss: shared pages split among their sharers, so forked workers are not counted twice)."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -204,11 +208,14 @@ def _group_members(pgid):
                         hwm = int(line.split()[1])
                     elif line.startswith("VmRSS:"):
                         rss = int(line.split()[1])
+            pss = rss
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/smaps_rollup") as f:
+                pss = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), rss)
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-        found[int(entry)] = (hwm, rss, cmd)
+        found[int(entry)] = (hwm, rss, pss, cmd)
     return found
 
 
@@ -217,7 +224,7 @@ class Run:
 
     def __init__(self, cmd, log, env=None):
         self.cmd, self.log = cmd, log
-        self.peaks, self.names, self.concurrent_kb = {}, {}, 0
+        self.peaks, self.names, self.concurrent_kb, self.concurrent_pss_kb = {}, {}, 0, 0
         self.start = time.perf_counter()
         self._log = open(log, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -229,10 +236,11 @@ class Run:
     def _poll(self):
         while not self._done.is_set():
             members = _group_members(self.proc.pid)
-            for pid, (hwm, _, cmd) in members.items():
+            for pid, (hwm, _, _, cmd) in members.items():
                 if hwm >= self.peaks.get(pid, 0):
                     self.peaks[pid], self.names[pid] = hwm, cmd
-            self.concurrent_kb = max(self.concurrent_kb, sum(rss for _, rss, _ in members.values()))
+            self.concurrent_kb = max(self.concurrent_kb, sum(m[1] for m in members.values()))
+            self.concurrent_pss_kb = max(self.concurrent_pss_kb, sum(m[2] for m in members.values()))
             time.sleep(POLL_S)
 
     def kill(self):
@@ -258,6 +266,8 @@ class Run:
                 "peak_rss_mb": round(peaks[0] / 1024) if peaks else None,
                 "processes": len(peaks), "sum_of_peaks_mb": round(sum(peaks) / 1024),
                 "largest_concurrent_rss_mb": round(self.concurrent_kb / 1024),
+                "largest_concurrent_pss_mb": round(self.concurrent_pss_kb / 1024),
+                "per_process_mb": {f"{pid} {self.names[pid][:80]}": round(kb / 1024) for pid, kb in self.peaks.items()},
                 "target_met": bool(peaks) and peaks[0] / 1024 < TARGET_MB, "note": note}
         print(f"done: {json.dumps(row)}", file=sys.stderr)  # a long run shows its rows as they come
         return row
@@ -362,6 +372,7 @@ def main(argv=None):
     p.add_argument("--overlay-size", type=int, default=1024, help="predict.py --overlay-size (default 1024)")
     p.add_argument("--kill-seed", type=int, default=0, help="seed of the moment predict is killed (default 0)")
     p.add_argument("--lock", default=None, help="a file flock'd while each tool runs (shared cores)")
+    p.add_argument("--results", default=RESULTS, help="JSON written at the end (default benchmarks/results/scale_check.json)")
     args = p.parse_args(argv)
     from segkit.data.atomic import write_json
     from segkit.data.layout import split_json
@@ -427,8 +438,8 @@ def main(argv=None):
               f"{procs} | {'yes' if r['target_met'] else 'NO'} |")
     for name, value in checks.items():
         print(f"{name}: {value}")
-    write_json(RESULTS, {**info, "rows": rows, "checks": checks})
-    print(f"\nwrote {RESULTS}")
+    write_json(args.results, {**info, "rows": rows, "checks": checks})
+    print(f"\nwrote {args.results}")
     return 0 if all(r["target_met"] for r in rows) and checks.get("resume_same", "predict" not in args.tools) else 1
 
 
