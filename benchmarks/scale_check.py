@@ -445,7 +445,9 @@ def main(argv=None):
 
 def predict_runs(args, work, set_dir, data, log, checks):
     """The uninterrupted, killed and continued s3 runs: their rows; the comparison into ``checks``."""
-    with open(split_json_path(data), encoding="utf-8") as f:
+    from segkit.data.layout import split_json
+
+    with open(split_json(data, "trainval"), encoding="utf-8") as f:
         names = [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
     weights, detections = random_mini_checkpoint(os.path.join(work, "random_mini.pth"), names)
     rows = []
@@ -515,12 +517,6 @@ def predict_compare(args, work, set_dir, n, options, note, env, client, log, che
         with open(os.path.join(work, "resume_diff.json"), "w") as f:
             json.dump({"resumed": got, "uninterrupted": expected}, f)
     return rows
-
-
-def split_json_path(data):
-    from segkit.data.layout import split_json
-
-    return split_json(data, "trainval")
 
 
 if __name__ == "__main__":
