@@ -1,6 +1,6 @@
-"""Exported models without torch or detectron2: onnxruntime, numpy, OpenCV and Pillow are all it needs.
+"""Exported models without torch or detectron2: onnxruntime, numpy and Pillow are all it needs.
 
-    pip install onnxruntime==1.23.2 "numpy>=1.24,<2" opencv-python-headless==4.11.0.86 Pillow==12.3.0
+    pip install onnxruntime==1.23.2 "numpy>=1.24,<2" Pillow==12.3.0
     from segkit.inference.runtime import load_model
     model = load_model("output/lite0/model_best.onnx")    # the sidecar model_best.onnx.json beside it
     det = model("photo.jpg")                              # or a BGR array (rgb=True for RGB), a PIL image
@@ -28,8 +28,9 @@ What detectron2 does around the exported graph (segkit.inference.export), done h
    what a graph exported at the higher threshold keeps: per-class NMS only lets a box suppress
    lower-scored ones, and the top DETECTIONS_PER_IMAGE of a score-sorted list keep its prefix.
 
-A U-Net export gives ``sem_seg`` class scores resized bilinearly (OpenCV's INTER_LINEAR: the same
-sampling as torch's ``interpolate(..., align_corners=False)``) to the input size.
+A U-Net export gives ``sem_seg`` class scores resized to the input size as torch's
+``interpolate(mode="bilinear", align_corners=False)`` does. (OpenCV is not needed: Pillow decodes and
+resizes, numpy does the rest; opencv-python-headless would add 137 MB to the install.)
 
 New runtimes plug in through ``BACKENDS`` (file suffix -> class with ``run(chw) -> {name: array}``).
 """
@@ -122,6 +123,21 @@ def _sampling_matrix(lo, hi, start, end, size):
     return out
 
 
+def _resize_matrix(size_in, size_out):
+    """[size_out, size_in] weights of torch's ``interpolate(mode="bilinear", align_corners=False)``
+    along one axis (no antialiasing; source positions below 0 clamped to 0, the last pixel repeated)."""
+    scale = size_in / size_out
+    src = np.maximum((np.arange(size_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    i1 = np.minimum(i0 + 1, size_in - 1)
+    frac = src - i0
+    out = np.zeros((size_out, size_in), dtype=np.float32)
+    rows = np.arange(size_out)
+    np.add.at(out, (rows, i0), 1.0 - frac)
+    np.add.at(out, (rows, i1), frac)
+    return out
+
+
 def paste_masks(mask_probs, boxes, height, width, threshold=MASK_THRESHOLD):
     """bool [N, height, width]: each [M, M] probability map pasted into its box (XYXY, already at
     the output size), as detectron2's ``paste_masks_in_image`` does on the CPU: only the pixels
@@ -204,8 +220,15 @@ class OnnxBackend:
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: chw})))
 
 
-# Exported file suffix -> backend. OpenVINO's ".xml" goes here once its export exists.
+# Exported file suffix -> backend: what predict.py and the app take where a checkpoint goes (is_exported).
+# OpenVINO's ".xml" goes here once its export exists (a class with run(chw) -> {output name: array}).
 BACKENDS = {".onnx": OnnxBackend}
+
+
+def is_exported(path):
+    """True when ``path`` names an exported model this runtime runs (a suffix in ``BACKENDS``):
+    what predict.py and the app take instead of a checkpoint."""
+    return os.path.splitext(os.fspath(path))[1].lower() in BACKENDS
 
 
 def backend_for(model_path):
@@ -277,13 +300,11 @@ class ExportedModel:
     def postprocess(self, out, resized_hw, image_hw):
         h, w = int(image_hw[0]), int(image_hw[1])
         if self.semantic:
-            import cv2
-
             sem = np.asarray(out["sem_seg"], dtype=np.float32)
             sem = sem[0] if sem.ndim == 4 else sem
             if sem.shape[-2:] != (h, w):
-                hwc = cv2.resize(np.ascontiguousarray(sem.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-                sem = hwc.reshape(h, w, -1).transpose(2, 0, 1)
+                wy, wx = _resize_matrix(sem.shape[1], h), _resize_matrix(sem.shape[2], w)
+                sem = np.einsum("yi,cij,xj->cyx", wy, sem, wx, optimize=True).astype(np.float32)
             return Detections(self.class_names, (h, w), sem_seg=np.ascontiguousarray(sem))
         scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
         classes = np.asarray(out["classes"]).reshape(-1).astype(np.int64)
