@@ -80,7 +80,11 @@ class AppModel:
 
     @property
     def tile_size(self):
-        return default_tile_size(self.predictor.cfg) if self.ready else 0
+        """The tile size of the "Tiles" option; 0: no tiling (no model, or an exported one: tiles
+        run on the checkpoint)."""
+        if not self.ready or not getattr(self.predictor, "supports_tiles", True):
+            return 0
+        return default_tile_size(self.predictor.cfg)
 
     def predict(self, image_rgb, tiled=False):
         with self.lock:

@@ -157,6 +157,7 @@ class RuntimePredictor:
     image at a time (the graph takes one). Tiles need the checkpoint (``with_tiles`` says so)."""
 
     tiled = None
+    supports_tiles = False  # tiles run on the checkpoint (TiledModel needs the torch model)
 
     def __init__(self, model_path, confidence_threshold=None, num_threads=None):
         from segkit.data.run_layout import SCORE_THRESHOLD_KEYS
@@ -219,6 +220,7 @@ def config_of(meta, model_path):
         cfg.INPUT.MAX_SIZE_TEST = int(meta["max_size_test"])
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(meta.get("score_thresh_test", 0.05))
     cfg.set_new_allowed(False)
+    cfg.TEST.TILE_SIZE = 0  # the graph runs on whole images, whatever the run predicted with
     cfg.MODEL.WEIGHTS = os.fspath(model_path)
     cfg.MODEL.DEVICE = "cpu"
     return cfg

@@ -416,6 +416,7 @@ def main(argv=None, rank_images=None):
         parser.error("--tile-overlap only applies to --tile")
     if args.tile is not None and args.rank:
         parser.error("--rank does not work with --tile (the ranking flips whole images)")
+    opts_given = bool(args.opts)  # before --tile adds its own
     if args.tile is not None:
         from segkit.modeling.tiling import tile_options
 
@@ -430,9 +431,9 @@ def main(argv=None, rank_images=None):
         return 2
     if is_exported(args.weights):
         fixed = [flag for flag, given in (("--tile", args.tile is not None), ("--rank", args.rank),
-                                          ("--config-file", args.config_file), ("--opts", args.opts)) if given]
+                                          ("--config-file", args.config_file), ("--opts", opts_given)) if given]
         if fixed:
-            print(f"error: {args.weights} is an exported model: {', '.join(fixed)} need(s) the checkpoint it was "
+            print(f"error: {args.weights} is an exported model; {', '.join(fixed)}: only with the checkpoint it was "
                   f"exported from (the graph is fixed; export again for other settings)", file=sys.stderr)
             return 2
     if args.video_input and not os.path.isfile(args.video_input):
