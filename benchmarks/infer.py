@@ -21,6 +21,9 @@ Variants (CPU):
   threads=1        inference_mode on one intra-op thread (the others use all cores)
   torchscript      the traced model (export_model.py) + our numpy post-processing
   onnxruntime      the ONNX model (opset 17) on onnxruntime + the same post-processing
+  "onnxruntime (no torch)"  the same ONNX file on segkit/inference/runtime.py (numpy + Pillow pre-
+                   and post-processing, no torch), at the graph's score threshold like the row above;
+                   when both are asked for, the two are timed interleaved (one run of each in turn)
 On a GPU: eager, inference_mode, channels_last and fp16 autocast, with peak GPU memory
 (torch.cuda.max_memory_allocated); size 800 is detectron2's own test size (800, max 1333), the one
 the model zoo's 0.043 s/image (V100) was measured at.
@@ -56,7 +59,9 @@ MODELS = {
     "unet_R34": ("configs/unet_R34.yaml", "semantic"),
     "unet_R18_mini": ("configs/unet_R18_mini.yaml", "semantic"),
 }
-CPU_VARIANTS = ["eager", "inference_mode", "channels_last", "threads=1", "torchscript", "onnxruntime"]
+CPU_VARIANTS = ["eager", "inference_mode", "channels_last", "threads=1", "torchscript", "onnxruntime",
+                "onnxruntime (no torch)"]
+NO_TORCH = "onnxruntime (no torch)"
 GPU_VARIANTS = ["eager", "inference_mode", "channels_last", "fp16"]
 
 
@@ -115,6 +120,32 @@ def timed(fn, warmup, iters, sync=None):
     return statistics.median(times), out
 
 
+def no_torch_runner(onnx_path, size, threads):
+    """segkit.inference.runtime on ``onnx_path`` at the test size ``size`` (the sidecar names the export's),
+    keeping what the graph keeps (as OnnxPredictor does), so both paste the same masks."""
+    from segkit.inference.runtime import load_model
+
+    model = load_model(onnx_path, num_threads=threads)
+    model.min_size, model.max_size = size, max(1333, 2 * size)
+    return model.set_score_threshold(model.floor)
+
+
+def timed_interleaved(fns, warmup, iters):
+    """[(median seconds, last output)] of each of ``fns``, run in turn (order alternating each round)
+    so that a change of machine load falls on all of them alike."""
+    outs = [None] * len(fns)
+    for _ in range(warmup):
+        outs = [fn() for fn in fns]
+    times = [[] for _ in fns]
+    for i in range(iters):
+        order = list(range(len(fns)))[::(-1 if i % 2 else 1)]
+        for k in order:
+            t = time.perf_counter()
+            outs[k] = fns[k]()
+            times[k].append(time.perf_counter() - t)
+    return [(statistics.median(t), o) for t, o in zip(times, outs)]
+
+
 def count(out):
     """Number of instances (or classes present) in any of our outputs."""
     if isinstance(out, dict):
@@ -123,6 +154,8 @@ def count(out):
         return int(out["sem_seg"].argmax(0).unique().numel())
     if getattr(out, "is_semantic", False):
         return int(len(out.sem_seg.argmax(0).unique()))
+    if getattr(out, "sem_seg", None) is not None:  # the runtime's Detections
+        return int(len(set(out.sem_seg.argmax(0).ravel().tolist())))
     return len(out)
 
 
@@ -159,7 +192,9 @@ def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
                     def fn():
                         with torch.autocast("cuda", dtype=torch.float16):
                             return predictor(image, keep_image=False)
-                elif variant in ("torchscript", "onnxruntime"):
+                elif variant == NO_TORCH and "onnxruntime" in variants:
+                    continue  # timed with "onnxruntime", interleaved
+                elif variant in ("torchscript", "onnxruntime", NO_TORCH):
                     fmt = "torchscript" if variant == "torchscript" else "onnx"
                     if fmt not in exported:
                         t = time.perf_counter()
@@ -171,11 +206,28 @@ def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
                         print(f"  exported {name} to {fmt} in {time.perf_counter() - t:.0f} s", flush=True)
                     if fmt == "torchscript":
                         runner = TorchScriptPredictor(exported[fmt])
+                    elif variant == NO_TORCH:
+                        runner = no_torch_runner(exported[fmt], size, ncpu)
                     else:
                         runner = OnnxPredictor(exported[fmt], num_threads=ncpu)
-                    # the export's sidecar names the size it was made at; the graph takes any
-                    runner.aug = T.ResizeShortestEdge([size, size], max(1333, 2 * size))
+                    if variant != NO_TORCH:
+                        # the export's sidecar names the size it was made at; the graph takes any
+                        runner.aug = T.ResizeShortestEdge([size, size], max(1333, 2 * size))
                     fn = lambda: runner(image, keep_image=False)  # noqa: E731
+                    if variant == NO_TORCH:
+                        fn = lambda: runner(image)  # noqa: E731
+                    if variant == "onnxruntime" and NO_TORCH in variants:
+                        pair = no_torch_runner(exported[fmt], size, ncpu)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            timings = timed_interleaved([fn, lambda: pair(image)], args.warmup, args.iters)
+                        for v, (latency, out) in zip((variant, NO_TORCH), timings):
+                            row = {"model": name, "size": size, "device": device, "variant": v, "threads": ncpu,
+                                   "median_ms": round(latency * 1000, 1), "images_per_s": round(1 / latency, 2),
+                                   "detections": count(out)}
+                            rows.append(row)
+                            print(format_row(row), flush=True)
+                        continue
                 else:
                     continue
                 if variant == "channels_last":
@@ -188,7 +240,7 @@ def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
                         warnings.simplefilter("ignore")
                         latency, out = timed(fn, args.warmup, args.iters, sync)
                     row = {"model": name, "size": size, "device": device, "variant": variant,
-                           "threads": threads if variant != "onnxruntime" else ncpu,
+                           "threads": threads if variant not in ("onnxruntime", NO_TORCH) else ncpu,
                            "median_ms": round(latency * 1000, 1), "images_per_s": round(1 / latency, 2),
                            "detections": count(out)}
                     if device.startswith("cuda"):
@@ -206,13 +258,13 @@ def run_model(name, weights, sizes, devices, variants, args, tmp, rows):
 
 def format_row(r):
     if "error" in r:
-        return f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<16}  error: {r['error']}"
-    return (f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<16}{str(r['threads']):>7}"
+        return f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<23}  error: {r['error']}"
+    return (f"{r['model']:<14}{r['size']:>5}  {r['device']:<5}{r['variant']:<23}{str(r['threads']):>7}"
             f"{r['median_ms']:>11.1f}{r['images_per_s']:>8.2f}{r['detections']:>6}"
             + (f"{r['peak_gpu_mb']:>13}" if r.get("peak_gpu_mb") is not None else ""))
 
 
-HEADER = f"{'model':<14}{'size':>5}  {'dev':<5}{'variant':<16}{'threads':>7}{'median ms':>11}{'img/s':>8}{'det':>6}{'peak GPU MB':>13}"
+HEADER = f"{'model':<14}{'size':>5}  {'dev':<5}{'variant':<23}{'threads':>7}{'median ms':>11}{'img/s':>8}{'det':>6}{'peak GPU MB':>13}"
 
 
 def processes_benchmark(counts, num_images, rounds, out):

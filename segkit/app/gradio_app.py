@@ -108,7 +108,7 @@ def build_app(weights=None, device=None, predictor=None):
                             model.semantic), None)
         note = ""
         h, w = image.shape[:2]
-        tiled = bool(tiled) and not model.semantic
+        tiled = bool(tiled) and not model.semantic and model.tile_size > 0
         if tiled:
             note = f"Predicted on {model.tile_size} px tiles at full size ({w}x{h} px)."
         elif max(h, w) > MAX_PREDICT_SIDE:
@@ -160,7 +160,7 @@ def build_app(weights=None, device=None, predictor=None):
                     classes = gr.CheckboxGroup(choices=names, value=names, label="Classes",
                                                elem_id="classes")
                     tiles = gr.Checkbox(value=False, label="Tiles", elem_id="tiles",
-                                        visible=model.ready and not model.semantic,
+                                        visible=model.ready and not model.semantic and model.tile_size > 0,
                                         info=f"large images, small objects: predict at full size on "
                                              f"{model.tile_size} px tiles (the model runs again)")
                 table = gr.Dataframe(headers=SEMANTIC_HEADERS if model.semantic else INSTANCE_HEADERS,

@@ -17,11 +17,26 @@ FILE_ROUTE = "/gradio_api/file="
 MIN_SCORE = 0.05  # the model keeps instances from here; the slider filters above it
 
 
+def load_predictor(weights, device=None):
+    """The app's predictor of a checkpoint or of an exported model (``.onnx``, its sidecar beside
+    it: segkit.inference.runtime.BACKENDS says which suffixes), keeping instances from MIN_SCORE."""
+    from segkit.inference.runtime import is_exported
+
+    if is_exported(weights):
+        from segkit.inference.onnx_predictor import load_exported_predictor
+
+        return load_exported_predictor(weights, confidence_threshold=MIN_SCORE)
+    from segkit.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(weights, device=device, confidence_threshold=MIN_SCORE)
+
+
 class AppModel:
     """The checkpoint behind the app (or the reason there is none) and what the page shows of it."""
 
     def __init__(self, weights=None, device=None, predictor=None):
-        """``weights``: a checkpoint, run folder or run name; None: the latest run's best checkpoint."""
+        """``weights``: a checkpoint, run folder, run name or exported model (``.onnx``); None: the
+        latest run's best checkpoint."""
         self.weights = os.fspath(weights) if weights is not None else (predictor.weights if predictor else "")
         self.predictor = predictor
         self.error = None
@@ -32,10 +47,7 @@ class AppModel:
                 self.error = f"{e} (The app takes `--weights CHECKPOINT_OR_RUN`.)"
             else:
                 try:
-                    from segkit.inference.predictor import Predictor
-
-                    self.predictor = Predictor.from_checkpoint(
-                        self.weights, device=device, confidence_threshold=MIN_SCORE)
+                    self.predictor = load_predictor(self.weights, device)
                 except Exception as e:  # the page says why; the server still starts
                     logger.exception("could not load %s", self.weights)
                     self.error = f"Could not load `{self.weights}`: {e.__class__.__name__}: {e}"
@@ -68,7 +80,11 @@ class AppModel:
 
     @property
     def tile_size(self):
-        return default_tile_size(self.predictor.cfg) if self.ready else 0
+        """The tile size of the "Tiles" option; 0: no tiling (no model, or an exported one: tiles
+        run on the checkpoint)."""
+        if not self.ready or not getattr(self.predictor, "supports_tiles", True):
+            return 0
+        return default_tile_size(self.predictor.cfg)
 
     def predict(self, image_rgb, tiled=False):
         with self.lock:

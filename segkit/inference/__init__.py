@@ -8,7 +8,8 @@
 
 Modules: ``predictor`` (Predictor, Prediction), ``visualization`` (overlays, masked image, mask
 PNGs, label map, GT side by side), ``coco_results`` and ``labelme_writer`` (output formats),
-``export`` and ``onnx_predictor`` (TorchScript / ONNX and their predictors), ``predict_cli``
+``export`` and ``onnx_predictor`` (TorchScript / ONNX and their predictors), ``runtime`` (exported
+models with onnxruntime + numpy + Pillow only: importable without torch), ``predict_cli``
 (predict.py), ``image_io`` (reading any image as 3-channel 8-bit). Names below are imported on
 first use, so ``import segkit.inference`` stays cheap.
 """
@@ -22,6 +23,7 @@ _EXPORTS = {
     "OnnxPredictor": "onnx_predictor",
     "TorchScriptPredictor": "onnx_predictor",
     "load_exported": "onnx_predictor",
+    "ExportedModel": "runtime",
     "export_model": "export",
     "draw_prediction": "visualization",
     "masked_image": "visualization",

@@ -11,7 +11,9 @@ model onnxruntime cannot load).
 ONNX uses opset 17 (detectron2's default 11 exports RoIAlign without ``aligned=True`` and results
 drift) with dynamic height/width, so any input size works. Next to each exported file goes a
 JSON sidecar (``model_final.onnx.json``) with what the runtime side needs: class names, input
-format, resize parameters, the score threshold baked into the graph, output names.
+format, resize parameters, the score threshold baked into the graph (the floor of what a runtime can
+choose), output names, the run's stored best-F1 score thresholds (``score_thresholds`` per class,
+``score_threshold`` for all) when its checkpoint has them, and the full config (``config``, YAML).
 
 CLI: ``python export_model.py --format torchscript|onnx [--weights CHECKPOINT_OR_RUN]
 [--sample-image IMG] [--output FILE]``.
@@ -30,7 +32,7 @@ import warnings
 import numpy as np
 import torch
 
-from segkit.data.run_layout import KEY_ITERATION, NoModelError, resolve_weights
+from segkit.data.run_layout import KEY_CONFIG, KEY_ITERATION, NoModelError, SCORE_THRESHOLD_KEYS, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,8 @@ def export_model(weights, fmt, output=None, sample_image=None, config_file=None,
 
     loaded = load_for_inference(os.fspath(weights), config_file)
     iteration = loaded.state.get(KEY_ITERATION)
+    # the run's best-F1 thresholds: the runtime applies them above the graph's SCORE_THRESH_TEST
+    stored_thresholds = {k: loaded.thresholds[k] for k in SCORE_THRESHOLD_KEYS if k in loaded.thresholds}
     # The graph keeps the config's SCORE_THRESH_TEST; per-class thresholds stay outside it.
     predictor = Predictor.from_checkpoint(weights, device="cpu", opts=opts, loaded=loaded,
                                           use_checkpoint_thresholds=False)
@@ -216,6 +220,8 @@ def export_model(weights, fmt, output=None, sample_image=None, config_file=None,
         "sample_image": sample_path,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        **stored_thresholds,
+        KEY_CONFIG: cfg.dump(),  # what predict.py and the app show and check of a model (DATASETS, OUTPUT_DIR, ...)
     }
     write_json(sidecar_path(output), meta)
     if check:

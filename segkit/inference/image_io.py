@@ -41,8 +41,10 @@ def _exif_transpose(im, in_place=False):
             return im
         return ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF blocks: fall back to detectron2's tolerant version
-        from detectron2.data.detection_utils import _apply_exif_orientation
-
+        try:
+            from detectron2.data.detection_utils import _apply_exif_orientation
+        except ImportError:  # the torch-free runtime (segkit.inference.runtime): the image as stored
+            return im
         return _apply_exif_orientation(im)
 
 

@@ -144,3 +144,89 @@ def load_exported(path, **kwargs):
     if os.fspath(path).endswith(".onnx"):
         return OnnxPredictor(path, **kwargs)
     return TorchScriptPredictor(path, **kwargs)
+
+
+class RuntimePredictor:
+    """An exported model where predict.py and the app take a checkpoint: the torch-free
+    :mod:`segkit.inference.runtime` does the work, the results come back as a :class:`Prediction`.
+
+    It offers what those commands read of a Predictor: ``class_names``, ``semantic``, ``cfg`` (the
+    sidecar's ``config``, else a default config with the sidecar's sizes and architecture),
+    ``confidence_threshold`` (the floor baked into the graph), ``class_thresholds``,
+    ``stored_thresholds``, ``threshold_note``, ``weights``, ``device``; ``predict_batch`` runs one
+    image at a time (the graph takes one). Tiles need the checkpoint (``with_tiles`` says so)."""
+
+    tiled = None
+    supports_tiles = False  # tiles run on the checkpoint (TiledModel needs the torch model)
+
+    def __init__(self, model_path, confidence_threshold=None, num_threads=None):
+        from segkit.data.run_layout import SCORE_THRESHOLD_KEYS
+        from segkit.inference.runtime import load_model
+
+        self.model = load_model(model_path, score_threshold=confidence_threshold, num_threads=num_threads)
+        meta = self.model.meta
+        self.weights = self.model.model_path
+        self.class_names = list(self.model.class_names)
+        self.semantic = self.model.semantic
+        self.metadata = metadata_for(self.class_names, semantic=self.semantic)
+        self.cfg = config_of(meta, self.weights)
+        self.device = torch.device("cpu")
+        self.stored_thresholds = {k: meta[k] for k in SCORE_THRESHOLD_KEYS if meta.get(k) is not None}
+        self.class_thresholds = {n: float(t) for n, t in zip(self.class_names, self.model.thresholds)}
+        self.threshold_note = self.model.threshold_note
+
+    @property
+    def confidence_threshold(self):
+        return self.model.floor
+
+    def with_tiles(self, size, overlap=0.2):
+        raise ValueError(f"{self.weights}: tiled prediction runs on a checkpoint (.pth), not on an exported model")
+
+    def __call__(self, image, rgb=False, keep_image=True):
+        chw, image_rgb = self.model.preprocess(image, rgb=rgb)
+        det = self.model.postprocess(self.model.backend.run(chw), chw.shape[1:], image_rgb.shape[:2])
+        name = str(image) if isinstance(image, str) or hasattr(image, "__fspath__") else None
+        keep = image_rgb if keep_image else None
+        if det.sem_seg is not None:
+            return Prediction(self.class_names, sem_seg=torch.from_numpy(det.sem_seg), image=keep, file_name=name)
+        inst = Instances(det.image_size)
+        inst.pred_boxes = Boxes(torch.from_numpy(det.boxes))
+        inst.scores = torch.from_numpy(det.scores)
+        inst.pred_classes = torch.from_numpy(det.classes)
+        if det.masks is not None:
+            inst.pred_masks = torch.from_numpy(det.masks)
+        return Prediction(self.class_names, instances=inst, image=keep, file_name=name)
+
+    def predict_batch(self, images, rgb=False, keep_image=True):
+        return [self(im, rgb=rgb, keep_image=keep_image) for im in images]
+
+
+def config_of(meta, model_path):
+    """The config an exported model was made from: the sidecar's ``config`` (exports since it was
+    added), else the default config with what older sidecars say (architecture, test sizes, threshold)."""
+    from detectron2.config import CfgNode
+
+    from segkit.data.run_layout import KEY_CONFIG
+    from segkit.modeling.config import get_segkit_cfg
+
+    cfg = get_segkit_cfg()
+    cfg.set_new_allowed(True)  # configs of newer versions may carry keys we do not know yet
+    if meta.get(KEY_CONFIG):
+        cfg.merge_from_other_cfg(CfgNode.load_cfg(meta[KEY_CONFIG]))
+    else:
+        cfg.MODEL.META_ARCHITECTURE = meta.get("meta_architecture", cfg.MODEL.META_ARCHITECTURE)
+        cfg.INPUT.FORMAT = meta.get("input_format", cfg.INPUT.FORMAT)
+        cfg.INPUT.MIN_SIZE_TEST = int(meta["min_size_test"])
+        cfg.INPUT.MAX_SIZE_TEST = int(meta["max_size_test"])
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(meta.get("score_thresh_test", 0.05))
+    cfg.set_new_allowed(False)
+    cfg.TEST.TILE_SIZE = 0  # the graph runs on whole images, whatever the run predicted with
+    cfg.MODEL.WEIGHTS = os.fspath(model_path)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def load_exported_predictor(path, confidence_threshold=None, **kwargs):
+    """The predictor of an exported file predict.py or the app was given instead of a checkpoint
+    (which suffixes: ``segkit.inference.runtime.BACKENDS``, where OpenVINO's ``.xml`` plugs in)."""
+    return RuntimePredictor(path, confidence_threshold=confidence_threshold, **kwargs)

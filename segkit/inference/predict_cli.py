@@ -7,6 +7,7 @@
     python predict.py --input images/ --output results/ --num-gpus 2      # shared among 2 processes
     python predict.py --input ... --output ... --weights output/lite0 \
         --confidence-threshold 0.5 --opts MODEL.DEVICE cpu
+    python predict.py --input images/ --output results/ --weights output/lite0/model_best.onnx   # exported
 
 Writes into ``--output``:
 
@@ -47,6 +48,7 @@ from segkit.data.remote import RemoteSourceError, is_remote, list_files, staged_
 from segkit.inference import records as rec
 from segkit.inference import sharded_predict
 from segkit.inference.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, to_rgb_uint8
+from segkit.inference.runtime import is_exported
 
 
 
@@ -61,7 +63,8 @@ def get_parser():
     p.add_argument("--config-file", metavar="FILE", default=None,
                    help="config (default: the one stored in the checkpoint)")
     p.add_argument("--weights", default=None, metavar="CHECKPOINT_OR_RUN",
-                   help="a checkpoint, run folder or run name (default: the latest run's best checkpoint)")
+                   help="a checkpoint, run folder or run name (default: the latest run's best checkpoint), "
+                        "or an exported model (.onnx, with its .json sidecar beside it)")
     p.add_argument("--confidence-threshold", type=float, default=None,
                    help="minimum score of the instances kept, for every class (default: each "
                         "class's best-F1 threshold stored in the checkpoint by its evaluation, "
@@ -369,6 +372,13 @@ def run_video(args, predictor):
 RANKINGS = ("uncertainty", "diversity", "uncertainty-diversity")
 def build_predictor(args, announce=True, loaded=None):
     warnings.filterwarnings("ignore", message="torch.meshgrid")
+    if is_exported(args.weights):  # an exported model: its sidecar stands for the checkpoint
+        from segkit.inference.onnx_predictor import load_exported_predictor
+
+        predictor = load_exported_predictor(args.weights, confidence_threshold=args.confidence_threshold)
+        if announce and not predictor.semantic:
+            print(f"Using {predictor.threshold_note}.", file=sys.stderr)
+        return predictor
     from segkit.inference.predictor import Predictor
 
     try:
@@ -413,6 +423,7 @@ def main(argv=None, rank_images=None):
         parser.error("--tile-overlap only applies to --tile")
     if args.tile is not None and args.rank:
         parser.error("--rank does not work with --tile (the ranking flips whole images)")
+    opts_given = bool(args.opts)  # before --tile and --tta add their own
     if args.tta and args.tile is not None:
         parser.error("--tta and --tile do not combine (augmentation resizes whole images, tiles keep native "
                      "resolution); choose one")
@@ -430,6 +441,13 @@ def main(argv=None, rank_images=None):
     except NoModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if is_exported(args.weights):
+        fixed = [flag for flag, given in (("--tile", args.tile is not None), ("--tta", args.tta), ("--rank", args.rank),
+                                          ("--config-file", args.config_file), ("--opts", opts_given)) if given]
+        if fixed:
+            print(f"error: {args.weights} is an exported model; {', '.join(fixed)}: only with the checkpoint it was "
+                  f"exported from (the graph is fixed; export again for other settings)", file=sys.stderr)
+            return 2
     if args.video_input and not os.path.isfile(args.video_input):
         print(f"error: no video file {args.video_input}", file=sys.stderr)
         return 2
@@ -458,7 +476,7 @@ def predict_into(args, paths, rank_images=None):
     from segkit.engine.checkpoint import load_for_inference
 
     # Read once: the uncertainty ranking builds its second model from the same checkpoint.
-    loaded = load_for_inference(args.weights, args.config_file)
+    loaded = None if is_exported(args.weights) else load_for_inference(args.weights, args.config_file)
     predictor = build_predictor(args, loaded=loaded)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
