@@ -21,6 +21,7 @@ _EXPORTS = {
     "metadata_for": "predictor",
     "OnnxPredictor": "onnx_predictor",
     "TorchScriptPredictor": "onnx_predictor",
+    "OpenVinoPredictor": "onnx_predictor",
     "load_exported": "onnx_predictor",
     "export_model": "export",
     "draw_prediction": "visualization",
