@@ -102,7 +102,8 @@ def parity_record(exported_ap, torch_ap, dataset, num_images):
         a, b = exported_ap[key], torch_ap.get(key)
         record[key] = a
         record[f"{key}_torch"] = b
-        record[f"{key}_change"] = None if a is None or b is None else round(a - b, 3)
+        # COCO has no AP for a model without a single detection: that is AP 0 against the torch one.
+        record[f"{key}_change"] = None if b is None else round((a or 0.0) - b, 3)
     return record
 
 
