@@ -13,8 +13,15 @@ drift) with dynamic height/width, so any input size works. Next to each exported
 JSON sidecar (``model_final.onnx.json``) with what the runtime side needs: class names, input
 format, resize parameters, the score threshold baked into the graph, output names.
 
-CLI: ``python export_model.py --format torchscript|onnx [--weights CHECKPOINT_OR_RUN]
-[--sample-image IMG] [--output FILE]``.
+INT8 (ONNX Runtime static quantization) and OpenVINO IR (fp32, or INT8 through NNCF) are made from
+the same fp32 ONNX graph (:mod:`segkit.inference.quantize` says what is quantized and why). Every
+export of an instance model is evaluated against the torch model on the run's val split
+(:mod:`segkit.inference.parity`); the sidecar's "parity" holds both APs, and an export that loses
+more than ``--max-ap-drop`` segm AP is refused: it is made in a temporary folder beside the output
+and moved into place only once accepted, so nothing (and no half-written file) is left otherwise.
+
+CLI: ``python export_model.py --format torchscript|onnx|openvino [--int8] [--weights CHECKPOINT_OR_RUN]
+[--sample-image IMG] [--output FILE] [--max-ap-drop POINTS] [--force]``.
 """
 
 import argparse
