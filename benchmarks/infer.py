@@ -276,7 +276,7 @@ RUNTIME_PACKAGES = {"eager": ["torch", "torchvision", "detectron2"], "torchscrip
                     "ORT fp32": ["onnxruntime"], "ORT INT8": ["onnxruntime"], "OpenVINO fp32": ["openvino"],
                     "OpenVINO INT8": ["openvino"]}
 _RSS_WORKER = r"""
-import json, resource, sys, warnings
+import json, sys, warnings
 warnings.simplefilter("ignore")
 import cv2, torch
 name, path, photo, threads = sys.argv[1:5]
@@ -292,7 +292,8 @@ else:
 image = cv2.imread(photo)
 for _ in range(5):
     runner(image, keep_image=False)
-print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: the latter starts at the parent's peak (this process is forked from it)
+print("RSS", [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024)
 """
 
 

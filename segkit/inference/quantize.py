@@ -24,8 +24,9 @@ import os
 
 logger = logging.getLogger(__name__)
 
-# Node name prefixes (TracingAdapter names nodes by module path) whose convolutions get quantized.
-QUANTIZED_SCOPES = ("/backbone/", "/proposal_generator/")
+# Node name prefixes (TracingAdapter names nodes by module path) whose convolutions get quantized:
+# the backbone + FPN and the RPN's head, not the RPN's anchor decoding (coordinates).
+QUANTIZED_SCOPES = ("/backbone/", "/proposal_generator/rpn_head/")
 # ... of these op types; GroupNorm's MatMuls (".../norm/MatMul") are not among them.
 QUANTIZED_OPS = ("Conv", "Clip", "Relu", "Add", "MaxPool")
 QUANT_FORMATS = ("QDQ", "QOperator")
@@ -41,6 +42,9 @@ def quantize_onnx(fp32_path, out_path, calibration_inputs, quant_format="QDQ", p
 
     if quant_format not in QUANT_FORMATS:
         raise ValueError(f"quant_format must be one of {QUANT_FORMATS}, not {quant_format!r}")
+    # ORT 1.23's QOperator form fails on per-channel weights here (re-quantizing a weight for the
+    # residual Add: "operands could not be broadcast"); it gets per-tensor weights.
+    per_channel = per_channel and quant_format == "QDQ"
     pre = out_path + ".pre.onnx"
     try:
         # Symbolic shape inference is for transformer graphs; ours has data-dependent shapes (NMS).
@@ -81,9 +85,16 @@ def to_openvino(onnx_path, xml_path, calibration_inputs=None):
         import nncf
 
         # Everything not in QUANTIZED_SCOPES, and GroupNorm wherever it is (see the module docstring).
-        ignored = nncf.IgnoredScope(patterns=[r"^/roi_heads/.*", r".*/norm/.*"], validate=False)
-        model = nncf.quantize(model, nncf.Dataset([{"image": x} for x in calibration_inputs]),
-                              subset_size=len(calibration_inputs), ignored_scope=ignored)
+        ignored = nncf.IgnoredScope(patterns=[r"^/roi_heads/.*", r"^/proposal_generator/(?!rpn_head/).*",
+                                              r".*/norm/.*"], validate=False)
+        nncf_log = logging.getLogger("nncf")
+        level = nncf_log.level
+        nncf_log.setLevel(logging.WARNING)  # else a line for every node it leaves alone
+        try:
+            model = nncf.quantize(model, nncf.Dataset([{"image": x} for x in calibration_inputs]),
+                                  subset_size=len(calibration_inputs), ignored_scope=ignored)
+        finally:
+            nncf_log.setLevel(level)
         record["quantization"] = {"tool": f"nncf {nncf.__version__} quantize", "preset": "performance",
                                   "ignored_patterns": list(ignored.patterns)}
     ov.save_model(model, xml_path, compress_to_fp16=False)
