@@ -28,6 +28,19 @@ On a GPU: eager, inference_mode, channels_last and fp16 autocast, with peak GPU 
 (torch.cuda.max_memory_allocated); size 800 is detectron2's own test size (800, max 1333), the one
 the model zoo's 0.043 s/image (V100) was measured at.
 
+    python benchmarks/infer.py --deploy lite0=RUN/model_final.pth [more checkpoints, other seeds]
+
+instead compares the deployment runtimes on trained checkpoints of one config (the first is timed,
+all give AP): eager (our Predictor), TorchScript, ONNX Runtime fp32 and INT8, OpenVINO fp32 and INT8
+(``export_model.py``'s exports; the INT8 ones calibrated on the run's training images). Latency:
+one ``--photo`` (default: the first val image of the first run, resized to 800x600), ``--threads``
+threads (default 2), the runtimes interleaved (one call of each per round), median and
+inter-quartile range of ``--iters`` rounds after ``--warmup``; peak RSS: a fresh process per
+runtime that loads it and runs the photo 5 times (ru_maxrss); segm/bbox AP: each export's accuracy
+check on the run's val split (the sidecar's "parity"; eager is the torch model's), mean and spread
+over the checkpoints; install size: the runtime's own site-packages folders. Writes
+benchmarks/results/infer_deploy.json and prints a Markdown table.
+
 Latency: median of ``--iters`` timed runs after ``--warmup`` untimed ones; images/s = 1 / latency
 (one image at a time). Prints a table and writes benchmarks/results/infer.json.
 
@@ -305,6 +318,154 @@ def processes_benchmark(counts, num_images, rounds, out):
     return 0
 
 
+DEPLOY_RUNTIMES = {  # name: (export_model format, int8)
+    "eager": (None, False), "torchscript": ("torchscript", False), "ORT fp32": ("onnx", False),
+    "ORT INT8": ("onnx", True), "OpenVINO fp32": ("openvino", False), "OpenVINO INT8": ("openvino", True),
+}
+# site-packages folders each runtime needs beyond numpy/opencv (today's exported predictors still use
+# torch + detectron2 for pre/post-processing: counted in "torch stack")
+RUNTIME_PACKAGES = {"eager": ["torch", "torchvision", "detectron2"], "torchscript": ["torch", "torchvision"],
+                    "ORT fp32": ["onnxruntime"], "ORT INT8": ["onnxruntime"], "OpenVINO fp32": ["openvino"],
+                    "OpenVINO INT8": ["openvino"]}
+_RSS_WORKER = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import cv2, torch
+name, path, photo, threads = sys.argv[1:5]
+torch.set_num_threads(int(threads))
+from segkit.inference.onnx_predictor import load_exported
+from segkit.inference.predictor import Predictor
+if name == "eager":
+    runner = Predictor.from_checkpoint(path, device="cpu", use_checkpoint_thresholds=False)
+elif name == "torchscript":
+    runner = load_exported(path)
+else:
+    runner = load_exported(path, num_threads=int(threads))
+image = cv2.imread(photo)
+for _ in range(5):
+    runner(image, keep_image=False)
+# VmHWM, not ru_maxrss: the latter starts at the parent's peak (this process is forked from it)
+print("RSS", [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024)
+"""
+
+
+def package_mb(modules):
+    import importlib.util
+
+    total = 0
+    for m in modules:
+        spec = importlib.util.find_spec(m)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for d, _, files in os.walk(root):
+                total += sum(os.path.getsize(os.path.join(d, f)) for f in files if not os.path.islink(os.path.join(d, f)))
+            libs = os.path.join(os.path.dirname(root), m + ".libs")  # manylinux wheels' vendored libraries
+            if os.path.isdir(libs):
+                total += sum(os.path.getsize(os.path.join(libs, f)) for f in os.listdir(libs))
+    return total / 2**20
+
+
+def deploy_benchmark(args):
+    import subprocess
+
+    import cv2
+    import torch
+
+    from segkit.data.atomic import write_json
+    from segkit.inference.export import export_model, sidecar_path
+    from segkit.inference.onnx_predictor import load_exported
+    from segkit.inference.parity import val_dataset, _dataset_images
+    from segkit.inference.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    checkpoints = [w.split("=", 1)[-1] for w in args.deploy]
+    exports = {}  # (checkpoint, runtime) -> path
+    ap = {name: [] for name in DEPLOY_RUNTIMES}
+    for ckpt in checkpoints:
+        for name, (fmt, int8) in DEPLOY_RUNTIMES.items():
+            if fmt is None:
+                continue
+            out = os.path.join(args.work, f"{os.path.basename(os.path.dirname(ckpt))}_{name.replace(' ', '_')}"
+                               + {"torchscript": ".ts", "onnx": ".onnx", "openvino": ".xml"}[fmt])
+            t = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exports[(ckpt, name)] = export_model(ckpt, fmt, output=out, int8=int8, check=False, force=True,
+                                                     calibration_images=args.calibration_images)
+            with open(sidecar_path(out), encoding="utf-8") as f:
+                parity = json.load(f)["parity"]
+            print(f"  {ckpt}: {name} exported and checked in {time.perf_counter() - t:.0f} s: segm AP "
+                  f"{parity['segm_AP']} (torch {parity['segm_AP_torch']})", flush=True)
+            ap[name].append({"segm_AP": parity["segm_AP"], "bbox_AP": parity["bbox_AP"]})
+            if name == "torchscript":
+                ap["eager"].append({"segm_AP": parity["segm_AP_torch"], "bbox_AP": parity["bbox_AP_torch"]})
+    first = checkpoints[0]
+    photo = args.photo
+    if photo is None:
+        predictor = Predictor.from_checkpoint(first, device="cpu", use_checkpoint_thresholds=False)
+        _, path = _dataset_images(val_dataset(predictor.cfg))[0]
+        photo = os.path.join(args.work, "photo_800x600.png")
+        cv2.imwrite(photo, cv2.resize(cv2.imread(path), (800, 600), interpolation=cv2.INTER_AREA))
+    image = cv2.imread(photo)
+    runners = {}
+    for name in DEPLOY_RUNTIMES:
+        if name == "eager":
+            runners[name] = Predictor.from_checkpoint(first, device="cpu", use_checkpoint_thresholds=False)
+        elif name == "torchscript":
+            runners[name] = load_exported(exports[(first, name)])
+        else:
+            runners[name] = load_exported(exports[(first, name)], num_threads=args.threads)
+    times = {n: [] for n in runners}
+    detections = {}
+    for i in range(args.warmup + args.iters):
+        for name, runner in runners.items():
+            t = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = runner(image, keep_image=False)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t)
+            detections[name] = len(out)
+    rows = []
+    for name in DEPLOY_RUNTIMES:
+        path = first if name == "eager" else exports[(first, name)]
+        proc = subprocess.run([sys.executable, "-c", _RSS_WORKER, name, path, photo, str(args.threads)],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep
+                                                                         + os.environ.get("PYTHONPATH", "")))
+        rss = [float(x.split()[1]) for x in proc.stdout.splitlines() if x.startswith("RSS ")]
+        t = sorted(times[name])
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        segm = [a["segm_AP"] for a in ap[name] if a["segm_AP"] is not None]
+        bbox = [a["bbox_AP"] for a in ap[name] if a["bbox_AP"] is not None]
+        rows.append({"runtime": name, "median_ms": round(1000 * statistics.median(t), 1),
+                     "p25_ms": round(1000 * q[0], 1), "p75_ms": round(1000 * q[2], 1),
+                     "peak_rss_mb": round(rss[0]) if rss else None, "detections": detections[name],
+                     "segm_AP": round(statistics.mean(segm), 2) if segm else None,
+                     "segm_AP_sd": round(statistics.stdev(segm), 2) if len(segm) > 1 else None,
+                     "bbox_AP": round(statistics.mean(bbox), 2) if bbox else None,
+                     "segm_AP_per_checkpoint": segm,
+                     "install_mb": round(package_mb(RUNTIME_PACKAGES[name])),
+                     "install_packages": RUNTIME_PACKAGES[name]})
+    ort = next(r for r in rows if r["runtime"] == "ORT fp32")["median_ms"]
+    for r in rows:
+        r["vs_ort_fp32"] = round(r["median_ms"] / ort, 2)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": args.threads, "photo": "800x600" if args.photo is None else photo,
+            "checkpoints": checkpoints, "iters": args.iters, "warmup": args.warmup,
+            "calibration_images": args.calibration_images,
+            "load_average_at_end": os.getloadavg(),
+            "note": "end to end: preprocessing, model, masks pasted at the input size; AP on each run's val split"}
+    write_json(args.out, {"meta": meta, "results": rows})
+    print("\n| runtime | latency median (IQR) ms | x ORT fp32 | peak RSS MB | segm AP (sd) | bbox AP | runtime install MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        sd = f" ({r['segm_AP_sd']:.1f})" if r["segm_AP_sd"] is not None else ""
+        print(f"| {r['runtime']} | {r['median_ms']:.1f} ({r['p25_ms']:.1f}-{r['p75_ms']:.1f}) | {r['vs_ort_fp32']:.2f} | "
+              f"{r['peak_rss_mb']} | {r['segm_AP']}{sd} | {r['bbox_AP']} | {r['install_mb']} |")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -322,7 +483,21 @@ def main(argv=None):
                    help="instead: images/s of predict.py over a folder with N CPU processes each")
     p.add_argument("--images", type=int, default=24, help="with --processes: images in the folder")
     p.add_argument("--rounds", type=int, default=2, help="with --processes: interleaved rounds")
+    p.add_argument("--deploy", nargs="+", default=None, metavar="NAME=CHECKPOINT",
+                   help="instead: the deployment runtimes on these trained checkpoints (the first timed)")
+    p.add_argument("--photo", default=None, help="with --deploy: the image to time (default: a val image at 800x600)")
+    p.add_argument("--threads", type=int, default=2, help="with --deploy: threads of every runtime")
+    p.add_argument("--calibration-images", type=int, default=32, help="with --deploy: INT8 calibration images")
+    p.add_argument("--work", default=None, help="with --deploy: folder for the exports (default: a temporary one)")
     args = p.parse_args(argv)
+    if args.deploy:
+        if args.out == RESULTS:
+            args.out = RESULTS.replace("infer.json", "infer_deploy.json")
+        if args.work:
+            os.makedirs(args.work, exist_ok=True)
+            return deploy_benchmark(args)
+        with tempfile.TemporaryDirectory(prefix="segkit_bench_") as args.work:
+            return deploy_benchmark(args)
     if args.processes:
         out = args.out if args.out != RESULTS else RESULTS.replace("infer.json", "infer_processes.json")
         return processes_benchmark(args.processes, args.images, args.rounds, out)

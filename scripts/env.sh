@@ -2,7 +2,8 @@
 # Sourced by the other scripts: picks a Python, creates/reuses the venv ($SEGKIT_VENV, default .venv in
 # the repo), installs what it needs when that changed, puts the venv first on the PATH, cds to the repo.
 # - Python 3.10 ($PYTHON, else the first found: scripts/find_python.sh): requirements.txt with the
-#   prebuilt detectron2 (sal-detectron2, a CPython 3.10 build), the main stack.
+#   prebuilt detectron2 (sal-detectron2, a CPython 3.10 build), the main stack, and
+#   requirements-deploy.txt (OpenVINO and NNCF for the deployment exports).
 # - No Python 3.10 found (or $PYTHON a 3.12/3.11): Python 3.12, else 3.11, with requirements-source.txt
 #   and detectron2 built from its upstream source (scripts/build_detectron2.sh; DETECTRON2_SRC, else
 #   the tarball in ../shared/vendor/, else the pinned commit cloned): the stack scripts/source_stack.sh
@@ -62,11 +63,13 @@ if [ "$PYV" = 3.10 ]; then
   # The stamp covers what gets installed and where from: the pins, the package metadata, the checkout
   # that the editable install points to.
   STAMP="$VENV/.requirements.sha256"
-  WANT="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)"
+  WANT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-deploy.txt" "$ROOT/pyproject.toml" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "Installing requirements and segkit into $VENV (first run: a few minutes)"
     "${PIP[@]}" --upgrade pip
     "${PIP[@]}" -r "$ROOT/requirements.txt"
+    # OpenVINO + NNCF (export_model.py --format openvino): large, so in a file of their own
+    "${PIP[@]}" -r "$ROOT/requirements-deploy.txt"
     # Editable: `import segkit` finds this checkout from anywhere (scripts, benchmarks, tests).
     "${PIP[@]}" --no-deps -e "$ROOT"
     echo "$WANT" > "$STAMP"

@@ -48,6 +48,10 @@ KEY_SCORE_THRESHOLD = "score_threshold"  # one best-F1 threshold for all classes
 SCORE_THRESHOLD_KEYS = (KEY_SCORE_THRESHOLDS, KEY_SCORE_THRESHOLD)
 # The score threshold when a checkpoint carries no evaluated one (detectron2 demo's default).
 DEFAULT_SCORE_THRESHOLD = 0.5
+# export_model.py: an export that loses more segm AP (points, 0-100) than this on the val split is
+# not written (--max-ap-drop); INT8 calibration images from the training split (--calibration-images)
+DEFAULT_MAX_AP_DROP = 1.0
+DEFAULT_CALIBRATION_IMAGES = 32
 
 DEFAULT_CONFIG = "configs/mask_rcnn_R_50_FPN_3x.yaml"  # train_net.py's default: fine-tunes R50-FPN from COCO
 CPU_CONFIG = "configs/mask_rcnn_lite0_FPN.yaml"  # the default without a GPU: ImageNet-pretrained Lite0

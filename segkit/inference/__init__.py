@@ -22,6 +22,7 @@ _EXPORTS = {
     "metadata_for": "predictor",
     "OnnxPredictor": "onnx_predictor",
     "TorchScriptPredictor": "onnx_predictor",
+    "OpenVinoPredictor": "onnx_predictor",
     "load_exported": "onnx_predictor",
     "ExportedModel": "runtime",
     "export_model": "export",

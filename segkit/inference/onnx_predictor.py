@@ -139,10 +139,26 @@ class TorchScriptPredictor(ExportedPredictor):
         return {n: v.cpu().numpy() for n, v in zip(self.output_names, values)}
 
 
+class OpenVinoPredictor(ExportedPredictor):
+    """An exported OpenVINO IR (``.xml`` + ``.bin``, ``export_model.py --format openvino``) on
+    OpenVINO's CPU plugin; the same pre- and post-processing as the other exported predictors."""
+
+    def __init__(self, model_path, confidence_threshold=None, device="CPU", num_threads=None):
+        super().__init__(model_path, confidence_threshold)
+        from segkit.inference.runtime import OpenVinoBackend
+
+        self.backend = OpenVinoBackend(self.model_path, num_threads=num_threads, device=device)
+
+    def _run(self, chw):
+        return self.backend.run(chw)
+
+
 def load_exported(path, **kwargs):
-    """OnnxPredictor for ``.onnx``, TorchScriptPredictor otherwise."""
+    """OnnxPredictor for ``.onnx``, OpenVinoPredictor for ``.xml``, TorchScriptPredictor otherwise."""
     if os.fspath(path).endswith(".onnx"):
         return OnnxPredictor(path, **kwargs)
+    if os.fspath(path).endswith(".xml"):
+        return OpenVinoPredictor(path, **kwargs)
     return TorchScriptPredictor(path, **kwargs)
 
 

@@ -220,9 +220,33 @@ class OnnxBackend:
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: chw})))
 
 
+class OpenVinoBackend:
+    """An OpenVINO IR (``.xml`` + ``.bin``, ``export_model.py --format openvino``) on OpenVINO's CPU plugin."""
+
+    def __init__(self, model_path, num_threads=None, device="CPU"):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ModelFileError(f"{model_path}: an OpenVINO model needs the openvino package "
+                                 f"(pip install -r requirements-deploy.txt)") from None
+        # fp32 where the model is fp32: on CPUs with bf16 units OpenVINO would otherwise pick bf16.
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        try:
+            self.compiled = ov.Core().compile_model(os.fspath(model_path), device, config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
+            raise ModelFileError(f"{model_path}: OpenVINO cannot load it ({str(e).splitlines()[0]})") from None
+        self.request = self.compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, chw):
+        result = self.request.infer({0: chw})
+        return {n: result[o] for n, o in zip(self.output_names, self.compiled.outputs)}
+
+
 # Exported file suffix -> backend: what predict.py and the app take where a checkpoint goes (is_exported).
-# OpenVINO's ".xml" goes here once its export exists (a class with run(chw) -> {output name: array}).
-BACKENDS = {".onnx": OnnxBackend}
+BACKENDS = {".onnx": OnnxBackend, ".xml": OpenVinoBackend}
 
 
 def is_exported(path):
