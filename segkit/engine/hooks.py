@@ -486,8 +486,8 @@ class EvalShare(HookBase):
     training's wall time, and says at the end what evaluation cost.
 
     Tiled evaluation (TEST.TILE_SIZE) runs every tile of every val image: on long strips one
-    evaluation costs more than the 10% of training between two of them (measured on real strips:
-    most of the wall time went to it). ``gate(kind, fn)`` wraps an evaluation function: at a
+    evaluation costs about as much as the 10% of training between two of them (on dense strips of
+    real photos evaluation took 47% of the recipe's run, docs/large-images.md). ``gate(kind, fn)`` wraps an evaluation function: at a
     period it runs only when the time evaluations took so far, plus this one and the final one of
     each kind, stays within ``share`` of the run's projected wall time; otherwise it is skipped and
     returns ``{}`` (EvalHook stores nothing, so BestCheckpointer and EarlyStopping see no new
