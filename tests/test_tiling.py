@@ -602,3 +602,29 @@ def test_a_trained_model_gives_one_instance_per_bar_across_several_tiles(bar_mod
             whole += len(on) == 1 and on[0] > 0.7
     assert min(pieces) >= 3 and max(pieces) >= 5
     assert whole >= 0.95 * len(pieces), f"{whole} of {len(pieces)} bars came out as one instance"
+
+
+@pytest.mark.slow
+def test_tiled_evaluation_keeps_to_its_share_of_the_training_time(sample_data, tmp_path):
+    """A tiled run whose evaluation (36 tiles) costs more than the training between two periods (2
+    iterations): the periodic evaluations and validation losses are skipped
+    (TEST.TILE_EVAL_MAX_SHARE), the final one runs, model_best.pth comes from it, and the log says
+    what evaluation cost. Before, every period evaluated: 8 evaluations for 16 iterations."""
+    from segkit.engine.hooks import read_metrics
+
+    out = tmp_path / "run"
+    proc = run_train_net(
+        "--config-file", ROOT / "configs/mask_rcnn_R_18_FPN_mini.yaml", "DATASETS.DATA_DIR", sample_data,
+        "OUTPUT_DIR", out, "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "('mydata_trainval',)",
+        "SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "2", "TEST.EVAL_PERIOD", "2",
+        "SOLVER.CHECKPOINT_PERIOD", "1000", "INPUT.AUG.PREVIEW_BATCHES", "0", "TEST.PR_CURVES", "False",
+        "TEST.TILE_SIZE", "96", "TEST.TILE_OVERLAP", "0.25", *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("Start inference on") == 1  # detectron2's line at each evaluation
+    assert log.count("Validation loss: ") == 1
+    rows = read_metrics(out / "metrics.json")
+    assert [r["iteration"] for r in rows if "segm/AP" in r][-1] >= 15  # the final one (stored at 16)
+    assert (out / "model_best.pth").is_file()
+    summary = next(line for line in log.splitlines() if "Evaluation took" in line)
+    assert "evaluation 1 run(s), 7 skipped" in summary and "TEST.TILE_EVAL_MAX_SHARE 0.2" in summary, summary

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import signal
+import time
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ class ValidationLoss(HookBase):
     scores.
     """
 
-    def __init__(self, cfg, period, dataset_names, max_images=50):
+    def __init__(self, cfg, period, dataset_names, max_images=50, share=None):
         self._period = period
         dicts = get_detection_dataset_dicts(dataset_names, filter_empty=False)
         tile = int(cfg.TEST.TILE_SIZE) if not is_semantic(cfg) else 0
@@ -101,20 +102,24 @@ class ValidationLoss(HookBase):
                      for w in tile_windows(d["height"], d["width"], tile, cfg.TEST.TILE_OVERLAP)]
             if 0 < max_images < len(tiles):
                 tiles = [tiles[i] for i in np.unique(np.linspace(0, len(tiles) - 1, max_images).round().astype(int))]
-            self._dicts = tiles
+            self.inputs = tiles
             mapper = _TileMapper(cfg)
             what = (f"{len(tiles)} tiles of {tile} px (TEST.TILE_SIZE) of {len({d['file_name'] for d in tiles})} "
                     f"images at native resolution, as tiled evaluation sees them")
         else:
-            self._dicts = dicts[:max_images] if max_images > 0 else dicts
+            self.inputs = dicts[:max_images] if max_images > 0 else dicts
             mapper = DatasetMapper(
                 cfg,
                 is_train=True,
                 augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
             )
-            what = f"{len(self._dicts)} whole images at the test size (INPUT.MIN_SIZE_TEST {cfg.INPUT.MIN_SIZE_TEST})"
+            what = f"{len(self.inputs)} whole images at the test size (INPUT.MIN_SIZE_TEST {cfg.INPUT.MIN_SIZE_TEST})"
         logger.info("Validation loss on %s: %s.", ", ".join(dataset_names), what)
-        self._loader = build_detection_test_loader(self._dicts, mapper=mapper, num_workers=0)
+        self._loader = build_detection_test_loader(self.inputs, mapper=mapper, num_workers=0)
+        self._run = self._compute
+        if share is not None:  # EvalShare: may skip a periodic run
+            share.count_inputs("validation loss", len(self.inputs))
+            self._run = share.gate("validation loss", self._compute)
 
     def _compute(self):
         model = self.trainer.model
@@ -139,8 +144,8 @@ class ValidationLoss(HookBase):
     def after_step(self):
         next_iter = self.trainer.iter + 1
         if self._period > 0 and (next_iter % self._period == 0 or next_iter == self.trainer.max_iter):
-            losses = self._compute()
-            if comm.is_main_process():
+            losses = self._run()
+            if losses and comm.is_main_process():  # {}: EvalShare skipped it
                 scalars = {"val_" + k: v for k, v in losses.items()}
                 scalars["val_total_loss"] = sum(losses.values())
                 self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
@@ -309,6 +314,17 @@ class ProgressBar(HookBase):
             self._bar.close()
 
 
+class BestCheckpointer(hooks.BestCheckpointer):
+    """detectron2's, looking only at a metric stored by this iteration's evaluation: when EvalShare
+    skipped one, the metric in storage is an older evaluation's, already looked at."""
+
+    def _best_checking(self):
+        latest = self.trainer.storage.latest().get(self._val_metric)
+        if latest is not None and latest[1] != self.trainer.storage.iter:
+            return
+        super()._best_checking()
+
+
 class EarlyStopping(HookBase):
     """Stops when ``metric`` has not improved for ``patience`` evaluations. Register after EvalHook,
     with its period.
@@ -463,3 +479,86 @@ class TrainingBatchPictures(HookBase):
             self.write()
         except Exception as e:  # a picture must never stop a training
             logger.warning(f"Could not draw training batches ({e.__class__.__name__}: {e}).")
+
+
+class EvalShare(HookBase):
+    """Keeps the periodic evaluations (EvalHook's function, ValidationLoss) within ``share`` of the
+    training's wall time, and says at the end what evaluation cost.
+
+    Tiled evaluation (TEST.TILE_SIZE) runs every tile of every val image: on long strips one
+    evaluation costs about as much as the 10% of training between two of them (on dense strips of
+    real photos evaluation took 47% of the recipe's run, docs/large-images.md). ``gate(kind, fn)`` wraps an evaluation function: at a
+    period it runs only when the time evaluations took so far, plus this one and the final one of
+    each kind, stays within ``share`` of the run's projected wall time; otherwise it is skipped and
+    returns ``{}`` (EvalHook stores nothing, so BestCheckpointer and EarlyStopping see no new
+    metric). The final evaluation always runs. A kind not yet measured is estimated from the
+    training step time: an input it scores (tile or image) at ``ESTIMATE`` training images.
+    ``share`` 0 runs every evaluation and only reports. Rank 0 decides; the decision is broadcast.
+    """
+
+    ESTIMATE = {"evaluation": 1 / 3, "validation loss": 1 / 2}  # of one training image's step
+
+    def __init__(self, share):
+        self._share = share
+        self._inputs = {}  # kind -> inputs one run of it scores (tiles or images)
+        self._last = {}  # kind -> seconds of its last run
+        self._spent = 0.0
+        self._runs = {}  # kind -> [ran, skipped]
+        self._start = None
+
+    def count_inputs(self, kind, inputs):
+        self._inputs[kind] = inputs
+
+    def before_train(self):
+        self._start = time.perf_counter()
+        self._start_iter = self.trainer.iter
+
+    def _cost(self, kind, step_s):
+        if kind in self._last:
+            return self._last[kind]
+        per_image = step_s / max(self.trainer.cfg.SOLVER.IMS_PER_BATCH, 1)
+        return self._inputs.get(kind, 0) * per_image * self.ESTIMATE.get(kind, 1.0)
+
+    def _allowed(self, kind):
+        trainer = self.trainer
+        elapsed = time.perf_counter() - self._start
+        done = max(trainer.iter + 1 - self._start_iter, 1)
+        step_s = max(elapsed - self._spent, 0.0) / done
+        projected_train = step_s * max(trainer.max_iter - self._start_iter, done)
+        final = sum(self._cost(k, step_s) for k in set(self._inputs) | set(self._last))
+        allowed = self._share / (1 - self._share) * projected_train
+        return self._spent + self._cost(kind, step_s) + final <= allowed
+
+    def gate(self, kind, fn):
+        def gated(*args, **kwargs):
+            trainer = self.trainer
+            final = trainer.iter + 1 >= trainer.max_iter
+            run = True
+            if self._share > 0 and not final and self._start is not None:
+                run = broadcast_from_main(self._allowed(kind) if comm.is_main_process() else None)
+            counts = self._runs.setdefault(kind, [0, 0])
+            if not run:
+                counts[1] += 1
+                return {}
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - started
+                self._last[kind] = took
+                self._spent += took
+                counts[0] += 1
+
+        return gated
+
+    def summary(self):
+        total = time.perf_counter() - self._start if self._start is not None else 0.0
+        parts = [f"{kind} {ran} run(s)" + (f", {skipped} skipped" if skipped else "")
+                 for kind, (ran, skipped) in self._runs.items()]
+        limit = (f"TEST.TILE_EVAL_MAX_SHARE {self._share:g}" if self._share > 0 else "no limit")
+        return (f"Evaluation took {self._spent:.0f} s of the training's {total:.0f} s "
+                f"({100 * self._spent / max(total, 1e-9):.0f}%; {'; '.join(parts) or 'none'}; {limit}).")
+
+    def after_train(self):
+        if comm.is_main_process() and self._runs:
+            logger.info(self.summary())

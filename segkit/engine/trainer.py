@@ -23,10 +23,12 @@ from segkit.data.run_layout import TTA_EVAL_DIR
 from segkit.engine.budget import LOOP_LIMIT, TimeBudget
 from segkit.engine.checkpoint import SegkitCheckpointer, take_score_thresholds
 from segkit.modeling.config import check_test_augmentation, is_semantic
-from segkit.modeling.tiling import TiledModel
+from segkit.modeling.tiling import TiledModel, tile_windows
 import segkit.modeling.unet  # noqa: F401  (registers the UNet meta-architecture)
 from segkit.engine.hooks import (
+    BestCheckpointer,
     EarlyStopping,
+    EvalShare,
     LossCurvePlot,
     PeriodicCheckpointer,
     ProgressBar,
@@ -248,15 +250,17 @@ class Trainer(DefaultTrainer):
                                    images_per_iter=cfg.SOLVER.IMS_PER_BATCH))
             ret.append(PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
                                             max_to_keep=cfg.SOLVER.CHECKPOINTS_TO_KEEP or None))
+        share = self.build_eval_share(cfg)
         if val_period > 0 and cfg.DATASETS.TEST:
-            ret.append(ValidationLoss(cfg, val_period, cfg.DATASETS.TEST, cfg.TEST.VAL_LOSS_MAX_IMAGES))
-        ret.append(hooks.EvalHook(eval_period, test_and_save_results))
+            ret.append(ValidationLoss(cfg, val_period, cfg.DATASETS.TEST, cfg.TEST.VAL_LOSS_MAX_IMAGES, share=share))
+        ret.append(hooks.EvalHook(eval_period, share.gate("evaluation", test_and_save_results)))
         if cfg.TEST.AUG.ENABLED and cfg.DATASETS.TEST:
             # As detectron2's tools/train_net.py: once, after the last iteration (period 0).
             ret.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
         if main and eval_period > 0:
             # After EvalHook: it reads the metric EvalHook just stored.
-            ret.append(hooks.BestCheckpointer(eval_period, self.checkpointer, cfg.SOLVER.BEST_METRIC, "max"))
+            ret.append(BestCheckpointer(eval_period, self.checkpointer, cfg.SOLVER.BEST_METRIC, "max"))
+        ret.append(share)  # after EvalHook: its summary counts the final evaluation
         if main:
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
             ret.append(LossCurvePlot(cfg.OUTPUT_DIR, period=20))
@@ -268,6 +272,20 @@ class Trainer(DefaultTrainer):
             # last: it times the other hooks too
             ret.append(TimeBudget(cfg.SOLVER.TIME_BUDGET, cfg, keep=self.user_keys))
         return ret
+
+    @staticmethod
+    def build_eval_share(cfg):
+        """EvalShare for this run: with TEST.TILE_SIZE > 0 periodic evaluations are kept within
+        TEST.TILE_EVAL_MAX_SHARE of the wall time (a budget run, SOLVER.TIME_BUDGET, plans its own
+        evaluations); otherwise it only reports what evaluation cost."""
+        tiled = cfg.TEST.TILE_SIZE > 0 and not is_semantic(cfg)
+        share = cfg.TEST.TILE_EVAL_MAX_SHARE if tiled and cfg.SOLVER.TIME_BUDGET <= 0 else 0.0
+        hook = EvalShare(share)
+        if share > 0 and cfg.DATASETS.TEST:
+            dicts = get_detection_dataset_dicts(cfg.DATASETS.TEST, filter_empty=False)
+            hook.count_inputs("evaluation", sum(
+                len(tile_windows(d["height"], d["width"], cfg.TEST.TILE_SIZE, cfg.TEST.TILE_OVERLAP)) for d in dicts))
+        return hook
 
     def build_precise_bn(self, eval_period):
         """detectron2's PreciseBN hook as DefaultTrainer.build_hooks makes it, for TEST.PRECISE_BN:

@@ -79,6 +79,10 @@ def add_segkit_config(cfg):
     # Instances kept per image after the merge (the best first); DETECTIONS_PER_IMAGE limits each
     # tile. High, as a large image holds hundreds of objects; COCO's maxDets follows it when tiling.
     cfg.TEST.TILE_DETECTIONS_PER_IMAGE = 10000
+    # With TILE_SIZE > 0, periodic evaluations (and validation losses) are skipped while they would
+    # take more than this share of the training's wall time (engine/hooks.py EvalShare; tiled
+    # evaluation of long val images took most of a run); the final one always runs. 0.0: every period.
+    cfg.TEST.TILE_EVAL_MAX_SHARE = 0.2
 
     # U-Net semantic segmentation (modeling/unet.py), segmentation-models-pytorch encoder.
     cfg.MODEL.UNET = CN()
