@@ -65,6 +65,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from suspects_scale import random_mini_checkpoint  # noqa: E402  (benchmarks/ is the script's folder)
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "scale_check.json")
 MINI = os.path.join(ROOT, "configs", "mask_rcnn_R_18_FPN_mini.yaml")
@@ -152,25 +153,6 @@ def subset_folder(data, n, dest):
     write_json(split_json(dest, "trainval"), {"images": images, "categories": coco["categories"],
                                               "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]})
     return dest
-
-
-def random_mini_checkpoint(path, class_names):
-    """Our checkpoint format: the mini Mask R-CNN with random weights (seed 0)."""
-    import torch
-    from detectron2.modeling import build_model
-
-    from segkit.modeling.config import get_segkit_cfg
-
-    cfg = get_segkit_cfg()
-    cfg.merge_from_file(MINI)
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": list(class_names),
-                "meta_architecture": cfg.MODEL.META_ARCHITECTURE, "iteration": 0}, path)
-    return path, cfg.TEST.DETECTIONS_PER_IMAGE
 
 
 # ---- running and measuring ---------------------------------------------------------------------
@@ -449,7 +431,12 @@ def predict_runs(args, work, set_dir, data, log, checks):
 
     with open(split_json(data, "trainval"), encoding="utf-8") as f:
         names = [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
-    weights, detections = random_mini_checkpoint(os.path.join(work, "random_mini.pth"), names)
+    from segkit.modeling.config import get_segkit_cfg
+
+    weights = random_mini_checkpoint(os.path.join(work, "random_mini.pth"), names, detections=None)
+    cfg = get_segkit_cfg()
+    cfg.merge_from_file(MINI)
+    detections = cfg.TEST.DETECTIONS_PER_IMAGE
     rows = []
 
     def first_photos(n):

@@ -38,8 +38,9 @@ SCALE = 12.5  # 320 x 240 -> 4000 x 3000
 DETECTIONS = 100
 
 
-def random_mini_checkpoint(path, class_names):
-    """Our checkpoint format: the mini config with random weights and up to 100 detections."""
+def random_mini_checkpoint(path, class_names, detections=DETECTIONS):
+    """Our checkpoint format at ``path``: the mini config with random weights (seed 0) and up to
+    ``detections`` per image (None: the config's)."""
     import torch
     from detectron2.modeling import build_model
 
@@ -50,7 +51,8 @@ def random_mini_checkpoint(path, class_names):
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
-    cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
+    if detections is not None:
+        cfg.TEST.DETECTIONS_PER_IMAGE = detections
     torch.manual_seed(0)
     model = build_model(cfg)
     torch.save({"model": model.state_dict(), "config": cfg.dump(), "class_names": list(class_names),

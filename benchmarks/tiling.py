@@ -45,6 +45,8 @@ import subprocess
 import sys
 import tempfile
 
+from peak_rss import run_with_peak_rss  # benchmarks/ is the script's folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "tiling.json")
 CONFIG = os.path.join(ROOT, "configs", "mask_rcnn_lite0_FPN.yaml")
@@ -345,18 +347,6 @@ NATIVE = ["INPUT.MIN_SIZE_TEST", "352", "INPUT.MAX_SIZE_TEST", "5120", "TEST.DET
           "MODEL.RPN.PRE_NMS_TOPK_TEST", "2000", "MODEL.RPN.POST_NMS_TOPK_TEST", "2000"]
 MAX_DETS = 10_000  # TEST.TILE_DETECTIONS_PER_IMAGE: the per-image limit tiled evaluation uses as maxDets
 
-# predict.py run through runpy in this process, printing its own peak RSS (VmHWM; as
-# tests/test_large_images.py: ru_maxrss would carry the parent's RSS across exec).
-PEAK_RSS = r"""
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    with open("/proc/self/status") as f:
-        kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
-    print("PEAK_RSS_MB", kb // 1024, file=sys.stderr)
-"""
 
 
 def train_recipe(data, out, seed, extra=()):
@@ -403,13 +393,11 @@ def predict_mosaic(weights, mosaic, out, tile):
     gt_json = os.path.join(mosaic, "mosaic.json")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, os.path.join(ROOT, "predict.py"), "--input", image,
-                           "--output", out, "--weights", weights, "--tile", str(tile), "--quiet"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc, peak_mb = run_with_peak_rss(os.path.join(ROOT, "predict.py"), "--input", image, "--output", out,
+                                      "--weights", weights, "--tile", str(tile), "--quiet", cwd=ROOT, env=env)
     wall = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"predict.py failed:\n{proc.stderr[-3000:]}")
-    peak_mb = int(proc.stderr.split("PEAK_RSS_MB")[1].split()[0])
     with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
     with open(gt_json, encoding="utf-8") as f:

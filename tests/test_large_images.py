@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,22 +15,12 @@ from PIL import Image
 
 from conftest import ROOT, SHARED
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from peak_rss import run_with_peak_rss  # noqa: E402  (the measurement benchmarks/tiling.py makes too)
+
 CONTROLLERS = SHARED / "datasets" / "controllers"
 SIDE = 12_000
 
-# Runs predict.py in this process and prints its peak RSS (VmHWM, this process's own high-water
-# mark). Not getrusage: Linux carries the parent's RSS at fork into ru_maxrss across exec, so
-# under a pytest process grown to 2.6 GB every child reads 2.6 GB.
-PEAK_RSS = r"""
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    with open("/proc/self/status") as f:
-        kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
-    print("PEAK_RSS_MB", kb // 1024, file=sys.stderr)
-"""
 
 
 def photo_mosaic(path, side=SIDE):
@@ -87,13 +76,11 @@ def test_predict_tile_runs_a_12000px_photo_in_bounded_memory(tmp_path):
     image = photo_mosaic(tmp_path / "mosaic.jpg")
     weights = narrow_mask_rcnn(tmp_path / "narrow.pth")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, str(ROOT / "predict.py"), "--input", str(image), "--output", str(out),
-         "--weights", str(weights), "--tile", "1024", "--confidence-threshold", "0.05", "--quiet",
-         "--opts", "TEST.DETECTIONS_PER_IMAGE", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    proc, peak_mb = run_with_peak_rss(
+        ROOT / "predict.py", "--input", image, "--output", out, "--weights", weights, "--tile", "1024",
+        "--confidence-threshold", "0.05", "--quiet", "--opts", "TEST.DETECTIONS_PER_IMAGE", "20",
+        cwd=ROOT, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    peak_mb = int(proc.stderr.split("PEAK_RSS_MB")[1].split()[0])
 
     results = json.loads((out / "results.json").read_text())
     images = json.loads((out / "images.json").read_text())["images"]
