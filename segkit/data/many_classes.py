@@ -2,8 +2,9 @@
 
 Real object cut-outs (every annotated instance of the LabelMe folders given as sources) and
 textured synthetic shapes (``SHAPE_CLASSES``, filled with patches of the same real photos) are
-pasted onto real backgrounds: the source photos with their annotated objects and ignore regions
-inpainted away (OpenCV's Telea inpainting), randomly cropped, resized and flipped. Written as a
+pasted onto real backgrounds: the source photos whose objects cover at most ``MAX_BACKGROUND_HOLE``
+of them, with their annotated objects and ignore regions inpainted away (OpenCV's Telea
+inpainting), randomly cropped, resized and flipped. Written as a
 LabelMe folder (``labels.txt``, ``many_<i>.jpg`` + ``many_<i>.json``) that labelme2coco.py converts.
 
 With the shared controllers frames (3 classes) and LabelMe's example photos (6 classes) as sources
@@ -50,6 +51,7 @@ SHAPE_CLASSES = ("star", "arrow", "cross", "hexagon", "crescent")  # no holes: p
 MIN_VISIBLE_FRACTION = 0.5  # an earlier object must stay at least this visible
 MIN_PIECE_AREA = 30  # visible pieces smaller than this (px) are not annotated
 MAX_SOURCE_IMAGES = 8  # photos taken from each source folder, evenly spread (video frames repeat)
+MAX_BACKGROUND_HOLE = 0.3  # a photo gives a background when its objects cover at most this share
 OBJECT_SIZE = (0.25, 0.6)  # longer side of a pasted object, as a fraction of the image's shorter side
 
 
@@ -107,9 +109,12 @@ def load_sources(folders, max_images=MAX_SOURCE_IMAGES):
                 box = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
                 cutouts.setdefault(instance.label, []).append((rgb[box].copy(), mask[box].copy()))
             hole = cv2.dilate(covered.astype(np.uint8), np.ones((9, 9), np.uint8))
-            backgrounds.append(cv2.inpaint(rgb, hole, 5, cv2.INPAINT_TELEA))
+            backgrounds.append((hole.mean(), rgb, hole))
             photos.append(rgb)
-    return cutouts, backgrounds, photos
+    # Inpainting fills a large hole with a smear: photos mostly covered by objects (LabelMe's
+    # examples) give cut-outs and textures, not backgrounds, unless no photo is mostly free.
+    usable = [b for b in backgrounds if b[0] <= MAX_BACKGROUND_HOLE] or [min(backgrounds, key=lambda b: b[0])]
+    return cutouts, [cv2.inpaint(rgb, hole, 5, cv2.INPAINT_TELEA) for _, rgb, hole in usable], photos
 
 
 def _shape_mask(rng, cls, size):
