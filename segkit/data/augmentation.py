@@ -12,6 +12,7 @@ and hands it to albumentations; a run with a fixed SEED therefore stays reproduc
 """
 
 import importlib.util
+import logging
 import random
 
 import numpy as np
@@ -19,6 +20,8 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
+
+from segkit.data.copy_paste import CopyPasteMapper
 
 __all__ = [
     "AlbumentationsPhotometric",
@@ -222,14 +225,29 @@ def build_train_augmentations(cfg):
     return augs
 
 
-def build_train_mapper(cfg):
+def build_train_mapper(cfg, dataset_dicts=None):
     """detectron2's DatasetMapper for training, with our augmentation list.
 
     Everything else (image format, mask format, keypoints, box recomputation after cropping)
-    comes from ``DatasetMapper.from_config``.
+    comes from ``DatasetMapper.from_config``. With INPUT.COPY_PASTE.PROB > 0 it is wrapped in
+    :class:`~segkit.data.copy_paste.CopyPasteMapper`, which draws its sources from
+    ``dataset_dicts`` (the training set's records).
     """
     kwargs = DatasetMapper.from_config(cfg, is_train=True)
     kwargs["augmentations"] = build_train_augmentations(cfg)
     if any(isinstance(a, ObjectCrop) for a in kwargs["augmentations"]):
-        return ObjectCropMapper(**kwargs)
-    return DatasetMapper(**kwargs)
+        mapper = ObjectCropMapper(**kwargs)
+    else:
+        mapper = DatasetMapper(**kwargs)
+    paste = cfg.INPUT.COPY_PASTE
+    if paste.PROB <= 0:
+        return mapper
+    if not cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+        raise ValueError("INPUT.COPY_PASTE.PROB > 0 pastes instance masks: it needs MODEL.MASK_ON True and "
+                         "MODEL.KEYPOINT_ON False; set INPUT.COPY_PASTE.PROB 0.")
+    if dataset_dicts is None:
+        raise ValueError("INPUT.COPY_PASTE.PROB > 0: build_train_mapper needs the training set's dataset_dicts")
+    logging.getLogger(__name__).info(
+        f"Copy-paste: {paste.PROB:.0%} of training images get up to {paste.MAX_OBJECTS} objects of another of the "
+        f"{len(dataset_dicts)} training images pasted on (INPUT.COPY_PASTE).")
+    return CopyPasteMapper(mapper, dataset_dicts, paste.PROB, paste.MAX_OBJECTS, paste.MIN_VISIBLE)

@@ -134,8 +134,9 @@ class Trainer(DefaultTrainer):
 
     # ---- data -------------------------------------------------------------------------------
     @classmethod
-    def build_train_mapper(cls, cfg):
-        return build_train_mapper(cfg)
+    def build_train_mapper(cls, cfg, dataset_dicts=None):
+        """``dataset_dicts``: the training records (copy-paste draws its source images from them)."""
+        return build_train_mapper(cfg, dataset_dicts)
 
     @classmethod
     def build_resumable_train_loader(cls, cfg, seed):
@@ -145,7 +146,7 @@ class Trainer(DefaultTrainer):
             min_keypoints=0,
             proposal_files=None,
         )
-        return build_resumable_train_loader(cfg, dicts, cls.build_train_mapper(cfg), seed)
+        return build_resumable_train_loader(cfg, dicts, cls.build_train_mapper(cfg, dicts), seed)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -157,7 +158,7 @@ class Trainer(DefaultTrainer):
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, min_keypoints=0, proposal_files=None
         )
         return TrainingBatchPictures(
-            cfg, cls.build_train_mapper(cfg), dicts, class_names_of(cfg), cfg.INPUT.AUG.PREVIEW_BATCHES
+            cfg, cls.build_train_mapper(cfg, dicts), dicts, class_names_of(cfg), cfg.INPUT.AUG.PREVIEW_BATCHES
         )
 
     # ---- model and solver ---------------------------------------------------------------------

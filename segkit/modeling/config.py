@@ -32,6 +32,17 @@ def add_segkit_config(cfg):
     # whole when it fits), the rest uniform as detectron2's RandomCrop. On a few objects in a
     # large image, uniform crops are mostly background; 0 keeps detectron2's crop.
     cfg.INPUT.CROP.OBJECT_PROB = 0.0
+    # Simple Copy-Paste (data/copy_paste.py): objects of another training image pasted on.
+    cfg.INPUT.COPY_PASTE = CN()
+    # Share of training images that get a paste; 0 (off) until it wins on measured sets
+    # (benchmarks/copy_paste.py, docs/training.md).
+    cfg.INPUT.COPY_PASTE.PROB = 0.0
+    # Most instances pasted from one source image (a random 1..this many of its instances, as the
+    # paper's random subset): bounds how much of the target a paste can hide.
+    cfg.INPUT.COPY_PASTE.MAX_OBJECTS = 10
+    # An instance left with less than this fraction of its area visible (under pasted objects, or
+    # cut by the image edge when pasted) is dropped: a sliver is no longer an example of its class.
+    cfg.INPUT.COPY_PASTE.MIN_VISIBLE = 0.1
     # OUTPUT_DIR/train_batch_<i>.png at the start of training: this many batches after
     # augmentation with their ground truth drawn; 0 turns it off.
     cfg.INPUT.AUG.PREVIEW_BATCHES = 3
