@@ -102,22 +102,12 @@ class OnnxPredictor(ExportedPredictor):
 
     def __init__(self, model_path, confidence_threshold=None, providers=None, num_threads=None):
         super().__init__(model_path, confidence_threshold)
-        import onnxruntime as ort
+        from segkit.inference.runtime import OnnxBackend
 
-        opts = ort.SessionOptions()
-        # no busy-waiting threads between runs: they would slow down everything else on the CPU
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if num_threads:
-            opts.intra_op_num_threads = int(num_threads)
-        available = ort.get_available_providers()
-        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                                  if p in available]
-        self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=providers)
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.backend = OnnxBackend(self.model_path, num_threads=num_threads, providers=providers)
 
     def _run(self, chw):
-        values = self.session.run(None, {self.session.get_inputs()[0].name: chw})
-        return dict(zip(self.output_names, values))
+        return self.backend.run(chw)
 
 
 class TorchScriptPredictor(ExportedPredictor):
